@@ -1,0 +1,645 @@
+//! The envelope: the one message that crosses between actors, and what it carries.
+
+use crate::coin::Coin;
+use crate::error::{fixed, required, ProtocolError};
+use crate::ids::{Amount, CoinId, InstitutionId, SagaId, WalletId};
+use crate::pay::{AbortReason, SagaKind, SagaState, SignedAuthorization};
+use crate::pb;
+use bytes::Bytes;
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Where an envelope comes from or goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Address {
+    /// The central bank (tier one). There is one.
+    CentralBank,
+    /// An operating institution.
+    Institution(InstitutionId),
+    /// A wallet.
+    Wallet(WalletId),
+    /// A client outside the cluster (an ingress connection, a load generator).
+    External(u64),
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Address::CentralBank => f.write_str("central-bank"),
+            Address::Institution(i) => write!(f, "{i}"),
+            Address::Wallet(w) => write!(f, "{w}"),
+            Address::External(n) => write!(f, "external-{n}"),
+        }
+    }
+}
+
+impl Address {
+    fn to_pb(self) -> pb::Address {
+        let (kind, id) = match self {
+            Address::CentralBank => (pb::AddressKind::CentralBank, 0),
+            Address::Institution(i) => (pb::AddressKind::Institution, u64::from(i.0)),
+            Address::Wallet(w) => (pb::AddressKind::Wallet, w.0),
+            Address::External(n) => (pb::AddressKind::External, n),
+        };
+        pb::Address {
+            kind: kind as i32,
+            id,
+        }
+    }
+
+    fn from_pb(field: &'static str, p: Option<pb::Address>) -> Result<Address, ProtocolError> {
+        let p = required(field, p)?;
+        let invalid = |why: String| ProtocolError::Invalid { field, why };
+        match pb::AddressKind::try_from(p.kind) {
+            Ok(pb::AddressKind::CentralBank) => Ok(Address::CentralBank),
+            Ok(pb::AddressKind::Institution) => u32::try_from(p.id)
+                .map(|i| Address::Institution(InstitutionId(i)))
+                .map_err(|_| invalid(format!("institution id {} out of range", p.id))),
+            Ok(pb::AddressKind::Wallet) => Ok(Address::Wallet(WalletId(p.id))),
+            Ok(pb::AddressKind::External) => Ok(Address::External(p.id)),
+            Ok(pb::AddressKind::Unspecified) | Err(_) => {
+                Err(invalid(format!("unknown address kind {}", p.kind)))
+            }
+        }
+    }
+}
+
+/// W3C trace context carried across actors and nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct TraceContext {
+    /// `version-traceid-parentid-flags`.
+    pub traceparent: String,
+    /// Vendor-specific state, passed through.
+    pub tracestate: String,
+}
+
+/// The terminal outcome of a saga, as its coordinator tells the parties.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SagaOutcome {
+    /// Which saga kind.
+    pub kind: SagaKind,
+    /// Committed, or aborted with the reason.
+    pub result: Result<(), AbortReason>,
+    /// The coins the saga spent (empty when aborted).
+    pub spent_coin_ids: Vec<CoinId>,
+}
+
+/// What an envelope carries. One variant per message of `proto/specie/v1/pay.proto`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Payload {
+    /// Wallet → its institution: is `amount` within my available balance?
+    BalanceQuery {
+        /// The amount to cover.
+        amount: Amount,
+    },
+    /// Institution → wallet: the available balance and the coins selected to cover the amount.
+    BalanceReply {
+        /// Sum of the wallet's active coins.
+        available: Amount,
+        /// Coins covering the amount; empty when they do not.
+        coin_ids: Vec<CoinId>,
+    },
+    /// Payee (merchant) wallet → payer wallet: please pay this amount.
+    CollectRequest {
+        /// The amount asked for.
+        amount: Amount,
+        /// The merchant's wallet.
+        payee: WalletId,
+        /// The merchant's institution.
+        payee_institution: InstitutionId,
+    },
+    /// Payer wallet → payee wallet: the collect request is refused.
+    CollectDeclined {
+        /// Why.
+        reason: AbortReason,
+    },
+    /// Payer wallet → payee wallet: the signed payment.
+    PaymentRequest(SignedAuthorization),
+    /// Payee wallet → payee institution: redeem this payment for me.
+    RedeemRequest(SignedAuthorization),
+    /// Coordinator → issuer: lock the coins of this authorization.
+    LockRequest(SignedAuthorization),
+    /// Issuer → coordinator: the coins are locked (with their total), or why not.
+    LockReply(Result<Amount, AbortReason>),
+    /// Coordinator → issuer: the decision is commit; retire the locked coins.
+    CommitRequest,
+    /// Issuer → coordinator: committed, or why not.
+    CommitReply(Result<(), AbortReason>),
+    /// Coordinator → issuer: the decision is abort; unlock.
+    AbortRequest {
+        /// Why the saga aborted.
+        reason: AbortReason,
+    },
+    /// Issuer → coordinator: the abort is done.
+    AbortReply,
+    /// Institution → wallet: a coin now owned by the wallet.
+    CoinIssued(Coin),
+    /// Coordinator → parties: the saga's terminal outcome.
+    SagaOutcome(SagaOutcome),
+    /// Anyone → coordinator: where does the saga stand?
+    StatusQuery,
+    /// Coordinator → asker: the saga's state.
+    StatusReply {
+        /// The state.
+        state: SagaState,
+        /// The reason when aborted.
+        reason: Option<AbortReason>,
+    },
+    /// Coordinator → central bank: move backing reserve between institutions.
+    MoveBacking {
+        /// Institution whose backing decreases.
+        from: InstitutionId,
+        /// Institution whose backing increases.
+        to: InstitutionId,
+        /// How much.
+        amount: Amount,
+    },
+    /// Institution → central bank: move this much of my reserve from free to backing.
+    ReserveBacking {
+        /// How much.
+        amount: Amount,
+    },
+    /// Central bank → institution: done, or why not.
+    ReserveAck(Result<(), AbortReason>),
+    /// Wallet → institution: exchange this much account money into coins.
+    ExchangeRequest {
+        /// How much.
+        amount: Amount,
+    },
+    /// Institution → wallet: the exchange is done (the coins follow as `CoinIssued`), or not.
+    ExchangeReply(Result<(), AbortReason>),
+}
+
+impl Payload {
+    /// A short name for logs, metrics and reports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Payload::BalanceQuery { .. } => "balance_query",
+            Payload::BalanceReply { .. } => "balance_reply",
+            Payload::CollectRequest { .. } => "collect_request",
+            Payload::CollectDeclined { .. } => "collect_declined",
+            Payload::PaymentRequest(_) => "payment_request",
+            Payload::RedeemRequest(_) => "redeem_request",
+            Payload::LockRequest(_) => "lock_request",
+            Payload::LockReply(_) => "lock_reply",
+            Payload::CommitRequest => "commit_request",
+            Payload::CommitReply(_) => "commit_reply",
+            Payload::AbortRequest { .. } => "abort_request",
+            Payload::AbortReply => "abort_reply",
+            Payload::CoinIssued(_) => "coin_issued",
+            Payload::SagaOutcome(_) => "saga_outcome",
+            Payload::StatusQuery => "status_query",
+            Payload::StatusReply { .. } => "status_reply",
+            Payload::MoveBacking { .. } => "move_backing",
+            Payload::ReserveBacking { .. } => "reserve_backing",
+            Payload::ReserveAck(_) => "reserve_ack",
+            Payload::ExchangeRequest { .. } => "exchange_request",
+            Payload::ExchangeReply(_) => "exchange_reply",
+        }
+    }
+}
+
+/// The one message that crosses between actors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// Unique per sender; receivers may use it to drop exact duplicates.
+    pub message_id: u64,
+    /// The saga this message belongs to ([`SagaId::NONE`] if none).
+    pub saga_id: SagaId,
+    /// Sender.
+    pub from: Address,
+    /// Receiver.
+    pub to: Address,
+    /// 0 for the first send, +1 for each retry of the same step.
+    pub attempt: u32,
+    /// Trace context, when the saga is traced.
+    pub trace: Option<TraceContext>,
+    /// The message itself.
+    pub payload: Payload,
+}
+
+fn ids_to_pb(ids: &[CoinId]) -> Vec<Bytes> {
+    ids.iter().map(|c| Bytes::copy_from_slice(&c.0)).collect()
+}
+
+fn ids_from_pb(field: &'static str, ids: &[Bytes]) -> Result<Vec<CoinId>, ProtocolError> {
+    ids.iter().map(|b| fixed(field, b).map(CoinId)).collect()
+}
+
+fn result_from_pb(
+    field: &'static str,
+    ok: bool,
+    reason: i32,
+) -> Result<Result<(), AbortReason>, ProtocolError> {
+    if ok {
+        Ok(Ok(()))
+    } else {
+        Ok(Err(AbortReason::from_pb(field, reason)?))
+    }
+}
+
+fn reason_of<T>(r: &Result<T, AbortReason>) -> i32 {
+    match r {
+        Ok(_) => pb::AbortReason::Unspecified as i32,
+        Err(reason) => reason.to_pb(),
+    }
+}
+
+fn kind_to_pb(kind: SagaKind) -> i32 {
+    match kind {
+        SagaKind::Pay => pb::SagaKind::Pay as i32,
+        SagaKind::Exchange => pb::SagaKind::Exchange as i32,
+    }
+}
+
+fn kind_from_pb(v: i32) -> Result<SagaKind, ProtocolError> {
+    match pb::SagaKind::try_from(v) {
+        Ok(pb::SagaKind::Pay) => Ok(SagaKind::Pay),
+        Ok(pb::SagaKind::Exchange) => Ok(SagaKind::Exchange),
+        _ => Err(ProtocolError::Invalid {
+            field: "saga_outcome.kind",
+            why: format!("unknown saga kind {v}"),
+        }),
+    }
+}
+
+impl Envelope {
+    /// Encodes the envelope as protobuf bytes.
+    pub fn encode(&self) -> Bytes {
+        Bytes::from(self.to_pb().encode_to_vec())
+    }
+
+    /// Decodes and validates an envelope. Any malformed input is an error; nothing panics.
+    pub fn decode(bytes: &[u8]) -> Result<Envelope, ProtocolError> {
+        let p = pb::Envelope::decode(bytes)?;
+        Envelope::try_from(p)
+    }
+
+    fn to_pb(&self) -> pb::Envelope {
+        use pb::envelope::Payload as P;
+        let payload = match &self.payload {
+            Payload::BalanceQuery { amount } => P::BalanceQuery(pb::BalanceQuery { amount: amount.0 }),
+            Payload::BalanceReply {
+                available,
+                coin_ids,
+            } => P::BalanceReply(pb::BalanceReply {
+                available: available.0,
+                coin_ids: ids_to_pb(coin_ids),
+            }),
+            Payload::CollectRequest {
+                amount,
+                payee,
+                payee_institution,
+            } => P::CollectRequest(pb::CollectRequest {
+                amount: amount.0,
+                payee: payee.0,
+                payee_institution: payee_institution.0,
+            }),
+            Payload::CollectDeclined { reason } => P::CollectDeclined(pb::CollectDeclined {
+                reason: reason.to_pb(),
+            }),
+            Payload::PaymentRequest(a) => P::PaymentRequest(pb::PaymentRequest {
+                authorization: Some(a.into()),
+            }),
+            Payload::RedeemRequest(a) => P::RedeemRequest(pb::RedeemRequest {
+                authorization: Some(a.into()),
+            }),
+            Payload::LockRequest(a) => P::LockRequest(pb::LockRequest {
+                authorization: Some(a.into()),
+            }),
+            Payload::LockReply(r) => P::LockReply(pb::LockReply {
+                locked: r.is_ok(),
+                reason: reason_of(r),
+                locked_total: r.map(|a| a.0).unwrap_or(0),
+            }),
+            Payload::CommitRequest => P::CommitRequest(pb::CommitRequest {}),
+            Payload::CommitReply(r) => P::CommitReply(pb::CommitReply {
+                committed: r.is_ok(),
+                reason: reason_of(r),
+            }),
+            Payload::AbortRequest { reason } => P::AbortRequest(pb::AbortRequest {
+                reason: reason.to_pb(),
+            }),
+            Payload::AbortReply => P::AbortReply(pb::AbortReply {}),
+            Payload::CoinIssued(c) => P::CoinIssued(pb::CoinIssued {
+                coin: Some(c.into()),
+            }),
+            Payload::SagaOutcome(o) => P::SagaOutcome(pb::SagaOutcome {
+                kind: kind_to_pb(o.kind),
+                committed: o.result.is_ok(),
+                reason: reason_of(&o.result),
+                spent_coin_ids: ids_to_pb(&o.spent_coin_ids),
+            }),
+            Payload::StatusQuery => P::StatusQuery(pb::StatusQuery {}),
+            Payload::StatusReply { state, reason } => P::StatusReply(pb::StatusReply {
+                state: match state {
+                    SagaState::Unknown => pb::SagaState::Unknown,
+                    SagaState::InProgress => pb::SagaState::InProgress,
+                    SagaState::Committed => pb::SagaState::Committed,
+                    SagaState::Aborted => pb::SagaState::Aborted,
+                } as i32,
+                reason: reason.map_or(pb::AbortReason::Unspecified as i32, |r| r.to_pb()),
+            }),
+            Payload::MoveBacking { from, to, amount } => P::MoveBacking(pb::MoveBacking {
+                from: from.0,
+                to: to.0,
+                amount: amount.0,
+            }),
+            Payload::ReserveBacking { amount } => {
+                P::ReserveBacking(pb::ReserveBacking { amount: amount.0 })
+            }
+            Payload::ReserveAck(r) => P::ReserveAck(pb::ReserveAck {
+                ok: r.is_ok(),
+                reason: reason_of(r),
+            }),
+            Payload::ExchangeRequest { amount } => {
+                P::ExchangeRequest(pb::ExchangeRequest { amount: amount.0 })
+            }
+            Payload::ExchangeReply(r) => P::ExchangeReply(pb::ExchangeReply {
+                ok: r.is_ok(),
+                reason: reason_of(r),
+            }),
+        };
+        pb::Envelope {
+            message_id: self.message_id,
+            saga_id: Bytes::copy_from_slice(&self.saga_id.0),
+            from: Some(self.from.to_pb()),
+            to: Some(self.to.to_pb()),
+            attempt: self.attempt,
+            trace: self.trace.as_ref().map(|t| pb::TraceContext {
+                traceparent: t.traceparent.clone(),
+                tracestate: t.tracestate.clone(),
+            }),
+            payload: Some(payload),
+        }
+    }
+}
+
+impl TryFrom<pb::Envelope> for Envelope {
+    type Error = ProtocolError;
+
+    fn try_from(p: pb::Envelope) -> Result<Envelope, ProtocolError> {
+        use pb::envelope::Payload as P;
+        let payload = match required("envelope.payload", p.payload)? {
+            P::BalanceQuery(m) => Payload::BalanceQuery {
+                amount: Amount(m.amount),
+            },
+            P::BalanceReply(m) => Payload::BalanceReply {
+                available: Amount(m.available),
+                coin_ids: ids_from_pb("balance_reply.coin_ids[]", &m.coin_ids)?,
+            },
+            P::CollectRequest(m) => Payload::CollectRequest {
+                amount: Amount(m.amount),
+                payee: WalletId(m.payee),
+                payee_institution: InstitutionId(m.payee_institution),
+            },
+            P::CollectDeclined(m) => Payload::CollectDeclined {
+                reason: AbortReason::from_pb("collect_declined.reason", m.reason)?,
+            },
+            P::PaymentRequest(m) => Payload::PaymentRequest(
+                required("payment_request.authorization", m.authorization)?.try_into()?,
+            ),
+            P::RedeemRequest(m) => Payload::RedeemRequest(
+                required("redeem_request.authorization", m.authorization)?.try_into()?,
+            ),
+            P::LockRequest(m) => Payload::LockRequest(
+                required("lock_request.authorization", m.authorization)?.try_into()?,
+            ),
+            P::LockReply(m) => Payload::LockReply(
+                result_from_pb("lock_reply.reason", m.locked, m.reason)?
+                    .map(|()| Amount(m.locked_total)),
+            ),
+            P::CommitRequest(_) => Payload::CommitRequest,
+            P::CommitReply(m) => {
+                Payload::CommitReply(result_from_pb("commit_reply.reason", m.committed, m.reason)?)
+            }
+            P::AbortRequest(m) => Payload::AbortRequest {
+                reason: AbortReason::from_pb("abort_request.reason", m.reason)?,
+            },
+            P::AbortReply(_) => Payload::AbortReply,
+            P::CoinIssued(m) => {
+                Payload::CoinIssued(required("coin_issued.coin", m.coin)?.try_into()?)
+            }
+            P::SagaOutcome(m) => Payload::SagaOutcome(SagaOutcome {
+                kind: kind_from_pb(m.kind)?,
+                result: result_from_pb("saga_outcome.reason", m.committed, m.reason)?,
+                spent_coin_ids: ids_from_pb("saga_outcome.spent_coin_ids[]", &m.spent_coin_ids)?,
+            }),
+            P::StatusQuery(_) => Payload::StatusQuery,
+            P::StatusReply(m) => {
+                let state = match pb::SagaState::try_from(m.state) {
+                    Ok(pb::SagaState::Unknown) => SagaState::Unknown,
+                    Ok(pb::SagaState::InProgress) => SagaState::InProgress,
+                    Ok(pb::SagaState::Committed) => SagaState::Committed,
+                    Ok(pb::SagaState::Aborted) => SagaState::Aborted,
+                    _ => {
+                        return Err(ProtocolError::Invalid {
+                            field: "status_reply.state",
+                            why: format!("unknown saga state {}", m.state),
+                        })
+                    }
+                };
+                let reason = if state == SagaState::Aborted {
+                    Some(AbortReason::from_pb("status_reply.reason", m.reason)?)
+                } else {
+                    None
+                };
+                Payload::StatusReply { state, reason }
+            }
+            P::MoveBacking(m) => Payload::MoveBacking {
+                from: InstitutionId(m.from),
+                to: InstitutionId(m.to),
+                amount: Amount(m.amount),
+            },
+            P::ReserveBacking(m) => Payload::ReserveBacking {
+                amount: Amount(m.amount),
+            },
+            P::ReserveAck(m) => {
+                Payload::ReserveAck(result_from_pb("reserve_ack.reason", m.ok, m.reason)?)
+            }
+            P::ExchangeRequest(m) => Payload::ExchangeRequest {
+                amount: Amount(m.amount),
+            },
+            P::ExchangeReply(m) => {
+                Payload::ExchangeReply(result_from_pb("exchange_reply.reason", m.ok, m.reason)?)
+            }
+        };
+        let trace = p.trace.map(|t| TraceContext {
+            traceparent: t.traceparent,
+            tracestate: t.tracestate,
+        });
+        Ok(Envelope {
+            message_id: p.message_id,
+            saga_id: SagaId(fixed("envelope.saga_id", &p.saga_id)?),
+            from: Address::from_pb("envelope.from", p.from)?,
+            to: Address::from_pb("envelope.to", p.to)?,
+            attempt: p.attempt,
+            trace,
+            payload,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::{KeyStore, SoftKeyStore};
+    use crate::pay::PaymentAuthorization;
+    use proptest::prelude::*;
+
+    fn sample_authorization() -> SignedAuthorization {
+        let keys = SoftKeyStore::from_seed([4; 32]);
+        PaymentAuthorization {
+            saga_id: SagaId::from_u128(77),
+            payer: WalletId(1),
+            payer_key: keys.public_key(),
+            payer_institution: InstitutionId(0),
+            coin_ids: vec![CoinId([1; 32]), CoinId([2; 32])],
+            amount: Amount(1234),
+            payee: WalletId(2),
+            payee_institution: InstitutionId(1),
+            expires_at_ms: 99,
+        }
+        .sign(&keys)
+    }
+
+    fn envelope(payload: Payload) -> Envelope {
+        Envelope {
+            message_id: 42,
+            saga_id: SagaId::from_u128(77),
+            from: Address::Wallet(WalletId(1)),
+            to: Address::Institution(InstitutionId(3)),
+            attempt: 2,
+            trace: Some(TraceContext {
+                traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+                tracestate: String::new(),
+            }),
+            payload,
+        }
+    }
+
+    #[test]
+    fn every_payload_round_trips() {
+        let auth = sample_authorization();
+        let coin = Coin::issue(
+            crate::coin::CoinBody {
+                issuer: InstitutionId(0),
+                owner: auth.authorization.payer_key,
+                denomination: Amount(10),
+                nonce: 1,
+                origin_saga: SagaId::from_u128(1),
+                issued_at_ms: 5,
+            },
+            &SoftKeyStore::from_seed([8; 32]),
+        );
+        let payloads = vec![
+            Payload::BalanceQuery { amount: Amount(5) },
+            Payload::BalanceReply {
+                available: Amount(9),
+                coin_ids: vec![CoinId([3; 32])],
+            },
+            Payload::CollectRequest {
+                amount: Amount(5),
+                payee: WalletId(9),
+                payee_institution: InstitutionId(2),
+            },
+            Payload::CollectDeclined {
+                reason: AbortReason::InsufficientFunds,
+            },
+            Payload::PaymentRequest(auth.clone()),
+            Payload::RedeemRequest(auth.clone()),
+            Payload::LockRequest(auth.clone()),
+            Payload::LockReply(Ok(Amount(20))),
+            Payload::LockReply(Err(AbortReason::CoinSpent)),
+            Payload::CommitRequest,
+            Payload::CommitReply(Ok(())),
+            Payload::CommitReply(Err(AbortReason::SagaAborted)),
+            Payload::AbortRequest {
+                reason: AbortReason::Timeout,
+            },
+            Payload::AbortReply,
+            Payload::CoinIssued(coin),
+            Payload::SagaOutcome(SagaOutcome {
+                kind: SagaKind::Pay,
+                result: Err(AbortReason::BadSignature),
+                spent_coin_ids: vec![],
+            }),
+            Payload::StatusQuery,
+            Payload::StatusReply {
+                state: SagaState::Aborted,
+                reason: Some(AbortReason::Timeout),
+            },
+            Payload::StatusReply {
+                state: SagaState::Committed,
+                reason: None,
+            },
+            Payload::MoveBacking {
+                from: InstitutionId(1),
+                to: InstitutionId(2),
+                amount: Amount(3),
+            },
+            Payload::ReserveBacking { amount: Amount(3) },
+            Payload::ReserveAck(Err(AbortReason::InsufficientReserve)),
+            Payload::ExchangeRequest { amount: Amount(3) },
+            Payload::ExchangeReply(Ok(())),
+        ];
+        for payload in payloads {
+            let env = envelope(payload);
+            let decoded = Envelope::decode(&env.encode()).expect("round trip");
+            assert_eq!(decoded, env);
+        }
+    }
+
+    #[test]
+    fn truncated_envelopes_are_rejected() {
+        let bytes = envelope(Payload::LockRequest(sample_authorization())).encode();
+        for cut in 0..bytes.len() {
+            assert!(
+                Envelope::decode(&bytes[..cut]).is_err(),
+                "a prefix of {cut} of {} bytes decoded",
+                bytes.len()
+            );
+        }
+    }
+
+    #[test]
+    fn wrong_length_fields_name_the_field() {
+        let mut p = envelope(Payload::StatusQuery).to_pb();
+        p.saga_id = Bytes::from_static(&[1, 2, 3]);
+        let err = Envelope::try_from(p).unwrap_err();
+        assert_eq!(
+            err,
+            ProtocolError::BadLength {
+                field: "envelope.saga_id",
+                expected: 16,
+                actual: 3
+            }
+        );
+    }
+
+    #[test]
+    fn the_signature_covers_every_field_of_the_authorization() {
+        let auth = sample_authorization();
+        assert_eq!(auth.verify(), Ok(()));
+        let mut tampered = auth.clone();
+        tampered.authorization.amount = Amount(1235);
+        assert!(tampered.verify().is_err());
+        let mut tampered = auth.clone();
+        tampered.authorization.payee = WalletId(666);
+        assert!(tampered.verify().is_err());
+        let mut tampered = auth;
+        tampered.authorization.coin_ids.pop();
+        assert!(tampered.verify().is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic_and_valid_results_reencode(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            if let Ok(env) = Envelope::decode(&bytes) {
+                // Whatever decodes must be a well-formed envelope that survives a round trip.
+                prop_assert_eq!(Envelope::decode(&env.encode()).unwrap(), env);
+            }
+        }
+    }
+}
