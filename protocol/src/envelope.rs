@@ -109,8 +109,9 @@ pub enum Payload {
         /// The merchant's institution.
         payee_institution: InstitutionId,
     },
-    /// Payer wallet → payee wallet: the collect request is refused.
-    CollectDeclined {
+    /// Wallet → wallet: the other side declines (a payer declining a collect request, or a
+    /// payee declining a payment not meant for it).
+    PaymentDeclined {
         /// Why.
         reason: AbortReason,
     },
@@ -178,7 +179,7 @@ impl Payload {
             Payload::BalanceQuery { .. } => "balance_query",
             Payload::BalanceReply { .. } => "balance_reply",
             Payload::CollectRequest { .. } => "collect_request",
-            Payload::CollectDeclined { .. } => "collect_declined",
+            Payload::PaymentDeclined { .. } => "payment_declined",
             Payload::PaymentRequest(_) => "payment_request",
             Payload::RedeemRequest(_) => "redeem_request",
             Payload::LockRequest(_) => "lock_request",
@@ -296,7 +297,7 @@ impl Envelope {
                 payee: payee.0,
                 payee_institution: payee_institution.0,
             }),
-            Payload::CollectDeclined { reason } => P::CollectDeclined(pb::CollectDeclined {
+            Payload::PaymentDeclined { reason } => P::PaymentDeclined(pb::PaymentDeclined {
                 reason: reason.to_pb(),
             }),
             Payload::PaymentRequest(a) => P::PaymentRequest(pb::PaymentRequest {
@@ -394,8 +395,8 @@ impl TryFrom<pb::Envelope> for Envelope {
                 payee: WalletId(m.payee),
                 payee_institution: InstitutionId(m.payee_institution),
             },
-            P::CollectDeclined(m) => Payload::CollectDeclined {
-                reason: AbortReason::from_pb("collect_declined.reason", m.reason)?,
+            P::PaymentDeclined(m) => Payload::PaymentDeclined {
+                reason: AbortReason::from_pb("payment_declined.reason", m.reason)?,
             },
             P::PaymentRequest(m) => Payload::PaymentRequest(
                 required("payment_request.authorization", m.authorization)?.try_into()?,
@@ -544,7 +545,7 @@ mod tests {
                 payee: WalletId(9),
                 payee_institution: InstitutionId(2),
             },
-            Payload::CollectDeclined {
+            Payload::PaymentDeclined {
                 reason: AbortReason::InsufficientFunds,
             },
             Payload::PaymentRequest(auth.clone()),

@@ -1,1 +1,30 @@
-//! placeholder
+//! The specie runtime: where actors live and how envelopes travel between them.
+//!
+//! Layout:
+//! - [`machine`]: the [`StateMachine`] trait every actor implements (message in, effects out)
+//!   and [`Effects`], the list of things a step asks the runtime to do.
+//! - [`host`]: [`Host`], the one actix actor that runs any state machine under a supervisor:
+//!   it journals a step's events before it sends the step's messages, arms timers, and on a
+//!   crash throws its memory away and rebuilds the state from the journal.
+//! - [`network`]: the single place where envelopes cross between actors, as encoded bytes,
+//!   with the directory of local mailboxes and the fault hook.
+//! - [`journal`]: the [`Journal`] trait and its in-memory implementation.
+//! - [`clock`]: the [`Clock`] trait and the system clock.
+//! - [`config`]: configuration types, loaded in two steps (parse, then validate).
+//! - [`node`]: [`Node`], the handle that bundles one process's network, journal, clock and
+//!   observers, and starts hosts on arbiters.
+
+pub mod clock;
+pub mod config;
+pub mod host;
+pub mod journal;
+pub mod machine;
+pub mod network;
+pub mod node;
+
+pub use clock::{Clock, SystemClock};
+pub use host::{Crash, Host, Inspect, Submit};
+pub use journal::{Journal, JournalError, MemoryJournal};
+pub use machine::{Effects, Notice, StateMachine};
+pub use network::{Deliver, Delivery, FaultHook, Network, NetworkStats, NoFaults};
+pub use node::Node;

@@ -1,0 +1,412 @@
+//! Configuration, read in two steps: parse the TOML into raw values, then validate them into
+//! checked settings. Every error names the file, the field and what is wrong.
+
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::path::Path;
+use thiserror::Error;
+
+/// A configuration could not be used.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{file}: cannot read: {why}")]
+    Io {
+        /// The file.
+        file: String,
+        /// The OS error.
+        why: String,
+    },
+    /// The file is not valid TOML or does not have the expected shape.
+    #[error("{file}: {why}")]
+    Parse {
+        /// The file.
+        file: String,
+        /// The parser's message (it names the line, column and field).
+        why: String,
+    },
+    /// A value is out of its allowed range.
+    #[error("{file}: field `{field}` {why}")]
+    Invalid {
+        /// The file.
+        file: String,
+        /// Dotted path of the field.
+        field: &'static str,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+/// Raw `[cluster]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    institutions: Vec<String>,
+    wallets: u64,
+}
+
+/// Raw `[genesis]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGenesis {
+    account_balance_fen: u64,
+    exchange_fen: u64,
+    coin_denominations_fen: Vec<u64>,
+}
+
+/// Raw `[runtime]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRuntime {
+    arbiters: usize,
+    mailbox_capacity: usize,
+}
+
+/// Raw `[limits]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    saga_timeout_ms: u64,
+    retry_interval_ms: u64,
+    retry_interval_max_ms: u64,
+    authorization_ttl_ms: u64,
+    coin_inputs_max: usize,
+    outcome_timeout_ms: u64,
+}
+
+/// Raw `[workload]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkload {
+    in_flight_max: usize,
+    amount_max_fen: u64,
+    cross_institution_percent: u32,
+    collect_percent: u32,
+    insufficient_percent: u32,
+    double_spend_percent: u32,
+    forged_percent: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    cluster: RawCluster,
+    genesis: RawGenesis,
+    runtime: RawRuntime,
+    limits: RawLimits,
+    workload: RawWorkload,
+}
+
+/// The cluster's shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// Institution names; institution `i` has id `i`.
+    pub institutions: Vec<String>,
+    /// Number of wallets, spread round-robin over the institutions.
+    pub wallets: u64,
+}
+
+/// How the cluster is funded at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenesisConfig {
+    /// Each wallet's initial account deposit.
+    pub account_balance_fen: u64,
+    /// How much of it each wallet exchanges into coins at start.
+    pub exchange_fen: u64,
+    /// Denominations an exchange is split into, largest first.
+    pub coin_denominations_fen: Vec<u64>,
+}
+
+/// Threads and mailboxes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    /// Arbiters (threads) that host actors.
+    pub arbiters: usize,
+    /// Capacity of every actor's mailbox.
+    pub mailbox_capacity: usize,
+}
+
+/// Timeouts, retries and per-request bounds of the sagas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitsConfig {
+    /// A coordinator aborts a saga whose participant has not answered a step before the
+    /// commit decision within this time.
+    pub saga_timeout_ms: u64,
+    /// First retry interval of an unacknowledged step after the decision.
+    pub retry_interval_ms: u64,
+    /// Cap of the exponential retry backoff.
+    pub retry_interval_max_ms: u64,
+    /// How long a payer's authorization stays valid.
+    pub authorization_ttl_ms: u64,
+    /// The most coins a payment may spend.
+    pub coin_inputs_max: usize,
+    /// How long a wallet waits for an outcome before asking the coordinator.
+    pub outcome_timeout_ms: u64,
+}
+
+/// The `specie run` workload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadConfig {
+    /// Operations in flight at once (closed loop).
+    pub in_flight_max: usize,
+    /// Largest payment amount.
+    pub amount_max_fen: u64,
+    /// Share of payments across institutions.
+    pub cross_institution_percent: u32,
+    /// Share of payments started by the payee (a merchant's collect request).
+    pub collect_percent: u32,
+    /// Share of payments above the payer's balance (must be refused).
+    pub insufficient_percent: u32,
+    /// Share of payments re-spending a coin already spent (must be refused).
+    pub double_spend_percent: u32,
+    /// Share of forged authorizations (must be refused).
+    pub forged_percent: u32,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// `[cluster]`.
+    pub cluster: ClusterConfig,
+    /// `[genesis]`.
+    pub genesis: GenesisConfig,
+    /// `[runtime]`.
+    pub runtime: RuntimeConfig,
+    /// `[limits]`.
+    pub limits: LimitsConfig,
+    /// `[workload]`.
+    pub workload: WorkloadConfig,
+}
+
+/// Most institutions a cluster may have.
+pub const INSTITUTIONS_MAX: usize = 1024;
+/// Most wallets a cluster may have.
+pub const WALLETS_MAX: u64 = 10_000_000;
+/// Most arbiters a node may run.
+pub const ARBITERS_MAX: usize = 256;
+/// Smallest mailbox capacity (actix's default).
+pub const MAILBOX_CAPACITY_MIN: usize = 16;
+
+impl Config {
+    /// Reads, parses and validates a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Io {
+            file: file.clone(),
+            why: e.to_string(),
+        })?;
+        Config::parse(&text, &file)
+    }
+
+    /// Parses and validates TOML text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            file: origin.to_string(),
+            why: e.to_string().trim_end().to_string(),
+        })?;
+        validate(raw, origin)
+    }
+}
+
+fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
+    let invalid = |field: &'static str, why: String| ConfigError::Invalid {
+        file: file.to_string(),
+        field,
+        why,
+    };
+    let c = &raw.cluster;
+    if c.institutions.is_empty() || c.institutions.len() > INSTITUTIONS_MAX {
+        return Err(invalid(
+            "cluster.institutions",
+            format!("must list 1 to {INSTITUTIONS_MAX} names, has {}", c.institutions.len()),
+        ));
+    }
+    let mut seen = HashSet::new();
+    for name in &c.institutions {
+        if name.trim().is_empty() || !seen.insert(name) {
+            return Err(invalid(
+                "cluster.institutions",
+                format!("names must be non-empty and distinct, `{name}` is not"),
+            ));
+        }
+    }
+    if c.wallets < 2 || c.wallets > WALLETS_MAX {
+        return Err(invalid(
+            "cluster.wallets",
+            format!("must be 2 to {WALLETS_MAX}, is {}", c.wallets),
+        ));
+    }
+    let g = &raw.genesis;
+    if g.account_balance_fen == 0 {
+        return Err(invalid("genesis.account_balance_fen", "must be positive".into()));
+    }
+    if g.exchange_fen > g.account_balance_fen {
+        return Err(invalid(
+            "genesis.exchange_fen",
+            format!(
+                "({}) cannot exceed genesis.account_balance_fen ({})",
+                g.exchange_fen, g.account_balance_fen
+            ),
+        ));
+    }
+    // The total money supply must fit in u64 with room to spare.
+    if g
+        .account_balance_fen
+        .checked_mul(c.wallets)
+        .is_none_or(|total| total > u64::MAX / 4)
+    {
+        return Err(invalid(
+            "genesis.account_balance_fen",
+            "times cluster.wallets overflows the money supply".into(),
+        ));
+    }
+    let d = &g.coin_denominations_fen;
+    if d.is_empty() || d.contains(&0) || d.windows(2).any(|w| w[0] <= w[1]) {
+        return Err(invalid(
+            "genesis.coin_denominations_fen",
+            "must be positive and strictly decreasing".into(),
+        ));
+    }
+    let r = &raw.runtime;
+    if r.arbiters == 0 || r.arbiters > ARBITERS_MAX {
+        return Err(invalid(
+            "runtime.arbiters",
+            format!("must be 1 to {ARBITERS_MAX}, is {}", r.arbiters),
+        ));
+    }
+    if r.mailbox_capacity < MAILBOX_CAPACITY_MIN {
+        return Err(invalid(
+            "runtime.mailbox_capacity",
+            format!("must be at least {MAILBOX_CAPACITY_MIN}, is {}", r.mailbox_capacity),
+        ));
+    }
+    let l = &raw.limits;
+    for (field, v) in [
+        ("limits.saga_timeout_ms", l.saga_timeout_ms),
+        ("limits.retry_interval_ms", l.retry_interval_ms),
+        ("limits.authorization_ttl_ms", l.authorization_ttl_ms),
+        ("limits.outcome_timeout_ms", l.outcome_timeout_ms),
+    ] {
+        if v == 0 {
+            return Err(invalid(field, "must be positive".into()));
+        }
+    }
+    if l.retry_interval_max_ms < l.retry_interval_ms {
+        return Err(invalid(
+            "limits.retry_interval_max_ms",
+            format!(
+                "({}) cannot be below limits.retry_interval_ms ({})",
+                l.retry_interval_max_ms, l.retry_interval_ms
+            ),
+        ));
+    }
+    if l.authorization_ttl_ms <= l.saga_timeout_ms {
+        return Err(invalid(
+            "limits.authorization_ttl_ms",
+            "must exceed limits.saga_timeout_ms, or every slow lock would find it expired".into(),
+        ));
+    }
+    let max = specie_protocol::pay::AUTHORIZATION_COINS_MAX;
+    if l.coin_inputs_max == 0 || l.coin_inputs_max > max {
+        return Err(invalid(
+            "limits.coin_inputs_max",
+            format!("must be 1 to {max}, is {}", l.coin_inputs_max),
+        ));
+    }
+    let w = &raw.workload;
+    if w.in_flight_max == 0 {
+        return Err(invalid("workload.in_flight_max", "must be positive".into()));
+    }
+    if w.amount_max_fen == 0 {
+        return Err(invalid("workload.amount_max_fen", "must be positive".into()));
+    }
+    for (field, v) in [
+        ("workload.cross_institution_percent", w.cross_institution_percent),
+        ("workload.collect_percent", w.collect_percent),
+    ] {
+        if v > 100 {
+            return Err(invalid(field, format!("is a percentage, got {v}")));
+        }
+    }
+    let invalid_share = w.insufficient_percent + w.double_spend_percent + w.forged_percent;
+    if invalid_share > 100 {
+        return Err(invalid(
+            "workload.insufficient_percent",
+            format!("plus double_spend_percent and forged_percent must be at most 100, is {invalid_share}"),
+        ));
+    }
+    Ok(Config {
+        cluster: ClusterConfig {
+            institutions: raw.cluster.institutions,
+            wallets: raw.cluster.wallets,
+        },
+        genesis: GenesisConfig {
+            account_balance_fen: raw.genesis.account_balance_fen,
+            exchange_fen: raw.genesis.exchange_fen,
+            coin_denominations_fen: raw.genesis.coin_denominations_fen,
+        },
+        runtime: RuntimeConfig {
+            arbiters: raw.runtime.arbiters,
+            mailbox_capacity: raw.runtime.mailbox_capacity,
+        },
+        limits: LimitsConfig {
+            saga_timeout_ms: l.saga_timeout_ms,
+            retry_interval_ms: l.retry_interval_ms,
+            retry_interval_max_ms: l.retry_interval_max_ms,
+            authorization_ttl_ms: l.authorization_ttl_ms,
+            coin_inputs_max: l.coin_inputs_max,
+            outcome_timeout_ms: l.outcome_timeout_ms,
+        },
+        workload: WorkloadConfig {
+            in_flight_max: w.in_flight_max,
+            amount_max_fen: w.amount_max_fen,
+            cross_institution_percent: w.cross_institution_percent,
+            collect_percent: w.collect_percent,
+            insufficient_percent: w.insufficient_percent,
+            double_spend_percent: w.double_spend_percent,
+            forged_percent: w.forged_percent,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LOCAL: &str = include_str!("../../config/local.toml");
+
+    #[test]
+    fn the_shipped_default_is_valid() {
+        let c = Config::parse(LOCAL, "local.toml").expect("valid");
+        assert_eq!(c.cluster.institutions.len(), 4);
+        assert_eq!(c.cluster.wallets, 10_000);
+    }
+
+    #[test]
+    fn a_bad_value_names_the_file_and_field() {
+        let text = LOCAL.replace("arbiters = 2", "arbiters = 0");
+        let err = Config::parse(&text, "x.toml").unwrap_err().to_string();
+        assert!(err.starts_with("x.toml: field `runtime.arbiters`"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_field_is_a_parse_error_naming_it() {
+        let text = LOCAL.replace("[runtime]", "[runtime]\narbitres = 3");
+        let err = Config::parse(&text, "x.toml").unwrap_err().to_string();
+        assert!(err.contains("arbitres"), "{err}");
+        assert!(err.starts_with("x.toml:"), "{err}");
+    }
+
+    #[test]
+    fn exchange_above_the_deposit_is_refused() {
+        let text = LOCAL.replace("exchange_fen = 60000", "exchange_fen = 6000000");
+        let err = Config::parse(&text, "x.toml").unwrap_err().to_string();
+        assert!(err.contains("genesis.exchange_fen"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_file_is_an_io_error_naming_it() {
+        let err = Config::load(Path::new("/nonexistent/specie.toml")).unwrap_err();
+        assert!(err.to_string().starts_with("/nonexistent/specie.toml: cannot read"));
+    }
+}
