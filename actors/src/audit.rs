@@ -1,0 +1,294 @@
+//! The audit: invariants 1–4 of DESIGN.md §4, checked over a cluster snapshot.
+//!
+//! - conservation: customers' value (accounts, every unspent coin, exchanges in flight) equals
+//!   what the workload deposited; the central bank's reserves equal what it minted; and every
+//!   wallet holds exactly the coins the registers say it owns.
+//! - backing: per institution, the value of its outstanding coins equals its backing reserve.
+//! - no_double_spend: every spent coin was spent by one committed saga that names it; no coin
+//!   is an input of two committed sagas; no wallet holds a spent coin.
+//! - atomicity: a committed payment's inputs equal its outputs (payee coin + change) and its
+//!   payee coin equals the amount; an aborted saga spent, locked and issued nothing; an
+//!   exchange issued exactly its amount or nothing.
+//!
+//! Exact at quiescent points (no saga in flight); the report counts sagas still in flight.
+
+use crate::cluster::ClusterSnapshot;
+use crate::institution::{CoinState, ExchangeState, PayStep};
+use specie_protocol::{Amount, CoinId, InstitutionId, SagaId};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+
+/// One invariant's verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    /// Holds.
+    Ok,
+    /// Violated, with the facts (the first few findings).
+    Violated(String),
+}
+
+impl Check {
+    /// Whether it holds.
+    pub fn is_ok(&self) -> bool {
+        matches!(self, Check::Ok)
+    }
+}
+
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Check::Ok => f.write_str("ok"),
+            Check::Violated(facts) => write!(f, "violated: {facts}"),
+        }
+    }
+}
+
+/// The audit's verdicts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditReport {
+    /// Invariant 1.
+    pub conservation: Check,
+    /// Invariant 2.
+    pub backing: Check,
+    /// Invariant 3.
+    pub no_double_spend: Check,
+    /// Invariant 4.
+    pub atomicity: Check,
+    /// Sagas not yet terminal when the snapshot was taken.
+    pub in_flight: usize,
+}
+
+impl AuditReport {
+    /// Whether every invariant holds.
+    pub fn ok(&self) -> bool {
+        self.invariants().iter().all(|(_, c)| c.is_ok())
+    }
+
+    /// The verdicts by name, in report order.
+    pub fn invariants(&self) -> [(&'static str, &Check); 4] {
+        [
+            ("conservation", &self.conservation),
+            ("backing", &self.backing),
+            ("no_double_spend", &self.no_double_spend),
+            ("atomicity", &self.atomicity),
+        ]
+    }
+}
+
+/// Collects findings, keeping the first few facts and the count.
+#[derive(Default)]
+struct Findings {
+    facts: Vec<String>,
+    count: usize,
+}
+
+/// How many findings an invariant's verdict spells out.
+const FINDINGS_SHOWN_MAX: usize = 5;
+
+impl Findings {
+    fn add(&mut self, fact: String) {
+        self.count += 1;
+        if self.facts.len() < FINDINGS_SHOWN_MAX {
+            self.facts.push(fact);
+        }
+    }
+
+    fn verdict(self) -> Check {
+        if self.count == 0 {
+            Check::Ok
+        } else {
+            let more = self.count - self.facts.len();
+            let tail = if more > 0 { format!("; and {more} more") } else { String::new() };
+            Check::Violated(format!("{}{tail}", self.facts.join("; ")))
+        }
+    }
+}
+
+/// Checks invariants 1–4 over a snapshot.
+pub fn audit(s: &ClusterSnapshot) -> AuditReport {
+    // Indexes over every register.
+    let mut coins: HashMap<CoinId, (InstitutionId, Amount, CoinState)> = HashMap::new();
+    let mut outputs: HashMap<SagaId, Vec<(CoinId, Amount)>> = HashMap::new();
+    for inst in &s.institutions {
+        for (id, r) in &inst.coins {
+            coins.insert(*id, (inst.id, r.coin.value(), r.state));
+            outputs.entry(r.coin.body.origin_saga).or_default().push((*id, r.coin.value()));
+        }
+    }
+    let sum = |it: &mut dyn Iterator<Item = Amount>| it.fold(0u128, |acc, a| acc + u128::from(a.0));
+
+    // 1. Conservation.
+    let mut conservation = Findings::default();
+    let accounts = sum(&mut s.institutions.iter().flat_map(|i| i.accounts.values().map(|a| a.balance)));
+    let unspent = sum(&mut coins
+        .values()
+        .filter(|(_, _, st)| !matches!(st, CoinState::Spent(_)))
+        .map(|(_, v, _)| *v));
+    let exchanging = sum(&mut s
+        .institutions
+        .iter()
+        .flat_map(|i| i.exchanges.values())
+        .filter(|(_, _, st)| *st == ExchangeState::Pending)
+        .map(|(_, amount, _)| *amount));
+    let customers = accounts + unspent + exchanging;
+    if customers != u128::from(s.deposited.0) {
+        conservation.add(format!(
+            "customers hold {customers} fen (accounts {accounts} + coins {unspent} + exchanging {exchanging}), deposited {}",
+            s.deposited.0
+        ));
+    }
+    let reserves = sum(&mut s.central_bank.reserves.values().map(|r| r.backing))
+        + sum(&mut s.central_bank.reserves.values().map(|r| r.free));
+    if reserves != u128::from(s.central_bank.minted.0) {
+        conservation.add(format!("central bank reserves {reserves} fen, minted {}", s.central_bank.minted.0));
+    }
+    // Every wallet holds exactly the unspent coins its key owns in its institution's register.
+    let mut owned: HashMap<_, HashSet<CoinId>> = HashMap::new();
+    for inst in &s.institutions {
+        for (id, r) in &inst.coins {
+            if !matches!(r.state, CoinState::Spent(_)) {
+                owned.entry(r.coin.body.owner).or_default().insert(*id);
+            }
+        }
+    }
+    for w in &s.wallets {
+        let held: HashSet<CoinId> = w.coins.iter().map(|c| c.id).collect();
+        let registered = owned.remove(&w.key).unwrap_or_default();
+        if held != registered {
+            let missing = registered.difference(&held).count();
+            let extra = held.difference(&registered).count();
+            conservation.add(format!(
+                "{} holds {} coins, registers say {}: {missing} not held, {extra} not registered",
+                w.id,
+                held.len(),
+                registered.len()
+            ));
+        }
+    }
+    for (key, ids) in owned {
+        conservation.add(format!("{} unspent coins owned by {key:?}, which no wallet holds", ids.len()));
+    }
+
+    // 2. Backing.
+    let mut backing = Findings::default();
+    let mut outstanding: BTreeMap<InstitutionId, u128> = BTreeMap::new();
+    for inst in &s.institutions {
+        outstanding.insert(inst.id, 0);
+    }
+    for (issuer, value, state) in coins.values() {
+        if !matches!(state, CoinState::Spent(_)) {
+            *outstanding.entry(*issuer).or_default() += u128::from(value.0);
+        }
+    }
+    for (inst, value) in &outstanding {
+        let reserve = s.central_bank.reserves.get(inst).map_or(0, |r| u128::from(r.backing.0));
+        if *value != reserve {
+            backing.add(format!("{inst} has {value} fen of coins outstanding, backing reserve {reserve}"));
+        }
+    }
+
+    // Pay sagas by id, from their coordinators.
+    let mut pays = HashMap::new();
+    for inst in &s.institutions {
+        for (saga, p) in &inst.pays {
+            pays.insert(*saga, p);
+        }
+    }
+    let in_flight = pays.values().filter(|p| !p.step.is_terminal()).count()
+        + s.institutions
+            .iter()
+            .flat_map(|i| i.exchanges.values())
+            .filter(|(_, _, st)| *st == ExchangeState::Pending)
+            .count();
+    let committed = |step: PayStep| matches!(step, PayStep::Committing { .. } | PayStep::Committed);
+
+    // 3. No double spend.
+    let mut double = Findings::default();
+    for (id, (_, _, state)) in &coins {
+        if let CoinState::Spent(saga) = state {
+            match pays.get(saga) {
+                Some(p) if committed(p.step) && p.coin_ids.contains(id) => {}
+                Some(p) => double.add(format!("coin {id} spent by saga {saga}, which is {:?} and does not commit it", p.step)),
+                None => double.add(format!("coin {id} spent by saga {saga}, which no coordinator knows")),
+            }
+        }
+    }
+    let mut consumer: HashMap<CoinId, SagaId> = HashMap::new();
+    for (saga, p) in &pays {
+        if committed(p.step) {
+            for id in &p.coin_ids {
+                if let Some(other) = consumer.insert(*id, *saga) {
+                    double.add(format!("coin {id} consumed by committed sagas {other} and {saga}"));
+                }
+            }
+        }
+    }
+    for w in &s.wallets {
+        for c in &w.coins {
+            if let Some((_, _, CoinState::Spent(saga))) = coins.get(&c.id) {
+                double.add(format!("{} still holds coin {} spent by saga {saga}", w.id, c.id));
+            }
+        }
+    }
+
+    // 4. Atomicity.
+    let mut atomicity = Findings::default();
+    for (saga, p) in &pays {
+        let outs = outputs.get(saga).map(Vec::as_slice).unwrap_or(&[]);
+        let out_value = sum(&mut outs.iter().map(|(_, v)| *v));
+        match p.step {
+            PayStep::Committed => {
+                let mut in_value = 0u128;
+                for id in &p.coin_ids {
+                    match coins.get(id) {
+                        Some((_, v, CoinState::Spent(by))) if by == saga => in_value += u128::from(v.0),
+                        Some((_, _, state)) => atomicity.add(format!("committed saga {saga}: input {id} is {state:?}")),
+                        None => atomicity.add(format!("committed saga {saga}: input {id} is not registered")),
+                    }
+                }
+                if in_value != out_value {
+                    atomicity.add(format!("committed saga {saga}: inputs {in_value} fen, outputs {out_value} fen"));
+                }
+                if !outs.iter().any(|(_, v)| *v == p.amount) {
+                    atomicity.add(format!("committed saga {saga}: no output of the amount {}", p.amount.0));
+                }
+            }
+            PayStep::Aborted { .. } => {
+                if !outs.is_empty() {
+                    atomicity.add(format!("aborted saga {saga} issued {} coins", outs.len()));
+                }
+                for id in &p.coin_ids {
+                    if let Some((_, _, state @ (CoinState::Locked(by) | CoinState::Spent(by)))) = coins.get(id) {
+                        if by == saga {
+                            atomicity.add(format!("aborted saga {saga} left coin {id} {state:?}"));
+                        }
+                    }
+                }
+            }
+            PayStep::Locking | PayStep::Committing { .. } | PayStep::Aborting { .. } => {}
+        }
+    }
+    for inst in &s.institutions {
+        for (saga, (wallet, amount, state)) in &inst.exchanges {
+            let out_value = sum(&mut outputs.get(saga).into_iter().flatten().map(|(_, v)| *v));
+            let expected = match state {
+                ExchangeState::Committed => u128::from(amount.0),
+                ExchangeState::Aborted(_) | ExchangeState::Pending => 0,
+            };
+            if out_value != expected {
+                atomicity.add(format!(
+                    "exchange {saga} of {wallet} ({state:?}, {} fen) issued {out_value} fen of coins",
+                    amount.0
+                ));
+            }
+        }
+    }
+
+    AuditReport {
+        conservation: conservation.verdict(),
+        backing: backing.verdict(),
+        no_double_spend: double.verdict(),
+        atomicity: atomicity.verdict(),
+        in_flight,
+    }
+}

@@ -1,0 +1,1357 @@
+//! The institution's rules: the coin register, accounts, the issuer's side of a payment (lock,
+//! retire, unlock) and the coordinator's side (the pay saga's state machine).
+//!
+//! The pay saga, as coordinated here (the payee's institution B) with the coins' issuer A:
+//!
+//! ```text
+//!   RedeemRequest ──► Locking ──LockReply ok──► Committing ──commit ack + backing ack──► Committed
+//!                        │                          (decision: commit, durable; every step
+//!                        │                           is retried until acknowledged)
+//!                        ├──LockReply refused──────────────────────────────────────► Aborted
+//!                        └──timeout──► Aborting ──unlock ack──────────────────────► Aborted
+//! ```
+//!
+//! Before the decision a timeout aborts; after it, steps are retried with backoff until they
+//! are acknowledged. Every step is keyed by the saga id: a repeated request gets the recorded
+//! answer, a request reusing the id with different content gets `Conflict`.
+
+use serde::{Deserialize, Serialize};
+use specie_protocol::crypto::PublicKey;
+use specie_protocol::envelope::SagaOutcome;
+use specie_protocol::{
+    AbortReason, Address, Amount, Coin, CoinBody, CoinId, Envelope, InstitutionId,
+    Payload, SagaId, SagaKind, SagaState, SignedAuthorization, SoftKeyStore, WalletId,
+};
+use specie_runtime::{Effects, Notice, StateMachine};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+/// Settings of an institution, from the validated config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstitutionLimits {
+    /// Abort a saga whose lock is unanswered for this long.
+    pub saga_timeout_ms: u64,
+    /// First retry interval.
+    pub retry_interval_ms: u64,
+    /// Retry backoff cap.
+    pub retry_interval_max_ms: u64,
+    /// Most coins one payment may spend.
+    pub coin_inputs_max: usize,
+    /// Denominations an exchange is split into, largest first.
+    pub denominations: Vec<Amount>,
+}
+
+/// A customer's account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    /// The wallet's public key; coins issued to the wallet are owned by it.
+    pub key: PublicKey,
+    /// Account money (not coins).
+    pub balance: Amount,
+}
+
+/// A coin's state in its issuer's register, the only authority on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CoinState {
+    /// Spendable.
+    Active,
+    /// Reserved by a saga that has not decided yet.
+    Locked(SagaId),
+    /// Retired by a committed saga.
+    Spent(SagaId),
+}
+
+/// A register entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoinRecord {
+    /// The coin.
+    pub coin: Coin,
+    /// Its state.
+    pub state: CoinState,
+}
+
+/// Where a coordinated pay saga stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PayStep {
+    /// Lock requested from the issuer, no decision yet. A timeout aborts.
+    Locking,
+    /// Decided commit (durable); waiting for the issuer to retire the coins and the central
+    /// bank to move the backing. Retried until both acknowledge.
+    Committing {
+        /// The issuer acknowledged the commit.
+        issuer_done: bool,
+        /// The central bank acknowledged the backing move.
+        backing_done: bool,
+    },
+    /// Decided abort after a lock may have been taken; waiting for the issuer to unlock.
+    Aborting {
+        /// Why.
+        reason: AbortReason,
+    },
+    /// Terminal: committed.
+    Committed,
+    /// Terminal: aborted.
+    Aborted {
+        /// Why.
+        reason: AbortReason,
+    },
+}
+
+impl PayStep {
+    /// The saga's state as reported to parties: the decision counts, not the bookkeeping.
+    pub fn saga_state(self) -> (SagaState, Option<AbortReason>) {
+        match self {
+            PayStep::Locking => (SagaState::InProgress, None),
+            PayStep::Committing { .. } | PayStep::Committed => (SagaState::Committed, None),
+            PayStep::Aborting { reason } | PayStep::Aborted { reason } => {
+                (SagaState::Aborted, Some(reason))
+            }
+        }
+    }
+
+    /// Terminal: nothing left to do.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, PayStep::Committed | PayStep::Aborted { .. })
+    }
+}
+
+#[derive(Debug, Clone)]
+struct PaySaga {
+    authorization: SignedAuthorization,
+    digest: [u8; 32],
+    requester: Address,
+    started_ms: u64,
+    step: PayStep,
+}
+
+/// The issuer's record of its part in a saga.
+#[derive(Debug, Clone)]
+struct Participation {
+    /// Digest of the lock request; `None` for a tombstone left by an abort that came first.
+    digest: Option<[u8; 32]>,
+    coordinator: InstitutionId,
+    state: ParticipantState,
+}
+
+#[derive(Debug, Clone)]
+enum ParticipantState {
+    Locked {
+        coin_ids: Vec<CoinId>,
+        total: Amount,
+        amount: Amount,
+        payer: WalletId,
+        payer_key: PublicKey,
+    },
+    Refused(AbortReason),
+    Committed {
+        total: Amount,
+    },
+    Aborted,
+}
+
+/// An exchange of account money into coins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExchangeState {
+    /// Account debited; waiting for the central bank to back the coins.
+    Pending,
+    /// Coins issued.
+    Committed,
+    /// Refused or aborted (the account is whole again).
+    Aborted(AbortReason),
+}
+
+#[derive(Debug, Clone)]
+struct Exchange {
+    wallet: WalletId,
+    amount: Amount,
+    state: ExchangeState,
+}
+
+/// Journaled facts of an institution.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InstitutionEvent {
+    /// A customer account was opened with a deposit.
+    AccountOpened {
+        /// The customer.
+        wallet: WalletId,
+        /// Its key.
+        key: PublicKey,
+        /// Initial deposit.
+        deposit: Amount,
+    },
+    /// Issuer: coins locked for a saga.
+    Locked {
+        /// The saga.
+        saga: SagaId,
+        /// Digest of the lock request.
+        digest: [u8; 32],
+        /// The coordinator.
+        coordinator: InstitutionId,
+        /// Coins locked.
+        coin_ids: Vec<CoinId>,
+        /// Their sum.
+        total: Amount,
+        /// Amount paid.
+        amount: Amount,
+        /// The payer.
+        payer: WalletId,
+        /// The payer's key (owner of the change).
+        payer_key: PublicKey,
+    },
+    /// Issuer: a lock request refused (recorded so a retry gets the same answer).
+    LockRefused {
+        /// The saga.
+        saga: SagaId,
+        /// Digest of the lock request.
+        digest: [u8; 32],
+        /// The coordinator.
+        coordinator: InstitutionId,
+        /// Why.
+        reason: AbortReason,
+    },
+    /// Issuer: the locked coins are retired and the change (if any) issued.
+    Retired {
+        /// The saga.
+        saga: SagaId,
+        /// The change coin to the payer.
+        change: Option<Coin>,
+    },
+    /// Issuer: the saga aborted; its coins (if any) are active again.
+    Unlocked {
+        /// The saga.
+        saga: SagaId,
+        /// The coordinator that aborted it.
+        coordinator: InstitutionId,
+    },
+    /// Coordinator: a pay saga started.
+    PayStarted {
+        /// The payer's signed authorization.
+        authorization: SignedAuthorization,
+        /// Who asked (told the outcome).
+        requester: Address,
+        /// When.
+        at_ms: u64,
+    },
+    /// Coordinator: decision commit, with the payee's new coin.
+    PayCommitDecided {
+        /// The saga.
+        saga: SagaId,
+        /// Issued to the payee.
+        payee_coin: Coin,
+    },
+    /// Coordinator: decision abort.
+    PayAbortDecided {
+        /// The saga.
+        saga: SagaId,
+        /// Why.
+        reason: AbortReason,
+        /// Whether the issuer may hold a lock that must be released.
+        unlock: bool,
+    },
+    /// Coordinator: the issuer acknowledged the decision (retired or unlocked).
+    PayIssuerDone {
+        /// The saga.
+        saga: SagaId,
+    },
+    /// Coordinator: the central bank moved the backing.
+    PayBackingDone {
+        /// The saga.
+        saga: SagaId,
+    },
+    /// Payer and payee at this institution: the whole saga in one step.
+    PayLocal {
+        /// The payer's signed authorization.
+        authorization: SignedAuthorization,
+        /// Who asked.
+        requester: Address,
+        /// When.
+        at_ms: u64,
+        /// The payee's coin and the payer's change, or why not.
+        outcome: Result<(Coin, Option<Coin>), AbortReason>,
+    },
+    /// An exchange debited the account.
+    ExchangeStarted {
+        /// The saga.
+        saga: SagaId,
+        /// The customer.
+        wallet: WalletId,
+        /// How much.
+        amount: Amount,
+    },
+    /// An exchange was refused before anything moved.
+    ExchangeRefused {
+        /// The saga.
+        saga: SagaId,
+        /// The customer.
+        wallet: WalletId,
+        /// How much was asked.
+        amount: Amount,
+        /// Why.
+        reason: AbortReason,
+    },
+    /// An exchange issued its coins.
+    ExchangeCommitted {
+        /// The saga.
+        saga: SagaId,
+        /// The coins.
+        coins: Vec<Coin>,
+    },
+    /// The central bank refused to back an exchange: the account is refunded.
+    ExchangeAborted {
+        /// The saga.
+        saga: SagaId,
+        /// Why.
+        reason: AbortReason,
+    },
+}
+
+/// Timers of an institution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstitutionTimer {
+    /// Abort the saga if it is still locking.
+    LockTimeout(SagaId),
+    /// Resend the saga's unacknowledged step.
+    Retry {
+        /// The saga.
+        saga: SagaId,
+        /// Retries so far (drives the backoff).
+        attempt: u32,
+    },
+    /// Resend an exchange's reserve request.
+    ExchangeRetry {
+        /// The saga.
+        saga: SagaId,
+        /// Retries so far.
+        attempt: u32,
+    },
+}
+
+/// Local commands (genesis).
+#[derive(Debug, Clone)]
+pub enum InstitutionCommand {
+    /// Open a customer account with a deposit.
+    OpenAccount {
+        /// The customer.
+        wallet: WalletId,
+        /// Its key.
+        key: PublicKey,
+        /// Initial deposit.
+        deposit: Amount,
+    },
+}
+
+/// A pay saga as the audit sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaySummary {
+    /// Coins' issuer.
+    pub payer_institution: InstitutionId,
+    /// Amount paid.
+    pub amount: Amount,
+    /// Coins spent.
+    pub coin_ids: Vec<CoinId>,
+    /// Where it stands.
+    pub step: PayStep,
+}
+
+/// What audits read of an institution.
+#[derive(Debug, Clone)]
+pub struct InstitutionSnapshot {
+    /// The institution.
+    pub id: InstitutionId,
+    /// Accounts.
+    pub accounts: HashMap<WalletId, Account>,
+    /// The coin register.
+    pub coins: HashMap<CoinId, CoinRecord>,
+    /// Pay sagas coordinated here.
+    pub pays: HashMap<SagaId, PaySummary>,
+    /// Exchanges, by saga: (wallet, amount, state).
+    pub exchanges: HashMap<SagaId, (WalletId, Amount, ExchangeState)>,
+}
+
+/// An institution's state.
+pub struct Institution {
+    id: InstitutionId,
+    keys: Arc<SoftKeyStore>,
+    limits: Arc<InstitutionLimits>,
+    accounts: HashMap<WalletId, Account>,
+    register: HashMap<CoinId, CoinRecord>,
+    /// Unspent coins by owner key: the index balance queries and coin selection use.
+    holdings: HashMap<PublicKey, BTreeSet<CoinId>>,
+    next_nonce: u64,
+    participations: HashMap<SagaId, Participation>,
+    pays: HashMap<SagaId, PaySaga>,
+    exchanges: HashMap<SagaId, Exchange>,
+}
+
+impl std::fmt::Debug for Institution {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Institution")
+            .field("id", &self.id)
+            .field("accounts", &self.accounts.len())
+            .field("coins", &self.register.len())
+            .finish_non_exhaustive()
+    }
+}
+
+type Out = Effects<InstitutionEvent, InstitutionTimer>;
+
+impl Institution {
+    /// A new institution with no accounts and no coins.
+    pub fn new(id: InstitutionId, keys: Arc<SoftKeyStore>, limits: Arc<InstitutionLimits>) -> Self {
+        assert!(!limits.denominations.is_empty(), "validated config has denominations");
+        Institution {
+            id,
+            keys,
+            limits,
+            accounts: HashMap::new(),
+            register: HashMap::new(),
+            holdings: HashMap::new(),
+            next_nonce: 0,
+            participations: HashMap::new(),
+            pays: HashMap::new(),
+            exchanges: HashMap::new(),
+        }
+    }
+
+    fn envelope(&self, saga: SagaId, to: Address, attempt: u32, payload: Payload) -> Envelope {
+        Envelope {
+            message_id: 0,
+            saga_id: saga,
+            from: Address::Institution(self.id),
+            to,
+            attempt,
+            trace: None,
+            payload,
+        }
+    }
+
+    /// Issues a coin (not yet registered: the event that carries it registers it).
+    fn issue(&self, owner: PublicKey, denomination: Amount, saga: SagaId, nonce: u64, now_ms: u64) -> Coin {
+        debug_assert!(!denomination.is_zero(), "coins are never issued empty");
+        Coin::issue(
+            CoinBody {
+                issuer: self.id,
+                owner,
+                denomination,
+                nonce,
+                origin_saga: saga,
+                issued_at_ms: now_ms,
+            },
+            self.keys.as_ref(),
+        )
+    }
+
+    fn backoff_ms(&self, attempt: u32) -> u64 {
+        let factor = 1u64 << attempt.min(16);
+        self.limits
+            .retry_interval_ms
+            .saturating_mul(factor)
+            .min(self.limits.retry_interval_max_ms)
+    }
+
+    /// The available balance of a key and the coins chosen to cover `amount`: the smallest
+    /// single coin that covers it, else the largest coins first, within the input limit.
+    fn select_coins(&self, key: &PublicKey, amount: Amount) -> (Amount, Vec<CoinId>) {
+        let mut active: Vec<(Amount, CoinId)> = self
+            .holdings
+            .get(key)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| {
+                let r = &self.register[id];
+                (r.state == CoinState::Active).then_some((r.coin.value(), *id))
+            })
+            .collect();
+        let available = Amount::sum(active.iter().map(|(v, _)| *v)).expect("supply fits u64");
+        if amount.is_zero() || available < amount {
+            return (available, Vec::new());
+        }
+        active.sort_unstable_by(|a, b| b.cmp(a));
+        if let Some((_, id)) = active.iter().rev().find(|(v, _)| *v >= amount) {
+            return (available, vec![*id]);
+        }
+        let mut chosen = Vec::new();
+        let mut sum = Amount::ZERO;
+        for (v, id) in active.iter().take(self.limits.coin_inputs_max) {
+            chosen.push(*id);
+            sum = sum.checked_add(*v).expect("supply fits u64");
+            if sum >= amount {
+                return (available, chosen);
+            }
+        }
+        (available, Vec::new())
+    }
+
+    /// The rule for "can these coins be locked for this authorization?": everything the issuer
+    /// checks before it locks, in order. Changes nothing.
+    pub fn check_lock(&self, signed: &SignedAuthorization, now_ms: u64) -> Result<Amount, AbortReason> {
+        let a = &signed.authorization;
+        if a.amount.is_zero() {
+            return Err(AbortReason::InvalidAmount);
+        }
+        if a.coin_ids.is_empty() {
+            return Err(AbortReason::InsufficientFunds);
+        }
+        if a.coin_ids.len() > self.limits.coin_inputs_max {
+            return Err(AbortReason::TooManyCoins);
+        }
+        if a.payer_institution != self.id {
+            return Err(AbortReason::WrongIssuer);
+        }
+        if now_ms > a.expires_at_ms {
+            return Err(AbortReason::Expired);
+        }
+        let mut seen = HashSet::with_capacity(a.coin_ids.len());
+        if !a.coin_ids.iter().all(|id| seen.insert(id)) {
+            return Err(AbortReason::DuplicateCoin);
+        }
+        let account = self.accounts.get(&a.payer).ok_or(AbortReason::UnknownWallet)?;
+        if account.key != a.payer_key {
+            return Err(AbortReason::CoinNotOwned);
+        }
+        let mut records = Vec::with_capacity(a.coin_ids.len());
+        for id in &a.coin_ids {
+            let record = self.register.get(id).ok_or(AbortReason::CoinUnknown)?;
+            if record.coin.body.owner != a.payer_key {
+                return Err(AbortReason::CoinNotOwned);
+            }
+            records.push(record);
+        }
+        // Only the owner's signature may reveal anything about the coins' states.
+        signed.verify().map_err(|_| AbortReason::BadSignature)?;
+        for record in &records {
+            match record.state {
+                CoinState::Active => {}
+                CoinState::Locked(_) => return Err(AbortReason::CoinLocked),
+                CoinState::Spent(_) => return Err(AbortReason::CoinSpent),
+            }
+        }
+        let total = Amount::sum(records.iter().map(|r| r.coin.value())).ok_or(AbortReason::InvalidAmount)?;
+        if total < a.amount {
+            return Err(AbortReason::InsufficientFunds);
+        }
+        Ok(total)
+    }
+
+    fn register_coin(&mut self, coin: &Coin) {
+        self.next_nonce = self.next_nonce.max(coin.body.nonce + 1);
+        self.holdings.entry(coin.body.owner).or_default().insert(coin.id);
+        let previous = self.register.insert(
+            coin.id,
+            CoinRecord {
+                coin: coin.clone(),
+                state: CoinState::Active,
+            },
+        );
+        assert!(previous.is_none(), "coin ids are unique: {}", coin.id);
+    }
+
+    fn set_state(&mut self, id: &CoinId, state: CoinState) {
+        let record = self.register.get_mut(id).expect("locked coins are registered");
+        record.state = state;
+        if let CoinState::Spent(_) = state {
+            if let Some(set) = self.holdings.get_mut(&record.coin.body.owner) {
+                set.remove(id);
+            }
+        }
+    }
+
+    fn outcome_to(&self, saga: SagaId, to: Address, result: Result<(), AbortReason>, spent: Vec<CoinId>, out: &mut Out) {
+        out.send(self.envelope(
+            saga,
+            to,
+            0,
+            Payload::SagaOutcome(SagaOutcome {
+                kind: SagaKind::Pay,
+                result,
+                spent_coin_ids: spent,
+            }),
+        ));
+    }
+
+    /// Tells the payer, the requester and observers how a pay saga ended.
+    fn announce(&self, saga: SagaId, result: Result<(), AbortReason>, out: &mut Out) {
+        let p = &self.pays[&saga];
+        let spent = if result.is_ok() {
+            p.authorization.authorization.coin_ids.clone()
+        } else {
+            Vec::new()
+        };
+        let payer = Address::Wallet(p.authorization.authorization.payer);
+        self.outcome_to(saga, payer, result, spent.clone(), out);
+        if p.requester != payer {
+            self.outcome_to(saga, p.requester, result, spent.clone(), out);
+        }
+        out.notice(Notice {
+            saga_id: saga,
+            source: Address::Institution(self.id),
+            outcome: SagaOutcome {
+                kind: SagaKind::Pay,
+                result,
+                spent_coin_ids: spent,
+            },
+        });
+    }
+
+    // ----- coordinator: the pay saga -----
+
+    fn on_redeem(&mut self, from: Address, saga: SagaId, signed: SignedAuthorization, now_ms: u64, out: &mut Out) {
+        let a = &signed.authorization;
+        if a.saga_id != saga {
+            self.outcome_to(saga, from, Err(AbortReason::Conflict), vec![], out);
+            return;
+        }
+        if let Some(p) = self.pays.get(&saga) {
+            if p.digest != signed.digest() {
+                self.outcome_to(saga, from, Err(AbortReason::Conflict), vec![], out);
+                return;
+            }
+            // A duplicate: answer with the recorded outcome once there is one.
+            match p.step.saga_state() {
+                (SagaState::Committed, _) => self.outcome_to(saga, from, Ok(()), a.coin_ids.clone(), out),
+                (SagaState::Aborted, reason) => {
+                    let reason = reason.expect("an aborted saga has a reason");
+                    self.outcome_to(saga, from, Err(reason), vec![], out)
+                }
+                (SagaState::InProgress | SagaState::Unknown, _) => {}
+            }
+            return;
+        }
+        if a.payee_institution != self.id {
+            self.outcome_to(saga, from, Err(AbortReason::PayeeMismatch), vec![], out);
+            return;
+        }
+        let Some(payee) = self.accounts.get(&a.payee) else {
+            self.outcome_to(saga, from, Err(AbortReason::UnknownWallet), vec![], out);
+            return;
+        };
+        if a.payer_institution == self.id {
+            // Same-institution path: lock, decide and retire in one journaled step.
+            let outcome = self.check_lock(&signed, now_ms).map(|total| {
+                let payee_coin = self.issue(payee.key, a.amount, saga, self.next_nonce, now_ms);
+                let change = total.checked_sub(a.amount).expect("checked: total covers amount");
+                let change_coin = (!change.is_zero())
+                    .then(|| self.issue(a.payer_key, change, saga, self.next_nonce + 1, now_ms));
+                (payee_coin, change_coin)
+            });
+            let (payer, payee_wallet) = (a.payer, a.payee);
+            self.record(
+                InstitutionEvent::PayLocal {
+                    authorization: signed,
+                    requester: from,
+                    at_ms: now_ms,
+                    outcome: outcome.clone(),
+                },
+                out,
+            );
+            if let Ok((payee_coin, change)) = outcome {
+                out.send(self.envelope(saga, Address::Wallet(payee_wallet), 0, Payload::CoinIssued(payee_coin)));
+                if let Some(change) = change {
+                    out.send(self.envelope(saga, Address::Wallet(payer), 0, Payload::CoinIssued(change)));
+                }
+                self.announce(saga, Ok(()), out);
+            } else if let Err(reason) = outcome {
+                self.announce(saga, Err(reason), out);
+            }
+            return;
+        }
+        let issuer = Address::Institution(a.payer_institution);
+        self.record(
+            InstitutionEvent::PayStarted {
+                authorization: signed.clone(),
+                requester: from,
+                at_ms: now_ms,
+            },
+            out,
+        );
+        out.send(self.envelope(saga, issuer, 0, Payload::LockRequest(signed)));
+        out.timer(self.limits.saga_timeout_ms, InstitutionTimer::LockTimeout(saga));
+        out.timer(self.backoff_ms(0), InstitutionTimer::Retry { saga, attempt: 1 });
+    }
+
+    fn on_lock_reply(&mut self, from: Address, saga: SagaId, reply: Result<Amount, AbortReason>, now_ms: u64, out: &mut Out) {
+        let Some(p) = self.pays.get(&saga) else { return };
+        let a = &p.authorization.authorization;
+        if p.step != PayStep::Locking || from != Address::Institution(a.payer_institution) {
+            return; // late or duplicate reply: the decision is already taken
+        }
+        match reply {
+            Ok(total) if total >= a.amount => {
+                let payee_key = self.accounts[&a.payee].key;
+                let payee_coin = self.issue(payee_key, a.amount, saga, self.next_nonce, now_ms);
+                let (payee, amount, issuer) = (a.payee, a.amount, a.payer_institution);
+                self.record(
+                    InstitutionEvent::PayCommitDecided {
+                        saga,
+                        payee_coin: payee_coin.clone(),
+                    },
+                    out,
+                );
+                out.send(self.envelope(saga, Address::Institution(issuer), 0, Payload::CommitRequest));
+                out.send(self.envelope(
+                    saga,
+                    Address::CentralBank,
+                    0,
+                    Payload::MoveBacking {
+                        from: issuer,
+                        to: self.id,
+                        amount,
+                    },
+                ));
+                out.send(self.envelope(saga, Address::Wallet(payee), 0, Payload::CoinIssued(payee_coin)));
+                self.announce(saga, Ok(()), out);
+            }
+            Ok(_) => {
+                // The issuer locked less than the amount: never commit on it.
+                metrics::counter!("specie_protocol_violations_total", "what" => "short_lock").increment(1);
+                self.abort_pay(saga, AbortReason::InsufficientFunds, true, out);
+            }
+            Err(reason) => self.abort_pay(saga, reason, false, out),
+        }
+    }
+
+    fn abort_pay(&mut self, saga: SagaId, reason: AbortReason, unlock: bool, out: &mut Out) {
+        self.record(InstitutionEvent::PayAbortDecided { saga, reason, unlock }, out);
+        if unlock {
+            let issuer = Address::Institution(self.pays[&saga].authorization.authorization.payer_institution);
+            out.send(self.envelope(saga, issuer, 0, Payload::AbortRequest { reason }));
+        }
+        self.announce(saga, Err(reason), out);
+    }
+
+    fn on_pay_timer(&mut self, key: InstitutionTimer, out: &mut Out) {
+        match key {
+            InstitutionTimer::LockTimeout(saga) => {
+                if self.pays.get(&saga).is_some_and(|p| p.step == PayStep::Locking) {
+                    self.abort_pay(saga, AbortReason::Timeout, true, out);
+                }
+            }
+            InstitutionTimer::Retry { saga, attempt } => {
+                let Some(p) = self.pays.get(&saga) else { return };
+                let a = &p.authorization.authorization;
+                let issuer = Address::Institution(a.payer_institution);
+                match p.step {
+                    PayStep::Locking => {
+                        out.send(self.envelope(saga, issuer, attempt, Payload::LockRequest(p.authorization.clone())));
+                    }
+                    PayStep::Committing {
+                        issuer_done,
+                        backing_done,
+                    } => {
+                        if !issuer_done {
+                            out.send(self.envelope(saga, issuer, attempt, Payload::CommitRequest));
+                        }
+                        if !backing_done {
+                            out.send(self.envelope(
+                                saga,
+                                Address::CentralBank,
+                                attempt,
+                                Payload::MoveBacking {
+                                    from: a.payer_institution,
+                                    to: self.id,
+                                    amount: a.amount,
+                                },
+                            ));
+                        }
+                    }
+                    PayStep::Aborting { reason } => {
+                        out.send(self.envelope(saga, issuer, attempt, Payload::AbortRequest { reason }));
+                    }
+                    PayStep::Committed | PayStep::Aborted { .. } => return,
+                }
+                out.timer(self.backoff_ms(attempt), InstitutionTimer::Retry { saga, attempt: attempt + 1 });
+            }
+            InstitutionTimer::ExchangeRetry { .. } => unreachable!("routed to on_exchange_timer"),
+        }
+    }
+
+    // ----- issuer: lock, retire, unlock -----
+
+    fn on_lock_request(&mut self, from: Address, saga: SagaId, signed: SignedAuthorization, now_ms: u64, out: &mut Out) {
+        let Address::Institution(coordinator) = from else { return };
+        let a = &signed.authorization;
+        let reply = |inst: &Self, r: Result<Amount, AbortReason>, out: &mut Out| {
+            out.send(inst.envelope(saga, from, 0, Payload::LockReply(r)));
+        };
+        if a.saga_id != saga || a.payee_institution != coordinator {
+            // Only the coordinator the payer named may lock the payer's coins.
+            reply(self, Err(AbortReason::PayeeMismatch), out);
+            return;
+        }
+        let digest = signed.digest();
+        if let Some(p) = self.participations.get(&saga) {
+            let answer = match (&p.digest, &p.state) {
+                (None, _) | (_, ParticipantState::Aborted) => Err(AbortReason::SagaAborted),
+                (Some(d), _) if *d != digest => Err(AbortReason::Conflict),
+                (_, ParticipantState::Locked { total, .. }) | (_, ParticipantState::Committed { total }) => Ok(*total),
+                (_, ParticipantState::Refused(reason)) => Err(*reason),
+            };
+            reply(self, answer, out);
+            return;
+        }
+        match self.check_lock(&signed, now_ms) {
+            Ok(total) => {
+                self.record(
+                    InstitutionEvent::Locked {
+                        saga,
+                        digest,
+                        coordinator,
+                        coin_ids: a.coin_ids.clone(),
+                        total,
+                        amount: a.amount,
+                        payer: a.payer,
+                        payer_key: a.payer_key,
+                    },
+                    out,
+                );
+                reply(self, Ok(total), out);
+            }
+            Err(reason) => {
+                self.record(
+                    InstitutionEvent::LockRefused {
+                        saga,
+                        digest,
+                        coordinator,
+                        reason,
+                    },
+                    out,
+                );
+                reply(self, Err(reason), out);
+            }
+        }
+    }
+
+    fn on_commit_request(&mut self, from: Address, saga: SagaId, now_ms: u64, out: &mut Out) {
+        let reply = |inst: &Self, r: Result<(), AbortReason>, out: &mut Out| {
+            out.send(inst.envelope(saga, from, 0, Payload::CommitReply(r)));
+        };
+        let Some(p) = self.participations.get(&saga) else {
+            reply(self, Err(AbortReason::SagaUnknown), out);
+            return;
+        };
+        if from != Address::Institution(p.coordinator) {
+            return;
+        }
+        match &p.state {
+            ParticipantState::Locked {
+                total,
+                amount,
+                payer,
+                payer_key,
+                ..
+            } => {
+                let change_value = total.checked_sub(*amount).expect("lock checked total covers amount");
+                let change = (!change_value.is_zero())
+                    .then(|| self.issue(*payer_key, change_value, saga, self.next_nonce, now_ms));
+                let payer = *payer;
+                self.record(
+                    InstitutionEvent::Retired {
+                        saga,
+                        change: change.clone(),
+                    },
+                    out,
+                );
+                if let Some(coin) = change {
+                    out.send(self.envelope(saga, Address::Wallet(payer), 0, Payload::CoinIssued(coin)));
+                }
+                reply(self, Ok(()), out);
+            }
+            ParticipantState::Committed { .. } => reply(self, Ok(()), out),
+            ParticipantState::Refused(_) | ParticipantState::Aborted => {
+                reply(self, Err(AbortReason::SagaAborted), out)
+            }
+        }
+    }
+
+    fn on_abort_request(&mut self, from: Address, saga: SagaId, out: &mut Out) {
+        let Address::Institution(coordinator) = from else { return };
+        match self.participations.get(&saga) {
+            Some(p) if p.coordinator != coordinator => return,
+            Some(Participation {
+                state: ParticipantState::Committed { .. },
+                ..
+            }) => {
+                // A coordinator never aborts after deciding commit; refuse loudly.
+                metrics::counter!("specie_protocol_violations_total", "what" => "abort_after_commit").increment(1);
+                out.send(self.envelope(saga, from, 0, Payload::CommitReply(Err(AbortReason::AlreadyCommitted))));
+                return;
+            }
+            Some(Participation {
+                state: ParticipantState::Locked { .. },
+                ..
+            })
+            | None => self.record(InstitutionEvent::Unlocked { saga, coordinator }, out),
+            Some(_) => {}
+        }
+        out.send(self.envelope(saga, from, 0, Payload::AbortReply));
+    }
+
+    // ----- exchange: account money into coins -----
+
+    fn on_exchange_request(&mut self, from: Address, saga: SagaId, amount: Amount, out: &mut Out) {
+        let Address::Wallet(wallet) = from else { return };
+        let reply = |inst: &Self, r: Result<(), AbortReason>, out: &mut Out| {
+            out.send(inst.envelope(saga, from, 0, Payload::ExchangeReply(r)));
+        };
+        if let Some(x) = self.exchanges.get(&saga) {
+            match x.state {
+                _ if x.wallet != wallet || x.amount != amount => reply(self, Err(AbortReason::Conflict), out),
+                ExchangeState::Pending => {}
+                ExchangeState::Committed => reply(self, Ok(()), out),
+                ExchangeState::Aborted(reason) => reply(self, Err(reason), out),
+            }
+            return;
+        }
+        let Some(account) = self.accounts.get(&wallet) else {
+            reply(self, Err(AbortReason::UnknownWallet), out);
+            return;
+        };
+        let refusal = if amount.is_zero() {
+            Some(AbortReason::InvalidAmount)
+        } else if account.balance < amount {
+            Some(AbortReason::InsufficientFunds)
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
+            self.record(
+                InstitutionEvent::ExchangeRefused {
+                    saga,
+                    wallet,
+                    amount,
+                    reason,
+                },
+                out,
+            );
+            reply(self, Err(reason), out);
+            return;
+        }
+        self.record(InstitutionEvent::ExchangeStarted { saga, wallet, amount }, out);
+        out.send(self.envelope(saga, Address::CentralBank, 0, Payload::ReserveBacking { amount }));
+        out.timer(self.backoff_ms(0), InstitutionTimer::ExchangeRetry { saga, attempt: 1 });
+    }
+
+    /// Splits an amount into coins of the configured denominations, largest first; any rest
+    /// becomes one more coin.
+    fn split(&self, amount: Amount) -> Vec<Amount> {
+        let mut left = amount.0;
+        let mut parts = Vec::new();
+        for d in &self.limits.denominations {
+            while left >= d.0 {
+                parts.push(*d);
+                left -= d.0;
+            }
+        }
+        if left > 0 {
+            parts.push(Amount(left));
+        }
+        parts
+    }
+
+    fn on_exchange_ack(&mut self, saga: SagaId, ack: Result<(), AbortReason>, now_ms: u64, out: &mut Out) {
+        let Some(x) = self.exchanges.get(&saga) else { return };
+        if x.state != ExchangeState::Pending {
+            return;
+        }
+        let (wallet, amount) = (x.wallet, x.amount);
+        let wallet_addr = Address::Wallet(wallet);
+        match ack {
+            Ok(()) => {
+                let key = self.accounts[&wallet].key;
+                let coins: Vec<Coin> = self
+                    .split(amount)
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, value)| self.issue(key, value, saga, self.next_nonce + i as u64, now_ms))
+                    .collect();
+                self.record(
+                    InstitutionEvent::ExchangeCommitted {
+                        saga,
+                        coins: coins.clone(),
+                    },
+                    out,
+                );
+                for coin in coins {
+                    out.send(self.envelope(saga, wallet_addr, 0, Payload::CoinIssued(coin)));
+                }
+                out.send(self.envelope(saga, wallet_addr, 0, Payload::ExchangeReply(Ok(()))));
+            }
+            Err(reason) => {
+                self.record(InstitutionEvent::ExchangeAborted { saga, reason }, out);
+                out.send(self.envelope(saga, wallet_addr, 0, Payload::ExchangeReply(Err(reason))));
+            }
+        }
+    }
+
+    fn on_exchange_timer(&mut self, saga: SagaId, attempt: u32, out: &mut Out) {
+        let Some(x) = self.exchanges.get(&saga) else { return };
+        if x.state == ExchangeState::Pending {
+            let amount = x.amount;
+            out.send(self.envelope(saga, Address::CentralBank, attempt, Payload::ReserveBacking { amount }));
+            out.timer(self.backoff_ms(attempt), InstitutionTimer::ExchangeRetry { saga, attempt: attempt + 1 });
+        }
+    }
+
+    fn on_balance_query(&mut self, from: Address, saga: SagaId, amount: Amount, out: &mut Out) {
+        let Address::Wallet(wallet) = from else { return };
+        let (available, coin_ids) = match self.accounts.get(&wallet) {
+            Some(account) => self.select_coins(&account.key, amount),
+            None => (Amount::ZERO, Vec::new()),
+        };
+        out.send(self.envelope(saga, from, 0, Payload::BalanceReply { available, coin_ids }));
+    }
+
+    fn on_status_query(&mut self, from: Address, saga: SagaId, out: &mut Out) {
+        let (state, reason) = self
+            .pays
+            .get(&saga)
+            .map_or((SagaState::Unknown, None), |p| p.step.saga_state());
+        out.send(self.envelope(saga, from, 0, Payload::StatusReply { state, reason }));
+    }
+}
+
+impl StateMachine for Institution {
+    type Event = InstitutionEvent;
+    type Timer = InstitutionTimer;
+    type Command = InstitutionCommand;
+    type Snapshot = InstitutionSnapshot;
+
+    fn address(&self) -> Address {
+        Address::Institution(self.id)
+    }
+
+    fn apply(&mut self, event: &InstitutionEvent) {
+        match event {
+            InstitutionEvent::AccountOpened { wallet, key, deposit } => {
+                self.accounts.insert(
+                    *wallet,
+                    Account {
+                        key: *key,
+                        balance: *deposit,
+                    },
+                );
+            }
+            InstitutionEvent::Locked {
+                saga,
+                digest,
+                coordinator,
+                coin_ids,
+                total,
+                amount,
+                payer,
+                payer_key,
+            } => {
+                for id in coin_ids {
+                    self.set_state(id, CoinState::Locked(*saga));
+                }
+                self.participations.insert(
+                    *saga,
+                    Participation {
+                        digest: Some(*digest),
+                        coordinator: *coordinator,
+                        state: ParticipantState::Locked {
+                            coin_ids: coin_ids.clone(),
+                            total: *total,
+                            amount: *amount,
+                            payer: *payer,
+                            payer_key: *payer_key,
+                        },
+                    },
+                );
+            }
+            InstitutionEvent::LockRefused {
+                saga,
+                digest,
+                coordinator,
+                reason,
+            } => {
+                self.participations.insert(
+                    *saga,
+                    Participation {
+                        digest: Some(*digest),
+                        coordinator: *coordinator,
+                        state: ParticipantState::Refused(*reason),
+                    },
+                );
+            }
+            InstitutionEvent::Retired { saga, change } => {
+                let p = self.participations.get_mut(saga).expect("retire follows lock");
+                let ParticipantState::Locked { coin_ids, total, .. } = &p.state else {
+                    panic!("retire of saga {saga} that is not locked");
+                };
+                let (coin_ids, total) = (coin_ids.clone(), *total);
+                p.state = ParticipantState::Committed { total };
+                for id in &coin_ids {
+                    self.set_state(id, CoinState::Spent(*saga));
+                }
+                if let Some(coin) = change {
+                    self.register_coin(coin);
+                }
+            }
+            InstitutionEvent::Unlocked { saga, coordinator } => {
+                let previous = self.participations.insert(
+                    *saga,
+                    Participation {
+                        digest: None,
+                        coordinator: *coordinator,
+                        state: ParticipantState::Aborted,
+                    },
+                );
+                if let Some(Participation {
+                    digest,
+                    state: ParticipantState::Locked { coin_ids, .. },
+                    ..
+                }) = previous
+                {
+                    for id in &coin_ids {
+                        self.set_state(id, CoinState::Active);
+                    }
+                    self.participations.get_mut(saga).expect("just inserted").digest = digest;
+                }
+            }
+            InstitutionEvent::PayStarted {
+                authorization,
+                requester,
+                at_ms,
+            } => {
+                self.pays.insert(
+                    authorization.authorization.saga_id,
+                    PaySaga {
+                        digest: authorization.digest(),
+                        authorization: authorization.clone(),
+                        requester: *requester,
+                        started_ms: *at_ms,
+                        step: PayStep::Locking,
+                    },
+                );
+            }
+            InstitutionEvent::PayCommitDecided { saga, payee_coin } => {
+                self.register_coin(payee_coin);
+                self.pays.get_mut(saga).expect("decided saga exists").step = PayStep::Committing {
+                    issuer_done: false,
+                    backing_done: false,
+                };
+            }
+            InstitutionEvent::PayAbortDecided { saga, reason, unlock } => {
+                self.pays.get_mut(saga).expect("decided saga exists").step = if *unlock {
+                    PayStep::Aborting { reason: *reason }
+                } else {
+                    PayStep::Aborted { reason: *reason }
+                };
+            }
+            InstitutionEvent::PayIssuerDone { saga } => {
+                let p = self.pays.get_mut(saga).expect("acknowledged saga exists");
+                p.step = match p.step {
+                    PayStep::Committing { backing_done, .. } if backing_done => PayStep::Committed,
+                    PayStep::Committing { .. } => PayStep::Committing {
+                        issuer_done: true,
+                        backing_done: false,
+                    },
+                    PayStep::Aborting { reason } => PayStep::Aborted { reason },
+                    other => other,
+                };
+            }
+            InstitutionEvent::PayBackingDone { saga } => {
+                let p = self.pays.get_mut(saga).expect("acknowledged saga exists");
+                p.step = match p.step {
+                    PayStep::Committing { issuer_done, .. } if issuer_done => PayStep::Committed,
+                    PayStep::Committing { .. } => PayStep::Committing {
+                        issuer_done: false,
+                        backing_done: true,
+                    },
+                    other => other,
+                };
+            }
+            InstitutionEvent::PayLocal {
+                authorization,
+                requester,
+                at_ms,
+                outcome,
+            } => {
+                let saga = authorization.authorization.saga_id;
+                let step = match outcome {
+                    Ok((payee_coin, change)) => {
+                        for id in &authorization.authorization.coin_ids {
+                            self.set_state(id, CoinState::Spent(saga));
+                        }
+                        self.register_coin(payee_coin);
+                        if let Some(change) = change {
+                            self.register_coin(change);
+                        }
+                        PayStep::Committed
+                    }
+                    Err(reason) => PayStep::Aborted { reason: *reason },
+                };
+                self.pays.insert(
+                    saga,
+                    PaySaga {
+                        digest: authorization.digest(),
+                        authorization: authorization.clone(),
+                        requester: *requester,
+                        started_ms: *at_ms,
+                        step,
+                    },
+                );
+            }
+            InstitutionEvent::ExchangeStarted { saga, wallet, amount } => {
+                let account = self.accounts.get_mut(wallet).expect("exchange checked the account");
+                account.balance = account.balance.checked_sub(*amount).expect("exchange checked the balance");
+                self.exchanges.insert(
+                    *saga,
+                    Exchange {
+                        wallet: *wallet,
+                        amount: *amount,
+                        state: ExchangeState::Pending,
+                    },
+                );
+            }
+            InstitutionEvent::ExchangeRefused {
+                saga,
+                wallet,
+                amount,
+                reason,
+            } => {
+                self.exchanges.insert(
+                    *saga,
+                    Exchange {
+                        wallet: *wallet,
+                        amount: *amount,
+                        state: ExchangeState::Aborted(*reason),
+                    },
+                );
+            }
+            InstitutionEvent::ExchangeCommitted { saga, coins } => {
+                for coin in coins {
+                    self.register_coin(coin);
+                }
+                self.exchanges.get_mut(saga).expect("started").state = ExchangeState::Committed;
+            }
+            InstitutionEvent::ExchangeAborted { saga, reason } => {
+                let x = self.exchanges.get_mut(saga).expect("started");
+                x.state = ExchangeState::Aborted(*reason);
+                let (wallet, amount) = (x.wallet, x.amount);
+                let account = self.accounts.get_mut(&wallet).expect("exchange checked the account");
+                account.balance = account.balance.checked_add(amount).expect("refund fits");
+            }
+        }
+    }
+
+    fn on_start(&mut self, now_ms: u64, out: &mut Out) {
+        // Re-drive everything in flight from its last persisted step.
+        for (saga, p) in &self.pays {
+            match p.step {
+                PayStep::Locking => {
+                    let left = (p.started_ms + self.limits.saga_timeout_ms).saturating_sub(now_ms);
+                    out.timer(left, InstitutionTimer::LockTimeout(*saga));
+                    out.timer(0, InstitutionTimer::Retry { saga: *saga, attempt: 0 });
+                }
+                PayStep::Committing { .. } | PayStep::Aborting { .. } => {
+                    out.timer(0, InstitutionTimer::Retry { saga: *saga, attempt: 0 });
+                }
+                PayStep::Committed | PayStep::Aborted { .. } => {}
+            }
+        }
+        for (saga, x) in &self.exchanges {
+            if x.state == ExchangeState::Pending {
+                out.timer(0, InstitutionTimer::ExchangeRetry { saga: *saga, attempt: 0 });
+            }
+        }
+    }
+
+    fn on_envelope(&mut self, envelope: Envelope, now_ms: u64, out: &mut Out) {
+        let (from, saga) = (envelope.from, envelope.saga_id);
+        match envelope.payload {
+            Payload::BalanceQuery { amount } => self.on_balance_query(from, saga, amount, out),
+            Payload::RedeemRequest(signed) => self.on_redeem(from, saga, signed, now_ms, out),
+            Payload::LockRequest(signed) => self.on_lock_request(from, saga, signed, now_ms, out),
+            Payload::LockReply(reply) => self.on_lock_reply(from, saga, reply, now_ms, out),
+            Payload::CommitRequest => self.on_commit_request(from, saga, now_ms, out),
+            Payload::CommitReply(reply) => {
+                let committing = self
+                    .pays
+                    .get(&saga)
+                    .is_some_and(|p| matches!(p.step, PayStep::Committing { issuer_done: false, .. }));
+                match reply {
+                    Ok(()) if committing => self.record(InstitutionEvent::PayIssuerDone { saga }, out),
+                    Ok(()) => {}
+                    Err(reason) => {
+                        metrics::counter!("specie_protocol_violations_total", "what" => "commit_refused").increment(1);
+                        eprintln!("{}: issuer refused commit of saga {saga}: {reason}", self.id);
+                    }
+                }
+            }
+            Payload::AbortRequest { .. } => self.on_abort_request(from, saga, out),
+            Payload::AbortReply => {
+                if self.pays.get(&saga).is_some_and(|p| matches!(p.step, PayStep::Aborting { .. })) {
+                    self.record(InstitutionEvent::PayIssuerDone { saga }, out);
+                }
+            }
+            Payload::ReserveAck(ack) if from == Address::CentralBank => {
+                if let Some(p) = self.pays.get(&saga) {
+                    match (ack, p.step) {
+                        (Ok(()), PayStep::Committing { backing_done: false, .. }) => {
+                            self.record(InstitutionEvent::PayBackingDone { saga }, out)
+                        }
+                        (Ok(()), _) => {}
+                        (Err(reason), _) => {
+                            metrics::counter!("specie_protocol_violations_total", "what" => "backing_refused").increment(1);
+                            eprintln!("{}: central bank refused backing move of saga {saga}: {reason}", self.id);
+                        }
+                    }
+                } else {
+                    self.on_exchange_ack(saga, ack, now_ms, out);
+                }
+            }
+            Payload::StatusQuery => self.on_status_query(from, saga, out),
+            Payload::ExchangeRequest { amount } => self.on_exchange_request(from, saga, amount, out),
+            other => {
+                metrics::counter!("specie_envelopes_rejected_total", "reason" => "unexpected").increment(1);
+                let _ = other;
+            }
+        }
+    }
+
+    fn on_timer(&mut self, key: InstitutionTimer, _now_ms: u64, out: &mut Out) {
+        match key {
+            InstitutionTimer::ExchangeRetry { saga, attempt } => self.on_exchange_timer(saga, attempt, out),
+            other => self.on_pay_timer(other, out),
+        }
+    }
+
+    fn on_command(&mut self, command: InstitutionCommand, _now_ms: u64, out: &mut Out) {
+        match command {
+            InstitutionCommand::OpenAccount { wallet, key, deposit } => {
+                self.record(InstitutionEvent::AccountOpened { wallet, key, deposit }, out)
+            }
+        }
+    }
+
+    fn snapshot(&self) -> InstitutionSnapshot {
+        InstitutionSnapshot {
+            id: self.id,
+            accounts: self.accounts.clone(),
+            coins: self.register.clone(),
+            pays: self
+                .pays
+                .iter()
+                .map(|(saga, p)| {
+                    let a = &p.authorization.authorization;
+                    (
+                        *saga,
+                        PaySummary {
+                            payer_institution: a.payer_institution,
+                            amount: a.amount,
+                            coin_ids: a.coin_ids.clone(),
+                            step: p.step,
+                        },
+                    )
+                })
+                .collect(),
+            exchanges: self
+                .exchanges
+                .iter()
+                .map(|(saga, x)| (*saga, (x.wallet, x.amount, x.state)))
+                .collect(),
+        }
+    }
+}

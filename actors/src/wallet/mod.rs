@@ -1,0 +1,6 @@
+//! A wallet (client / terminal): holds coins and a key in its key store, pays, collects as a
+//! merchant, receives, and exchanges account money into coins. Rules in [`state`].
+
+mod state;
+
+pub use state::{Wallet, WalletCommand, WalletEvent, WalletLimits, WalletSnapshot, WalletTimer};

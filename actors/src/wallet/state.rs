@@ -1,0 +1,636 @@
+//! The wallet's rules.
+//!
+//! Payer side of the pay saga: ask the institution whether the amount is within the available
+//! balance and which coins cover it, sign the authorization in the key store, hand the payment
+//! request to the payee's wallet, and wait for the coordinator's outcome (asking for the
+//! saga's status when it is slow to come). Payee side: forward the payment to its own
+//! institution, which coordinates, and take the new coin. A merchant starts with a collect
+//! request and the payer answers with the payment.
+
+use serde::{Deserialize, Serialize};
+use specie_protocol::crypto::PublicKey;
+use specie_protocol::envelope::SagaOutcome;
+use specie_protocol::{
+    AbortReason, Address, Amount, Coin, CoinId, Envelope, InstitutionId, KeyStore,
+    PaymentAuthorization, Payload, SagaId, SagaKind, SagaState, SignedAuthorization,
+    SoftKeyStore, WalletId,
+};
+use specie_runtime::{Effects, Notice, StateMachine};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// Settings of a wallet, from the validated config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalletLimits {
+    /// How long a signed authorization stays valid.
+    pub authorization_ttl_ms: u64,
+    /// Wait this long for an outcome before asking again.
+    pub outcome_timeout_ms: u64,
+    /// The coordinators' lock timeout: after an authorization expired plus this, a saga the
+    /// coordinator has never heard of can no longer commit.
+    pub saga_timeout_ms: u64,
+}
+
+/// An operation the wallet has in flight.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WalletOp {
+    /// Paying (on its own initiative, or answering a merchant's collect request).
+    Pay {
+        /// Receiving wallet.
+        payee: WalletId,
+        /// Its institution (the coordinator).
+        payee_institution: InstitutionId,
+        /// Amount.
+        amount: Amount,
+        /// True when this wallet started the payment (it reports the outcome).
+        initiator: bool,
+        /// Coins to spend, when the client chose them; else the institution selects.
+        chosen: Option<Vec<CoinId>>,
+        /// The signed authorization, once signed.
+        signed: Option<SignedAuthorization>,
+    },
+    /// Collecting as a merchant.
+    Collect {
+        /// Paying wallet.
+        payer: WalletId,
+        /// Amount.
+        amount: Amount,
+    },
+    /// Exchanging account money into coins.
+    Exchange {
+        /// Amount.
+        amount: Amount,
+    },
+}
+
+impl WalletOp {
+    fn kind(&self) -> SagaKind {
+        match self {
+            WalletOp::Pay { .. } | WalletOp::Collect { .. } => SagaKind::Pay,
+            WalletOp::Exchange { .. } => SagaKind::Exchange,
+        }
+    }
+
+    fn reports(&self) -> bool {
+        match self {
+            WalletOp::Pay { initiator, .. } => *initiator,
+            WalletOp::Collect { .. } | WalletOp::Exchange { .. } => true,
+        }
+    }
+}
+
+/// Journaled facts of a wallet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WalletEvent {
+    /// An operation started.
+    OpStarted {
+        /// Its saga.
+        saga: SagaId,
+        /// What.
+        op: WalletOp,
+    },
+    /// The payer signed the authorization.
+    Signed {
+        /// The signed authorization.
+        signed: SignedAuthorization,
+    },
+    /// An operation ended; on a committed payment its coins are gone.
+    OpFinished {
+        /// Its saga.
+        saga: SagaId,
+        /// Outcome.
+        result: Result<(), AbortReason>,
+        /// Coins spent (committed payments).
+        spent: Vec<CoinId>,
+    },
+    /// A valid coin arrived.
+    CoinReceived {
+        /// The coin.
+        coin: Coin,
+    },
+}
+
+/// Local commands: what a user (or the workload) asks of the wallet.
+#[derive(Debug, Clone)]
+pub enum WalletCommand {
+    /// Pay `amount` to `payee`.
+    Pay {
+        /// New saga id.
+        saga: SagaId,
+        /// Receiving wallet.
+        payee: WalletId,
+        /// Its institution.
+        payee_institution: InstitutionId,
+        /// Amount.
+        amount: Amount,
+        /// Spend exactly these coins instead of asking the institution to select.
+        coins: Option<Vec<CoinId>>,
+    },
+    /// As a merchant, ask `payer` to pay `amount`.
+    Collect {
+        /// New saga id.
+        saga: SagaId,
+        /// Paying wallet.
+        payer: WalletId,
+        /// Amount.
+        amount: Amount,
+    },
+    /// Exchange account money into coins.
+    Exchange {
+        /// New saga id.
+        saga: SagaId,
+        /// Amount.
+        amount: Amount,
+    },
+}
+
+/// Timers of a wallet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalletTimer {
+    /// The operation waited on.
+    pub saga: SagaId,
+    /// How many times it has been chased.
+    pub attempt: u32,
+}
+
+/// What audits read.
+#[derive(Debug, Clone)]
+pub struct WalletSnapshot {
+    /// The wallet.
+    pub id: WalletId,
+    /// Its institution.
+    pub institution: InstitutionId,
+    /// Its public key.
+    pub key: PublicKey,
+    /// Coins held.
+    pub coins: Vec<Coin>,
+    /// Operations in flight.
+    pub pending: usize,
+}
+
+/// A wallet's state.
+pub struct Wallet {
+    id: WalletId,
+    institution: InstitutionId,
+    keys: Arc<SoftKeyStore>,
+    issuers: Arc<HashMap<InstitutionId, PublicKey>>,
+    limits: Arc<WalletLimits>,
+    coins: BTreeMap<CoinId, Coin>,
+    ops: HashMap<SagaId, WalletOp>,
+    /// Outcomes of finished operations, so a repeated request is recognised.
+    finished: HashMap<SagaId, Result<(), AbortReason>>,
+}
+
+impl std::fmt::Debug for Wallet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wallet")
+            .field("id", &self.id)
+            .field("coins", &self.coins.len())
+            .finish_non_exhaustive()
+    }
+}
+
+type Out = Effects<WalletEvent, WalletTimer>;
+
+impl Wallet {
+    /// A wallet with no coins.
+    pub fn new(
+        id: WalletId,
+        institution: InstitutionId,
+        keys: Arc<SoftKeyStore>,
+        issuers: Arc<HashMap<InstitutionId, PublicKey>>,
+        limits: Arc<WalletLimits>,
+    ) -> Wallet {
+        Wallet {
+            id,
+            institution,
+            keys,
+            issuers,
+            limits,
+            coins: BTreeMap::new(),
+            ops: HashMap::new(),
+            finished: HashMap::new(),
+        }
+    }
+
+    /// The value of the coins held.
+    pub fn balance(&self) -> Amount {
+        Amount::sum(self.coins.values().map(Coin::value)).expect("supply fits u64")
+    }
+
+    fn envelope(&self, saga: SagaId, to: Address, attempt: u32, payload: Payload) -> Envelope {
+        Envelope {
+            message_id: 0,
+            saga_id: saga,
+            from: Address::Wallet(self.id),
+            to,
+            attempt,
+            trace: None,
+            payload,
+        }
+    }
+
+    fn finish(&mut self, saga: SagaId, result: Result<(), AbortReason>, out: &mut Out) {
+        let Some(op) = self.ops.get(&saga) else { return };
+        let spent = match (op, result) {
+            (WalletOp::Pay { signed: Some(s), .. }, Ok(())) => s.authorization.coin_ids.clone(),
+            _ => Vec::new(),
+        };
+        let (kind, reports) = (op.kind(), op.reports());
+        self.record(
+            WalletEvent::OpFinished {
+                saga,
+                result,
+                spent: spent.clone(),
+            },
+            out,
+        );
+        if reports {
+            out.notice(Notice {
+                saga_id: saga,
+                source: Address::Wallet(self.id),
+                outcome: SagaOutcome {
+                    kind,
+                    result,
+                    spent_coin_ids: spent,
+                },
+            });
+        }
+    }
+
+    /// Refuses a command before anything starts.
+    fn refuse(&self, saga: SagaId, kind: SagaKind, reason: AbortReason, out: &mut Out) {
+        out.notice(Notice {
+            saga_id: saga,
+            source: Address::Wallet(self.id),
+            outcome: SagaOutcome {
+                kind,
+                result: Err(reason),
+                spent_coin_ids: Vec::new(),
+            },
+        });
+    }
+
+    fn start_pay(&mut self, saga: SagaId, op: WalletOp, now_ms: u64, out: &mut Out) {
+        let WalletOp::Pay { amount, chosen, .. } = &op else {
+            unreachable!("start_pay takes a payment")
+        };
+        let (amount, chosen) = (*amount, chosen.clone());
+        self.record(WalletEvent::OpStarted { saga, op }, out);
+        match chosen {
+            Some(coin_ids) => self.sign_and_send(saga, coin_ids, now_ms, out),
+            None => out.send(self.envelope(
+                saga,
+                Address::Institution(self.institution),
+                0,
+                Payload::BalanceQuery { amount },
+            )),
+        }
+        out.timer(self.limits.outcome_timeout_ms, WalletTimer { saga, attempt: 1 });
+    }
+
+    fn sign_and_send(&mut self, saga: SagaId, coin_ids: Vec<CoinId>, now_ms: u64, out: &mut Out) {
+        let Some(WalletOp::Pay {
+            payee,
+            payee_institution,
+            amount,
+            ..
+        }) = self.ops.get(&saga)
+        else {
+            return;
+        };
+        let signed = PaymentAuthorization {
+            saga_id: saga,
+            payer: self.id,
+            payer_key: self.keys.public_key(),
+            payer_institution: self.institution,
+            coin_ids,
+            amount: *amount,
+            payee: *payee,
+            payee_institution: *payee_institution,
+            expires_at_ms: now_ms + self.limits.authorization_ttl_ms,
+        }
+        .sign(self.keys.as_ref());
+        let payee = *payee;
+        self.record(WalletEvent::Signed { signed: signed.clone() }, out);
+        out.send(self.envelope(saga, Address::Wallet(payee), 0, Payload::PaymentRequest(signed)));
+    }
+
+    fn decline(&self, saga: SagaId, to: Address, reason: AbortReason, out: &mut Out) {
+        out.send(self.envelope(saga, to, 0, Payload::PaymentDeclined { reason }));
+    }
+
+    fn on_balance_reply(&mut self, saga: SagaId, coin_ids: Vec<CoinId>, now_ms: u64, out: &mut Out) {
+        let Some(WalletOp::Pay {
+            signed: None,
+            chosen: None,
+            initiator,
+            payee,
+            ..
+        }) = self.ops.get(&saga)
+        else {
+            return; // late or duplicate reply
+        };
+        if coin_ids.is_empty() {
+            if !initiator {
+                self.decline(saga, Address::Wallet(*payee), AbortReason::InsufficientFunds, out);
+            }
+            self.finish(saga, Err(AbortReason::InsufficientFunds), out);
+        } else {
+            self.sign_and_send(saga, coin_ids, now_ms, out);
+        }
+    }
+
+    fn on_collect_request(
+        &mut self,
+        from: Address,
+        saga: SagaId,
+        amount: Amount,
+        payee: WalletId,
+        payee_institution: InstitutionId,
+        now_ms: u64,
+        out: &mut Out,
+    ) {
+        if self.ops.contains_key(&saga) {
+            return; // duplicate: already answering
+        }
+        if let Some(result) = self.finished.get(&saga) {
+            if let Err(reason) = result {
+                self.decline(saga, from, *reason, out);
+            }
+            return;
+        }
+        if from != Address::Wallet(payee) || payee == self.id {
+            self.decline(saga, from, AbortReason::PayeeMismatch, out);
+            return;
+        }
+        if amount.is_zero() {
+            self.decline(saga, from, AbortReason::InvalidAmount, out);
+            return;
+        }
+        let op = WalletOp::Pay {
+            payee,
+            payee_institution,
+            amount,
+            initiator: false,
+            chosen: None,
+            signed: None,
+        };
+        self.start_pay(saga, op, now_ms, out);
+    }
+
+    fn on_payment_request(&mut self, from: Address, saga: SagaId, signed: SignedAuthorization, out: &mut Out) {
+        let a = &signed.authorization;
+        let mut fits = a.saga_id == saga
+            && a.payee == self.id
+            && a.payee_institution == self.institution
+            && from == Address::Wallet(a.payer);
+        if let Some(op) = self.ops.get(&saga) {
+            fits &= matches!(op, WalletOp::Collect { payer, amount } if *payer == a.payer && *amount == a.amount);
+        }
+        if !fits {
+            self.decline(saga, from, AbortReason::PayeeMismatch, out);
+            return;
+        }
+        out.send(self.envelope(
+            saga,
+            Address::Institution(self.institution),
+            0,
+            Payload::RedeemRequest(signed),
+        ));
+    }
+
+    fn on_coin(&mut self, coin: Coin, out: &mut Out) {
+        if self.coins.contains_key(&coin.id) {
+            return; // duplicate delivery
+        }
+        let genuine = self
+            .issuers
+            .get(&coin.body.issuer)
+            .is_some_and(|key| coin.verify(key).is_ok());
+        if !genuine || coin.body.owner != self.keys.public_key() {
+            metrics::counter!("specie_coins_rejected_total").increment(1);
+            return;
+        }
+        self.record(WalletEvent::CoinReceived { coin }, out);
+    }
+
+    fn on_status_reply(&mut self, saga: SagaId, state: SagaState, reason: Option<AbortReason>, now_ms: u64, out: &mut Out) {
+        let Some(op) = self.ops.get(&saga) else { return };
+        match state {
+            SagaState::Committed => self.finish(saga, Ok(()), out),
+            SagaState::Aborted => self.finish(saga, Err(reason.unwrap_or(AbortReason::SagaAborted)), out),
+            SagaState::InProgress => {}
+            SagaState::Unknown => match op {
+                WalletOp::Pay {
+                    signed: Some(signed),
+                    payee,
+                    ..
+                } => {
+                    let deadline = signed.authorization.expires_at_ms + self.limits.saga_timeout_ms;
+                    if now_ms > deadline {
+                        // Expired at the issuer, and the coordinator never started it: no lock
+                        // can be taken any more, so the payment can only abort.
+                        self.finish(saga, Err(AbortReason::Expired), out);
+                    } else {
+                        // The request may have been lost on the way: hand it over again.
+                        let resend = Payload::PaymentRequest(signed.clone());
+                        out.send(self.envelope(saga, Address::Wallet(*payee), 1, resend));
+                    }
+                }
+                WalletOp::Collect { payer, amount } => {
+                    let request = Payload::CollectRequest {
+                        amount: *amount,
+                        payee: self.id,
+                        payee_institution: self.institution,
+                    };
+                    out.send(self.envelope(saga, Address::Wallet(*payer), 1, request));
+                }
+                _ => {}
+            },
+        }
+    }
+}
+
+impl StateMachine for Wallet {
+    type Event = WalletEvent;
+    type Timer = WalletTimer;
+    type Command = WalletCommand;
+    type Snapshot = WalletSnapshot;
+
+    fn address(&self) -> Address {
+        Address::Wallet(self.id)
+    }
+
+    fn apply(&mut self, event: &WalletEvent) {
+        match event {
+            WalletEvent::OpStarted { saga, op } => {
+                self.ops.insert(*saga, op.clone());
+            }
+            WalletEvent::Signed { signed } => {
+                if let Some(WalletOp::Pay { signed: slot, .. }) = self.ops.get_mut(&signed.authorization.saga_id) {
+                    *slot = Some(signed.clone());
+                }
+            }
+            WalletEvent::OpFinished { saga, result, spent } => {
+                self.ops.remove(saga);
+                self.finished.insert(*saga, *result);
+                for id in spent {
+                    self.coins.remove(id);
+                }
+            }
+            WalletEvent::CoinReceived { coin } => {
+                self.coins.insert(coin.id, coin.clone());
+            }
+        }
+    }
+
+    fn on_start(&mut self, _now_ms: u64, out: &mut Out) {
+        for saga in self.ops.keys() {
+            out.timer(self.limits.outcome_timeout_ms, WalletTimer { saga: *saga, attempt: 1 });
+        }
+    }
+
+    fn on_envelope(&mut self, envelope: Envelope, now_ms: u64, out: &mut Out) {
+        let (from, saga) = (envelope.from, envelope.saga_id);
+        match envelope.payload {
+            Payload::BalanceReply { coin_ids, .. } => self.on_balance_reply(saga, coin_ids, now_ms, out),
+            Payload::CollectRequest {
+                amount,
+                payee,
+                payee_institution,
+            } => self.on_collect_request(from, saga, amount, payee, payee_institution, now_ms, out),
+            Payload::PaymentRequest(signed) => self.on_payment_request(from, saga, signed, out),
+            Payload::PaymentDeclined { reason } => {
+                let declined_by_peer = match self.ops.get(&saga) {
+                    Some(WalletOp::Pay { payee, .. }) => from == Address::Wallet(*payee),
+                    Some(WalletOp::Collect { payer, .. }) => from == Address::Wallet(*payer),
+                    _ => false,
+                };
+                if declined_by_peer {
+                    self.finish(saga, Err(reason), out);
+                }
+            }
+            Payload::CoinIssued(coin) => self.on_coin(coin, out),
+            Payload::SagaOutcome(outcome) => {
+                if matches!(self.ops.get(&saga), Some(WalletOp::Pay { .. } | WalletOp::Collect { .. })) {
+                    self.finish(saga, outcome.result, out);
+                }
+            }
+            Payload::StatusReply { state, reason } => self.on_status_reply(saga, state, reason, now_ms, out),
+            Payload::ExchangeReply(result) => {
+                if matches!(self.ops.get(&saga), Some(WalletOp::Exchange { .. })) {
+                    self.finish(saga, result, out);
+                }
+            }
+            _ => {
+                metrics::counter!("specie_envelopes_rejected_total", "reason" => "unexpected").increment(1);
+            }
+        }
+    }
+
+    fn on_timer(&mut self, key: WalletTimer, _now_ms: u64, out: &mut Out) {
+        let WalletTimer { saga, attempt } = key;
+        let Some(op) = self.ops.get(&saga) else { return };
+        let own = Address::Institution(self.institution);
+        let chase = match op {
+            WalletOp::Pay { signed: None, amount, .. } => {
+                self.envelope(saga, own, attempt, Payload::BalanceQuery { amount: *amount })
+            }
+            WalletOp::Pay {
+                payee_institution, ..
+            } => self.envelope(saga, Address::Institution(*payee_institution), attempt, Payload::StatusQuery),
+            WalletOp::Collect { .. } => self.envelope(saga, own, attempt, Payload::StatusQuery),
+            WalletOp::Exchange { amount } => {
+                self.envelope(saga, own, attempt, Payload::ExchangeRequest { amount: *amount })
+            }
+        };
+        out.send(chase);
+        out.timer(self.limits.outcome_timeout_ms, WalletTimer { saga, attempt: attempt + 1 });
+    }
+
+    fn on_command(&mut self, command: WalletCommand, now_ms: u64, out: &mut Out) {
+        match command {
+            WalletCommand::Pay {
+                saga,
+                payee,
+                payee_institution,
+                amount,
+                coins,
+            } => {
+                if self.ops.contains_key(&saga) || self.finished.contains_key(&saga) {
+                    return self.refuse(saga, SagaKind::Pay, AbortReason::Conflict, out);
+                }
+                if amount.is_zero() {
+                    return self.refuse(saga, SagaKind::Pay, AbortReason::InvalidAmount, out);
+                }
+                if payee == self.id {
+                    return self.refuse(saga, SagaKind::Pay, AbortReason::PayeeMismatch, out);
+                }
+                let op = WalletOp::Pay {
+                    payee,
+                    payee_institution,
+                    amount,
+                    initiator: true,
+                    chosen: coins,
+                    signed: None,
+                };
+                self.start_pay(saga, op, now_ms, out);
+            }
+            WalletCommand::Collect { saga, payer, amount } => {
+                if self.ops.contains_key(&saga) || self.finished.contains_key(&saga) {
+                    return self.refuse(saga, SagaKind::Pay, AbortReason::Conflict, out);
+                }
+                if amount.is_zero() {
+                    return self.refuse(saga, SagaKind::Pay, AbortReason::InvalidAmount, out);
+                }
+                if payer == self.id {
+                    return self.refuse(saga, SagaKind::Pay, AbortReason::PayeeMismatch, out);
+                }
+                self.record(
+                    WalletEvent::OpStarted {
+                        saga,
+                        op: WalletOp::Collect { payer, amount },
+                    },
+                    out,
+                );
+                let request = Payload::CollectRequest {
+                    amount,
+                    payee: self.id,
+                    payee_institution: self.institution,
+                };
+                out.send(self.envelope(saga, Address::Wallet(payer), 0, request));
+                out.timer(self.limits.outcome_timeout_ms, WalletTimer { saga, attempt: 1 });
+            }
+            WalletCommand::Exchange { saga, amount } => {
+                if self.ops.contains_key(&saga) || self.finished.contains_key(&saga) {
+                    return self.refuse(saga, SagaKind::Exchange, AbortReason::Conflict, out);
+                }
+                self.record(
+                    WalletEvent::OpStarted {
+                        saga,
+                        op: WalletOp::Exchange { amount },
+                    },
+                    out,
+                );
+                out.send(self.envelope(
+                    saga,
+                    Address::Institution(self.institution),
+                    0,
+                    Payload::ExchangeRequest { amount },
+                ));
+                out.timer(self.limits.outcome_timeout_ms, WalletTimer { saga, attempt: 1 });
+            }
+        }
+    }
+
+    fn snapshot(&self) -> WalletSnapshot {
+        WalletSnapshot {
+            id: self.id,
+            institution: self.institution,
+            key: self.keys.public_key(),
+            coins: self.coins.values().cloned().collect(),
+            pending: self.ops.len(),
+        }
+    }
+}
