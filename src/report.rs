@@ -1,0 +1,299 @@
+//! The report of `specie run`: the terminal summary and the JSON file.
+
+use anyhow::{Context, Result};
+use hdrhistogram::Histogram;
+use serde_json::{json, Map, Value};
+use specie_actors::AuditReport;
+use specie_protocol::AbortReason;
+use specie_runtime::config::Config;
+use specie_runtime::journal::JournalStats;
+use specie_runtime::NetworkStats;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+/// Latencies are recorded in microseconds, from 1 µs to 60 s, at 3 significant figures.
+const LATENCY_US_MAX: u64 = 60_000_000;
+
+/// Outcomes and latencies of one saga kind.
+pub struct KindStats {
+    committed: u64,
+    aborted: u64,
+    latency_us: Histogram<u64>,
+}
+
+impl KindStats {
+    fn new() -> KindStats {
+        KindStats {
+            committed: 0,
+            aborted: 0,
+            latency_us: Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).expect("valid bounds"),
+        }
+    }
+}
+
+/// Requests the workload planted that must be refused.
+#[derive(Default)]
+pub struct Planted {
+    /// How many were sent.
+    pub planted: u64,
+    /// How many were refused with the expected reason.
+    pub refused_as_expected: u64,
+    /// The others, with their outcomes.
+    pub other: Vec<String>,
+}
+
+/// Everything `specie run` reports.
+pub struct RunReport {
+    seed: u64,
+    institutions: usize,
+    wallets: u64,
+    pub genesis_s: f64,
+    pub duration_s: f64,
+    by_kind: BTreeMap<&'static str, KindStats>,
+    all: KindStats,
+    aborted_by_reason: BTreeMap<&'static str, u64>,
+    pub planted: BTreeMap<&'static str, Planted>,
+    /// Committed payments the workload's model could not afford (must stay zero).
+    pub model_mismatches: u64,
+    /// Operations with no outcome when the run ended.
+    pub unfinished: usize,
+    pub quiescent: bool,
+    pub network: NetworkStats,
+    pub journal: JournalStats,
+    pub restarts: Vec<(&'static str, u64)>,
+    pub audit: Option<AuditReport>,
+}
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+fn latency_json(h: &Histogram<u64>) -> Value {
+    json!({
+        "p50": ms(h.value_at_quantile(0.50)),
+        "p99": ms(h.value_at_quantile(0.99)),
+        "p999": ms(h.value_at_quantile(0.999)),
+        "max": ms(h.max()),
+    })
+}
+
+impl RunReport {
+    /// An empty report for a run of `config` with `seed`.
+    pub fn new(seed: u64, config: &Config) -> RunReport {
+        RunReport {
+            seed,
+            institutions: config.cluster.institutions.len(),
+            wallets: config.cluster.wallets,
+            genesis_s: 0.0,
+            duration_s: 0.0,
+            by_kind: BTreeMap::new(),
+            all: KindStats::new(),
+            aborted_by_reason: BTreeMap::new(),
+            planted: BTreeMap::new(),
+            model_mismatches: 0,
+            unfinished: 0,
+            quiescent: false,
+            network: NetworkStats::default(),
+            journal: JournalStats::default(),
+            restarts: Vec::new(),
+            audit: None,
+        }
+    }
+
+    /// Records one finished operation.
+    pub fn record(&mut self, kind: &'static str, result: Result<(), AbortReason>, latency: Duration) {
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX).clamp(1, LATENCY_US_MAX);
+        let stats = self.by_kind.entry(kind).or_insert_with(KindStats::new);
+        for s in [stats, &mut self.all] {
+            match result {
+                Ok(()) => s.committed += 1,
+                Err(_) => s.aborted += 1,
+            }
+            s.latency_us.record(us).expect("clamped into range");
+        }
+        if let Err(reason) = result {
+            *self.aborted_by_reason.entry(reason.name()).or_default() += 1;
+        }
+    }
+
+    /// Sagas committed.
+    pub fn committed(&self) -> u64 {
+        self.all.committed
+    }
+
+    /// Sagas aborted.
+    pub fn aborted(&self) -> u64 {
+        self.all.aborted
+    }
+
+    fn planted_ok(&self) -> bool {
+        self.planted.values().all(|p| p.refused_as_expected == p.planted)
+    }
+
+    /// Whether the run is clean: every invariant holds, every planted request was refused for
+    /// the right reason, every operation finished, and the cluster went quiet.
+    pub fn ok(&self) -> bool {
+        let audit_ok = self.audit.as_ref().is_some_and(|a| a.ok() && a.in_flight == 0);
+        audit_ok && self.planted_ok() && self.unfinished == 0 && self.quiescent && self.model_mismatches == 0
+    }
+
+    fn throughput(&self) -> f64 {
+        if self.duration_s > 0.0 {
+            self.all.committed as f64 / self.duration_s
+        } else {
+            0.0
+        }
+    }
+
+    /// The JSON document of `--json`.
+    pub fn to_json(&self) -> Value {
+        let by_kind: Map<String, Value> = self
+            .by_kind
+            .iter()
+            .map(|(k, s)| {
+                (
+                    k.to_string(),
+                    json!({"committed": s.committed, "aborted": s.aborted, "latency_ms": latency_json(&s.latency_us)}),
+                )
+            })
+            .collect();
+        let invariants: Map<String, Value> = self
+            .audit
+            .iter()
+            .flat_map(|a| a.invariants())
+            .map(|(name, check)| (name.to_string(), Value::String(check.to_string())))
+            .collect();
+        let planted: Map<String, Value> = self
+            .planted
+            .iter()
+            .map(|(k, p)| {
+                (
+                    k.to_string(),
+                    json!({"planted": p.planted, "refused_as_expected": p.refused_as_expected, "other": p.other}),
+                )
+            })
+            .collect();
+        let restarts: Map<String, Value> = self.restarts.iter().map(|(k, n)| (k.to_string(), json!(n))).collect();
+        json!({
+            "ok": self.ok(),
+            "seed": self.seed,
+            "institutions": self.institutions,
+            "wallets": self.wallets,
+            "genesis_s": self.genesis_s,
+            "duration_s": self.duration_s,
+            "committed": self.all.committed,
+            "aborted": self.all.aborted,
+            "throughput_per_s": self.throughput(),
+            "latency_ms": latency_json(&self.all.latency_us),
+            "aborted_by_reason": self.aborted_by_reason,
+            "by_kind": by_kind,
+            "planted_refusals": planted,
+            "invariants": invariants,
+            "in_flight": self.audit.as_ref().map_or(0, |a| a.in_flight),
+            "unfinished": self.unfinished,
+            "quiescent": self.quiescent,
+            "network": {
+                "sent": self.network.sent,
+                "delivered": self.network.delivered,
+                "rejected": self.network.rejected,
+                "dropped": self.network.dropped,
+                "undeliverable": self.network.undeliverable,
+            },
+            "journal": {"batches": self.journal.batches, "entries": self.journal.entries},
+            "restarts": restarts,
+        })
+    }
+
+    /// Writes the JSON document.
+    pub fn write_json(&self, path: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(&self.to_json()).expect("report serializes");
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// Prints the terminal summary (colours only on a terminal).
+    pub fn print(&self, color: bool) {
+        let paint = |ok: bool, text: &str| match (color, ok) {
+            (false, _) => text.to_string(),
+            (true, true) => format!("\x1b[32m{text}\x1b[0m"),
+            (true, false) => format!("\x1b[31m{text}\x1b[0m"),
+        };
+        let h = &self.all.latency_us;
+        println!("specie run — seed {}, {} institutions, {} wallets", self.seed, self.institutions, self.wallets);
+        println!("  genesis       {:.2} s (accounts opened, coins exchanged)", self.genesis_s);
+        println!(
+            "  sagas         {} committed, {} aborted in {:.2} s — {:.0} committed/s",
+            self.all.committed,
+            self.all.aborted,
+            self.duration_s,
+            self.throughput()
+        );
+        println!(
+            "  latency       p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms",
+            ms(h.value_at_quantile(0.5)),
+            ms(h.value_at_quantile(0.99)),
+            ms(h.value_at_quantile(0.999)),
+            ms(h.max())
+        );
+        for (kind, s) in &self.by_kind {
+            println!(
+                "  {kind:<13} {} committed, {} aborted, p99 {:.2} ms",
+                s.committed,
+                s.aborted,
+                ms(s.latency_us.value_at_quantile(0.99))
+            );
+        }
+        if !self.aborted_by_reason.is_empty() {
+            let reasons: Vec<String> = self.aborted_by_reason.iter().map(|(r, n)| format!("{r} {n}")).collect();
+            println!("  aborted by    {}", reasons.join(", "));
+        }
+        for (name, p) in &self.planted {
+            let ok = p.refused_as_expected == p.planted;
+            println!(
+                "  planted       {name}: {} sent, {} refused as expected {}",
+                p.planted,
+                p.refused_as_expected,
+                paint(ok, if ok { "ok" } else { "MISSED" })
+            );
+            for other in p.other.iter().take(3) {
+                println!("                  {other}");
+            }
+        }
+        println!(
+            "  network       {} envelopes sent, {} rejected, {} undeliverable",
+            self.network.sent, self.network.rejected, self.network.undeliverable
+        );
+        let per_batch = if self.journal.batches > 0 {
+            self.journal.entries as f64 / self.journal.batches as f64
+        } else {
+            0.0
+        };
+        println!(
+            "  journal       {} batches, {:.2} entries per batch (in memory)",
+            self.journal.batches, per_batch
+        );
+        if !self.restarts.is_empty() {
+            let r: Vec<String> = self.restarts.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            println!("  restarts      {}", r.join(", "));
+        }
+        if self.unfinished > 0 || !self.quiescent {
+            println!(
+                "  {}",
+                paint(false, &format!("unfinished    {} operations; quiescent: {}", self.unfinished, self.quiescent))
+            );
+        }
+        if self.model_mismatches > 0 {
+            println!("  {}", paint(false, &format!("model         {} payments beyond the payer's means", self.model_mismatches)));
+        }
+        if let Some(a) = &self.audit {
+            println!("  audit");
+            for (name, check) in a.invariants() {
+                println!("    {name:<16} {}", paint(check.is_ok(), &check.to_string()));
+            }
+            if a.in_flight > 0 {
+                println!("    {}", paint(false, &format!("{} sagas still in flight", a.in_flight)));
+            }
+        }
+        println!("  result        {}", paint(self.ok(), if self.ok() { "ok" } else { "FAILED" }));
+    }
+}
