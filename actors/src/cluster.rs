@@ -9,7 +9,7 @@ use futures::future::join_all;
 use specie_protocol::crypto::{sha256, PublicKey};
 use specie_protocol::{Address, Amount, Envelope, InstitutionId, KeyStore, SagaId, SagaKind, SoftKeyStore, WalletId};
 use specie_runtime::config::Config;
-use specie_runtime::{Crash, Host, Inspect, Journal, MemoryJournal, Network, Node, Notice, Submit, SystemClock};
+use specie_runtime::{Crash, Host, Inspect, Journal, MemoryJournal, Network, Node, NodeSettings, Notice, Submit, SystemClock};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -92,8 +92,11 @@ impl Cluster {
             Network::new(),
             journal,
             Arc::new(SystemClock),
-            config.runtime.arbiters,
-            config.runtime.mailbox_capacity,
+            NodeSettings {
+                arbiters: config.runtime.arbiters,
+                mailbox_capacity: config.runtime.mailbox_capacity,
+                supervision: config.supervision,
+            },
         );
         let n_inst = config.cluster.institutions.len();
         let limits = &config.limits;
@@ -120,13 +123,13 @@ impl Cluster {
                 .collect(),
         );
 
-        let central_bank = node.spawn(0, CentralBank::new);
+        let central_bank = node.spawn(0, None, CentralBank::new);
         let institutions: Vec<_> = institution_keys
             .iter()
             .enumerate()
             .map(|(i, keys)| {
                 let (keys, limits) = (keys.clone(), inst_limits.clone());
-                node.spawn(i, move || Institution::new(InstitutionId(i as u32), keys.clone(), limits.clone()))
+                node.spawn(i, Some(i as u64), move || Institution::new(InstitutionId(i as u32), keys.clone(), limits.clone()))
             })
             .collect();
         let mut wallets = Vec::with_capacity(config.cluster.wallets as usize);
@@ -136,7 +139,7 @@ impl Cluster {
             wallet_keys.push(keys.public_key());
             let institution = InstitutionId((w % n_inst as u64) as u32);
             let (issuers, limits) = (issuers.clone(), wallet_limits.clone());
-            wallets.push(node.spawn(w as usize, move || {
+            wallets.push(node.spawn(w as usize, None, move || {
                 Wallet::new(WalletId(w), institution, keys.clone(), issuers.clone(), limits.clone())
             }));
         }
@@ -266,10 +269,10 @@ impl Cluster {
     /// Crashes an actor; its supervisor restarts it from the journal.
     pub fn crash(&self, actor: Address) {
         match actor {
-            Address::CentralBank => self.central_bank.do_send(Crash),
-            Address::Institution(i) => self.institutions[i.0 as usize].do_send(Crash),
-            Address::Wallet(w) => self.wallets[w.0 as usize].do_send(Crash),
-            Address::External(_) => {}
+            Address::CentralBank => self.central_bank.do_send(Crash::default()),
+            Address::Institution(i) => self.institutions[i.0 as usize].do_send(Crash::default()),
+            Address::Wallet(w) => self.wallets[w.0 as usize].do_send(Crash::default()),
+            Address::External(_) | Address::Reconciler(_) => {}
         }
     }
 

@@ -5,6 +5,10 @@ use crate::error::{fixed, required, ProtocolError};
 use crate::ids::{Amount, CoinId, InstitutionId, SagaId, WalletId};
 use crate::pay::{AbortReason, SagaKind, SagaState, SignedAuthorization};
 use crate::pb;
+use crate::reconcile::{
+    BatchHashAck, BatchHashPost, BatchId, ReconcileReport, RecordHashesReply,
+    RecordHashesRequest, ShardHashesReply, ShardHashesRequest,
+};
 use bytes::Bytes;
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -21,7 +25,14 @@ pub enum Address {
     Wallet(WalletId),
     /// A client outside the cluster (an ingress connection, a load generator).
     External(u64),
+    /// A reconciler: an institution's (the id is the institution id) or the reconciliation
+    /// platform's ([`RECONCILIATION_PLATFORM`]).
+    Reconciler(u64),
 }
+
+/// The id of the reconciliation platform's reconciler: `Address::Reconciler(RECONCILIATION_PLATFORM)`.
+/// Outside the range of institution ids, so it never names an institution's reconciler.
+pub const RECONCILIATION_PLATFORM: u64 = u64::MAX;
 
 impl fmt::Display for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -30,6 +41,8 @@ impl fmt::Display for Address {
             Address::Institution(i) => write!(f, "{i}"),
             Address::Wallet(w) => write!(f, "{w}"),
             Address::External(n) => write!(f, "external-{n}"),
+            Address::Reconciler(RECONCILIATION_PLATFORM) => f.write_str("reconciler-platform"),
+            Address::Reconciler(i) => write!(f, "reconciler-inst-{i}"),
         }
     }
 }
@@ -41,11 +54,24 @@ impl Address {
             Address::Institution(i) => (pb::AddressKind::Institution, u64::from(i.0)),
             Address::Wallet(w) => (pb::AddressKind::Wallet, w.0),
             Address::External(n) => (pb::AddressKind::External, n),
+            Address::Reconciler(n) => (pb::AddressKind::Reconciler, n),
         };
         pb::Address {
             kind: kind as i32,
             id,
         }
+    }
+
+    /// The address as (kind, id), with the kind numbered as in `envelope.proto`: a compact,
+    /// stable key for storage.
+    pub fn code(self) -> (u8, u64) {
+        let p = self.to_pb();
+        (u8::try_from(p.kind).expect("address kinds fit in a byte"), p.id)
+    }
+
+    /// The inverse of [`Address::code`]; `None` for an unknown kind or an id out of range.
+    pub fn from_code(kind: u8, id: u64) -> Option<Address> {
+        Address::from_pb("address", Some(pb::Address { kind: i32::from(kind), id })).ok()
     }
 
     fn from_pb(field: &'static str, p: Option<pb::Address>) -> Result<Address, ProtocolError> {
@@ -58,6 +84,13 @@ impl Address {
                 .map_err(|_| invalid(format!("institution id {} out of range", p.id))),
             Ok(pb::AddressKind::Wallet) => Ok(Address::Wallet(WalletId(p.id))),
             Ok(pb::AddressKind::External) => Ok(Address::External(p.id)),
+            Ok(pb::AddressKind::Reconciler) => {
+                if p.id == RECONCILIATION_PLATFORM || u32::try_from(p.id).is_ok() {
+                    Ok(Address::Reconciler(p.id))
+                } else {
+                    Err(invalid(format!("reconciler id {} is neither an institution nor the platform", p.id)))
+                }
+            }
             Ok(pb::AddressKind::Unspecified) | Err(_) => {
                 Err(invalid(format!("unknown address kind {}", p.kind)))
             }
@@ -170,6 +203,25 @@ pub enum Payload {
     },
     /// Institution → wallet: the exchange is done (the coins follow as `CoinIssued`), or not.
     ExchangeReply(Result<(), AbortReason>),
+    /// Institution reconciler → platform reconciler: append my batch hash to the hash chain.
+    BatchHashPost(BatchHashPost),
+    /// Platform → institution: the block holding the institution's post.
+    BatchHashAck(BatchHashAck),
+    /// Platform → institution: the child hashes of these nodes of the batch's shard tree.
+    ShardHashesRequest(ShardHashesRequest),
+    /// Institution → platform: the answer.
+    ShardHashesReply(ShardHashesReply),
+    /// Platform → institution: the record hashes of these (unequal) shards.
+    RecordHashesRequest(RecordHashesRequest),
+    /// Institution → platform: (part of) the answer.
+    RecordHashesReply(RecordHashesReply),
+    /// Platform → institution: the inconsistent records of a batch (none when agreed).
+    ReconcileReport(ReconcileReport),
+    /// Institution → platform: the report arrived.
+    ReconcileReportAck {
+        /// The batch.
+        batch_id: BatchId,
+    },
 }
 
 impl Payload {
@@ -197,6 +249,14 @@ impl Payload {
             Payload::ReserveAck(_) => "reserve_ack",
             Payload::ExchangeRequest { .. } => "exchange_request",
             Payload::ExchangeReply(_) => "exchange_reply",
+            Payload::BatchHashPost(_) => "batch_hash_post",
+            Payload::BatchHashAck(_) => "batch_hash_ack",
+            Payload::ShardHashesRequest(_) => "shard_hashes_request",
+            Payload::ShardHashesReply(_) => "shard_hashes_reply",
+            Payload::RecordHashesRequest(_) => "record_hashes_request",
+            Payload::RecordHashesReply(_) => "record_hashes_reply",
+            Payload::ReconcileReport(_) => "reconcile_report",
+            Payload::ReconcileReportAck { .. } => "reconcile_report_ack",
         }
     }
 }
@@ -361,6 +421,18 @@ impl Envelope {
                 ok: r.is_ok(),
                 reason: reason_of(r),
             }),
+            Payload::BatchHashPost(m) => P::BatchHashPost(m.into()),
+            Payload::BatchHashAck(m) => P::BatchHashAck(m.into()),
+            Payload::ShardHashesRequest(m) => P::ShardHashesRequest(m.into()),
+            Payload::ShardHashesReply(m) => P::ShardHashesReply(m.into()),
+            Payload::RecordHashesRequest(m) => P::RecordHashesRequest(m.into()),
+            Payload::RecordHashesReply(m) => P::RecordHashesReply(m.into()),
+            Payload::ReconcileReport(m) => P::ReconcileReport(m.into()),
+            Payload::ReconcileReportAck { batch_id } => {
+                P::ReconcileReportAck(pb::ReconcileReportAck {
+                    batch_id: batch_id.0,
+                })
+            }
         };
         pb::Envelope {
             message_id: self.message_id,
@@ -465,6 +537,16 @@ impl TryFrom<pb::Envelope> for Envelope {
             P::ExchangeReply(m) => {
                 Payload::ExchangeReply(result_from_pb("exchange_reply.reason", m.ok, m.reason)?)
             }
+            P::BatchHashPost(m) => Payload::BatchHashPost(m.try_into()?),
+            P::BatchHashAck(m) => Payload::BatchHashAck(m.try_into()?),
+            P::ShardHashesRequest(m) => Payload::ShardHashesRequest(m.try_into()?),
+            P::ShardHashesReply(m) => Payload::ShardHashesReply(m.try_into()?),
+            P::RecordHashesRequest(m) => Payload::RecordHashesRequest(m.try_into()?),
+            P::RecordHashesReply(m) => Payload::RecordHashesReply(m.try_into()?),
+            P::ReconcileReport(m) => Payload::ReconcileReport(m.try_into()?),
+            P::ReconcileReportAck(m) => Payload::ReconcileReportAck {
+                batch_id: BatchId(m.batch_id),
+            },
         };
         let trace = p.trace.map(|t| TraceContext {
             traceparent: t.traceparent,
@@ -585,11 +667,142 @@ mod tests {
             Payload::ExchangeRequest { amount: Amount(3) },
             Payload::ExchangeReply(Ok(())),
         ];
+        let payloads = payloads.into_iter().chain(reconcile_payloads());
         for payload in payloads {
             let env = envelope(payload);
             let decoded = Envelope::decode(&env.encode()).expect("round trip");
             assert_eq!(decoded, env);
         }
+    }
+
+    fn reconcile_payloads() -> Vec<Payload> {
+        use crate::reconcile::*;
+        let record = |id: u64| TransactionRecord {
+            id: RecordId(id),
+            saga_id: SagaId::from_u128(u128::from(id) + 1),
+            kind: RecordKind::EscrowClaim,
+            payer: WalletId(3),
+            payee: WalletId(4),
+            amount: Amount(250),
+            at_ms: 1_700_000_000_000,
+        };
+        let count = |compared, unequal| LevelCount { compared, unequal };
+        vec![
+            Payload::BatchHashPost(BatchHashPost {
+                batch_id: BatchId(7),
+                batch_hash: Digest([1; 32]),
+                record_count: 100,
+            }),
+            Payload::BatchHashAck(BatchHashAck {
+                batch_id: BatchId(7),
+                height: 3,
+                block_hash: Digest([2; 32]),
+                batch_hash: Digest([1; 32]),
+            }),
+            Payload::ShardHashesRequest(ShardHashesRequest {
+                batch_id: BatchId(7),
+                level: 1,
+                nodes: vec![0, 5, 15],
+            }),
+            Payload::ShardHashesReply(ShardHashesReply {
+                batch_id: BatchId(7),
+                level: 1,
+                nodes: vec![ShardNode {
+                    node: 5,
+                    children: vec![Digest([3; 32]), Digest([4; 32])],
+                }],
+            }),
+            Payload::RecordHashesRequest(RecordHashesRequest {
+                batch_id: BatchId(7),
+                shards: vec![81, 4000],
+            }),
+            Payload::RecordHashesReply(RecordHashesReply {
+                batch_id: BatchId(7),
+                shards: vec![
+                    ShardRecords {
+                        shard: 81,
+                        records: vec![
+                            RecordHash {
+                                record_id: RecordId(2),
+                                hash: Digest([5; 32]),
+                            },
+                            RecordHash {
+                                record_id: RecordId(9),
+                                hash: Digest([6; 32]),
+                            },
+                        ],
+                    },
+                    ShardRecords {
+                        shard: 4000,
+                        records: vec![],
+                    },
+                ],
+            }),
+            Payload::ReconcileReport(ReconcileReport {
+                batch_id: BatchId(7),
+                inconsistent_total: 3,
+                inconsistencies: vec![
+                    Inconsistency {
+                        record_id: RecordId(2),
+                        kind: InconsistencyKind::Missing,
+                        shard: 81,
+                        platform_hash: Some(Digest([5; 32])),
+                        institution_hash: None,
+                        platform_record: Some(record(2)),
+                    },
+                    Inconsistency {
+                        record_id: RecordId(9),
+                        kind: InconsistencyKind::Altered,
+                        shard: 81,
+                        platform_hash: Some(Digest([6; 32])),
+                        institution_hash: Some(Digest([7; 32])),
+                        platform_record: Some(record(9)),
+                    },
+                    Inconsistency {
+                        record_id: RecordId(11),
+                        kind: InconsistencyKind::Extra,
+                        shard: 4000,
+                        platform_hash: None,
+                        institution_hash: Some(Digest([8; 32])),
+                        platform_record: None,
+                    },
+                ],
+                batch: count(1, 1),
+                shard: count(48, 3),
+                record: count(70, 3),
+            }),
+            Payload::ReconcileReport(ReconcileReport {
+                batch_id: BatchId(8),
+                inconsistent_total: 0,
+                inconsistencies: vec![],
+                batch: count(1, 0),
+                shard: count(0, 0),
+                record: count(0, 0),
+            }),
+            Payload::ReconcileReportAck { batch_id: BatchId(7) },
+        ]
+    }
+
+    #[test]
+    fn reconciler_addresses_round_trip_and_bad_ids_are_rejected() {
+        for address in [
+            Address::Reconciler(0),
+            Address::Reconciler(u64::from(u32::MAX)),
+            Address::Reconciler(RECONCILIATION_PLATFORM),
+        ] {
+            let mut env = envelope(Payload::StatusQuery);
+            env.to = address;
+            assert_eq!(Envelope::decode(&env.encode()).unwrap().to, address);
+        }
+        let mut p = envelope(Payload::StatusQuery).to_pb();
+        p.to = Some(pb::Address {
+            kind: pb::AddressKind::Reconciler as i32,
+            id: 1 << 40,
+        });
+        assert!(matches!(
+            Envelope::try_from(p),
+            Err(ProtocolError::Invalid { field: "envelope.to", .. })
+        ));
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Configuration, read in two steps: parse the TOML into raw values, then validate them into
 //! checked settings. Every error names the file, the field and what is wrong.
 
+use crate::redb_journal::JournalSettings;
+use crate::supervision::{RestartStrategy, SupervisionSettings};
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::path::Path;
@@ -87,6 +89,26 @@ struct RawWorkload {
     forged_percent: u32,
 }
 
+/// Raw `[journal]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJournal {
+    batch_entries_max: usize,
+    batch_wait_us: u64,
+    queue_capacity: usize,
+}
+
+/// Raw `[supervision]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSupervision {
+    strategy: String,
+    restart_intensity_max: u32,
+    restart_window_ms: u64,
+    restart_backoff_ms: u64,
+    restart_backoff_max_ms: u64,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -94,6 +116,8 @@ struct RawConfig {
     genesis: RawGenesis,
     runtime: RawRuntime,
     limits: RawLimits,
+    journal: RawJournal,
+    supervision: RawSupervision,
     workload: RawWorkload,
 }
 
@@ -166,6 +190,10 @@ pub struct WorkloadConfig {
 /// A validated configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
+    /// `[journal]`: group commit of the durable journal.
+    pub journal: JournalSettings,
+    /// `[supervision]`: restart strategy and intensity.
+    pub supervision: SupervisionSettings,
     /// `[cluster]`.
     pub cluster: ClusterConfig,
     /// `[genesis]`.
@@ -184,6 +212,10 @@ pub const INSTITUTIONS_MAX: usize = 1024;
 pub const WALLETS_MAX: u64 = 10_000_000;
 /// Most arbiters a node may run.
 pub const ARBITERS_MAX: usize = 256;
+/// Most entries in one group commit.
+pub const JOURNAL_BATCH_ENTRIES_MAX: usize = 1 << 20;
+/// Longest a group commit may wait for more entries.
+pub const JOURNAL_BATCH_WAIT_US_MAX: u64 = 1_000_000;
 /// Smallest mailbox capacity (actix's default).
 pub const MAILBOX_CAPACITY_MIN: usize = 16;
 
@@ -313,6 +345,48 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
             format!("must be 1 to {max}, is {}", l.coin_inputs_max),
         ));
     }
+    let j = &raw.journal;
+    if j.batch_entries_max == 0 || j.batch_entries_max > JOURNAL_BATCH_ENTRIES_MAX {
+        return Err(invalid(
+            "journal.batch_entries_max",
+            format!("must be 1 to {JOURNAL_BATCH_ENTRIES_MAX}, is {}", j.batch_entries_max),
+        ));
+    }
+    if j.batch_wait_us > JOURNAL_BATCH_WAIT_US_MAX {
+        return Err(invalid(
+            "journal.batch_wait_us",
+            format!("must be at most {JOURNAL_BATCH_WAIT_US_MAX}, is {}", j.batch_wait_us),
+        ));
+    }
+    if j.queue_capacity == 0 {
+        return Err(invalid("journal.queue_capacity", "must be positive".into()));
+    }
+    let v = &raw.supervision;
+    let strategy = match v.strategy.as_str() {
+        "one_for_one" => RestartStrategy::OneForOne,
+        "one_for_all" => RestartStrategy::OneForAll,
+        other => {
+            return Err(invalid(
+                "supervision.strategy",
+                format!("must be \"one_for_one\" or \"one_for_all\", is \"{other}\""),
+            ))
+        }
+    };
+    if v.restart_intensity_max == 0 {
+        return Err(invalid("supervision.restart_intensity_max", "must be positive".into()));
+    }
+    if v.restart_window_ms == 0 {
+        return Err(invalid("supervision.restart_window_ms", "must be positive".into()));
+    }
+    if v.restart_backoff_max_ms < v.restart_backoff_ms {
+        return Err(invalid(
+            "supervision.restart_backoff_max_ms",
+            format!(
+                "({}) cannot be below supervision.restart_backoff_ms ({})",
+                v.restart_backoff_max_ms, v.restart_backoff_ms
+            ),
+        ));
+    }
     let w = &raw.workload;
     if w.in_flight_max == 0 {
         return Err(invalid("workload.in_flight_max", "must be positive".into()));
@@ -336,6 +410,18 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
         ));
     }
     Ok(Config {
+        journal: JournalSettings {
+            batch_entries_max: j.batch_entries_max,
+            batch_wait_us: j.batch_wait_us,
+            queue_capacity: j.queue_capacity,
+        },
+        supervision: SupervisionSettings {
+            strategy,
+            restart_intensity_max: v.restart_intensity_max,
+            restart_window_ms: v.restart_window_ms,
+            restart_backoff_ms: v.restart_backoff_ms,
+            restart_backoff_max_ms: v.restart_backoff_max_ms,
+        },
         cluster: ClusterConfig {
             institutions: raw.cluster.institutions,
             wallets: raw.cluster.wallets,
@@ -402,6 +488,13 @@ mod tests {
         let text = LOCAL.replace("exchange_fen = 60000", "exchange_fen = 6000000");
         let err = Config::parse(&text, "x.toml").unwrap_err().to_string();
         assert!(err.contains("genesis.exchange_fen"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_restart_strategy_is_refused() {
+        let text = LOCAL.replace("strategy = \"one_for_one\"", "strategy = \"one_for_some\"");
+        let err = Config::parse(&text, "x.toml").unwrap_err().to_string();
+        assert!(err.contains("supervision.strategy") && err.contains("one_for_some"), "{err}");
     }
 
     #[test]

@@ -1,21 +1,28 @@
 //! [`Host`]: the thin actix shell that runs any [`StateMachine`] under a supervisor.
 //!
 //! A step goes: decode the delivered bytes (rejecting what does not decode or is not
-//! addressed here), let the state machine handle the input, journal the events it recorded,
-//! and only then send its envelopes, arm its timers and publish its notices. A crash (the
-//! actor stopping, e.g. because the journal refused a write) makes the supervisor restart the
-//! host: it throws its in-memory state away and replays the journal.
+//! addressed here), let the state machine handle the input, append the events it recorded to
+//! the journal, arm its timers, and hold its envelopes and notices in an outbox until the
+//! journal says the step is durable — so nothing a step announces can be forgotten by a crash.
+//! Steps without events wait behind the actor's earlier steps, whose state they may reveal.
+//!
+//! A crash (the actor stopping: a journal fault, a failed write, an injected [`Crash`]) makes
+//! the supervisor restart the host: it drops its outbox, sleeps the backoff the node's
+//! supervision gives it (or escalates), waits until its earlier appends are durable, and
+//! rebuilds the state by replaying its journal.
 
-use crate::journal::JournalError;
-use crate::machine::{Effects, StateMachine};
+use crate::journal::{AppendFault, JournalError};
+use crate::machine::{Effects, Notice, StateMachine};
 use crate::network::Deliver;
 use crate::node::Node;
+use crate::supervision::RestartVerdict;
 use actix::prelude::*;
 use bytes::Bytes;
 use specie_protocol::{Address, Envelope};
+use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A local command for the hosted state machine.
 #[derive(Debug)]
@@ -41,9 +48,12 @@ impl<T: 'static> Message for Inspect<T> {
 
 /// Crashes the actor: it stops and its supervisor restarts it from the journal. The fault
 /// injector's way to kill an actor; nothing in the actor sees it coming.
-#[derive(Debug, Clone, Copy, Message)]
+#[derive(Debug, Clone, Copy, Default, Message)]
 #[rtype(result = "()")]
-pub struct Crash;
+pub struct Crash {
+    /// Part of a `one_for_all` group restart (which is not propagated again).
+    pub group: bool,
+}
 
 /// Builds a fresh state machine (before any journal replay).
 pub type Factory<S> = Arc<dyn Fn() -> S + Send + Sync>;
@@ -55,23 +65,30 @@ pub fn actor_kind(address: Address) -> &'static str {
         Address::Institution(_) => "institution",
         Address::Wallet(_) => "wallet",
         Address::External(_) => "external",
+        Address::Reconciler(_) => "reconciler",
     }
 }
 
 /// Rebuilds a state machine from its journal.
-pub fn recover<S: StateMachine>(node: &Node, factory: &Factory<S>) -> Result<S, JournalError> {
+pub fn recover<S: StateMachine>(journal: &dyn crate::Journal, factory: &Factory<S>) -> Result<S, JournalError> {
     let mut state = factory();
     let address = state.address();
-    for (index, bytes) in node.journal().load(address)?.iter().enumerate() {
-        let event: S::Event =
-            postcard::from_bytes(bytes).map_err(|e| JournalError::Corrupt {
-                actor: address,
-                index,
-                why: e.to_string(),
-            })?;
+    for (index, bytes) in journal.load(address)?.iter().enumerate() {
+        let event: S::Event = postcard::from_bytes(bytes).map_err(|e| JournalError::Corrupt {
+            actor: address,
+            index,
+            why: e.to_string(),
+        })?;
         state.apply(&event);
     }
     Ok(state)
+}
+
+/// What a step sends, held until the step is durable.
+struct Held {
+    seq: u64,
+    sends: Vec<Envelope>,
+    notices: Vec<Notice>,
 }
 
 /// Runs one state machine as a supervised actix actor.
@@ -80,39 +97,61 @@ pub struct Host<S: StateMachine> {
     factory: Factory<S>,
     state: S,
     address: Address,
+    group: Option<u64>,
+    /// Sequence number of this actor's latest append.
+    last_seq: u64,
+    /// Effects of steps that are not durable yet, in step order.
+    outbox: VecDeque<Held>,
+    /// Set by `restarting`: the backoff to sleep before recovering.
+    restart: Option<Duration>,
+    /// The current crash is part of a group restart.
+    group_crash: bool,
 }
 
 impl<S: StateMachine> Host<S> {
     /// Builds the host, recovering the state from the journal.
-    pub fn new(node: Node, factory: Factory<S>) -> Result<Host<S>, JournalError> {
-        let state = recover(&node, &factory)?;
+    pub fn new(node: Node, factory: Factory<S>, group: Option<u64>) -> Result<Host<S>, JournalError> {
+        let state = recover(node.journal().as_ref(), &factory)?;
         let address = state.address();
         Ok(Host {
             node,
             factory,
             state,
             address,
+            group,
+            last_seq: 0,
+            outbox: VecDeque::new(),
+            restart: None,
+            group_crash: false,
         })
     }
 
     fn perform(&mut self, out: Effects<S::Event, S::Timer>, ctx: &mut Context<Self>) {
         if !out.events.is_empty() {
-            let entries = out
+            let entries: Vec<Bytes> = out
                 .events
                 .iter()
                 .map(|e| Bytes::from(postcard::to_stdvec(e).expect("events always serialize")))
                 .collect();
-            if let Err(e) = self.node.journal().append(self.address, entries) {
-                // Nothing of this step may leave the actor: crash, and let the restart
-                // rebuild the state from what the journal does hold.
-                eprintln!("{}: {e}; restarting", self.address);
+            let fault = self.node.journal_fault(self.address, &entries);
+            if fault == AppendFault::CrashBefore {
                 ctx.stop();
                 return;
             }
-        }
-        let network = self.node.network();
-        for envelope in out.sends {
-            network.send(envelope);
+            match self.node.journal().append(self.address, entries) {
+                Ok(seq) => self.last_seq = seq,
+                Err(e) => {
+                    // Nothing of this step may leave the actor: crash, and let the restart
+                    // rebuild the state from what the journal does hold.
+                    eprintln!("{}: {e}; restarting", self.address);
+                    ctx.stop();
+                    return;
+                }
+            }
+            if fault == AppendFault::CrashAfter {
+                ctx.stop();
+                return;
+            }
         }
         for (delay_ms, key) in out.timers {
             ctx.run_later(Duration::from_millis(delay_ms), move |host, ctx| {
@@ -122,9 +161,53 @@ impl<S: StateMachine> Host<S> {
                 host.perform(out, ctx);
             });
         }
-        for notice in out.notices {
+        if out.sends.is_empty() && out.notices.is_empty() {
+            return;
+        }
+        let held = Held {
+            seq: self.last_seq,
+            sends: out.sends,
+            notices: out.notices,
+        };
+        if self.outbox.is_empty() && self.node.journal().is_durable(held.seq) {
+            self.release(held);
+            return;
+        }
+        let seq = held.seq;
+        self.outbox.push_back(held);
+        let durable = self.node.journal().wait_durable(seq);
+        ctx.spawn(durable.into_actor(self).map(|result, host, _ctx| match result {
+            Ok(()) => host.flush(),
+            Err(e) => host.node.escalate(format!("{}: {e}", host.address)),
+        }));
+    }
+
+    /// Releases, in order, every held step that is durable.
+    fn flush(&mut self) {
+        while let Some(front) = self.outbox.front() {
+            if !self.node.journal().is_durable(front.seq) {
+                break;
+            }
+            let held = self.outbox.pop_front().expect("front exists");
+            self.release(held);
+        }
+    }
+
+    fn release(&self, held: Held) {
+        let network = self.node.network();
+        for envelope in held.sends {
+            network.send(envelope);
+        }
+        for notice in held.notices {
             self.node.publish(&notice);
         }
+    }
+
+    fn start_machine(&mut self, ctx: &mut Context<Self>) {
+        let mut out = Effects::default();
+        let now = self.node.clock().now_ms();
+        self.state.on_start(now, &mut out);
+        self.perform(out, ctx);
     }
 }
 
@@ -133,27 +216,50 @@ impl<S: StateMachine> Actor for Host<S> {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(self.node.mailbox_capacity());
-        self.node
-            .network()
-            .register(self.address, ctx.address().recipient());
-        let mut out = Effects::default();
-        let now = self.node.clock().now_ms();
-        self.state.on_start(now, &mut out);
-        self.perform(out, ctx);
+        self.node.network().register(self.address, ctx.address().recipient());
+        let Some(backoff) = self.restart.take() else {
+            self.start_machine(ctx);
+            return;
+        };
+        // Handle no message before the state is rebuilt: sleep the backoff, wait until every
+        // earlier append is durable (or replay would miss it), then replay the journal.
+        let durable = self.node.journal().wait_durable(self.last_seq);
+        let recovery = async move {
+            tokio::time::sleep(backoff).await;
+            durable.await
+        };
+        ctx.wait(recovery.into_actor(self).map(|result, host, ctx| {
+            let recovered = result.and_then(|()| recover(host.node.journal().as_ref(), &host.factory));
+            match recovered {
+                Ok(state) => {
+                    host.state = state;
+                    host.start_machine(ctx);
+                }
+                Err(e) => host.node.escalate(format!("{} cannot recover from its journal: {e}", host.address)),
+            }
+        }));
     }
 }
 
 impl<S: StateMachine> Supervised for Host<S> {
-    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+    fn restarting(&mut self, ctx: &mut Context<Self>) {
         let kind = actor_kind(self.address);
         metrics::counter!("specie_actor_restarts_total", "actor_kind" => kind).increment(1);
         self.node.record_restart(kind);
-        match recover(&self.node, &self.factory) {
-            Ok(state) => self.state = state,
-            Err(e) => self.node.escalate(format!(
-                "{} cannot recover from its journal: {e}",
-                self.address
-            )),
+        // A crash loses what was not yet released, as a real crash would; at-least-once
+        // retries recover it.
+        self.outbox.clear();
+        match self.node.supervision().on_restart(self.address, Instant::now()) {
+            RestartVerdict::Restart(backoff) => self.restart = Some(backoff),
+            RestartVerdict::Escalate(why) => {
+                self.restart = Some(Duration::MAX / 4);
+                self.node.escalate(why);
+            }
+        }
+        if let Some(group) = self.group {
+            if !std::mem::take(&mut self.group_crash) {
+                self.node.restart_group(group, &ctx.address().recipient());
+            }
         }
     }
 }
@@ -205,7 +311,8 @@ impl<S: StateMachine> Handler<Inspect<S::Snapshot>> for Host<S> {
 impl<S: StateMachine> Handler<Crash> for Host<S> {
     type Result = ();
 
-    fn handle(&mut self, _msg: Crash, ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: Crash, ctx: &mut Context<Self>) {
+        self.group_crash = msg.group;
         ctx.stop();
     }
 }

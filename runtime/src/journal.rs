@@ -1,11 +1,18 @@
 //! The journal: each actor's events, in order, so that a restarted actor can rebuild its state.
 //!
-//! A host appends a step's events before it sends the step's messages; nothing a step
-//! announces to another actor can be forgotten by a crash.
+//! A host appends a step's events and gets a sequence number back; nothing the step sends or
+//! announces leaves the actor before the journal says that sequence number is durable. The
+//! in-memory journal is durable at once (it survives actor crashes, not process exits); the
+//! [`crate::redb_journal::RedbJournal`] makes entries durable in group commits.
+//!
+//! Journal faults (the chaos harness's `fsync_error`, crash-before and crash-after a write)
+//! enter through a [`JournalFaultHook`] installed on the node.
 
 use bytes::Bytes;
 use dashmap::DashMap;
 use specie_protocol::Address;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use thiserror::Error;
 
@@ -30,32 +37,84 @@ pub enum JournalError {
         /// What went wrong.
         why: String,
     },
+    /// The journal file cannot be used.
+    #[error("{file}: {why}")]
+    Open {
+        /// The file.
+        file: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The journal stopped (a failed group commit); nothing more becomes durable.
+    #[error("the journal stopped: {0}")]
+    Stopped(String),
 }
 
 /// Counters a journal keeps for reports.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct JournalStats {
-    /// Append calls (each is one atomic batch of one actor's step).
+    /// Group commits (write transactions); for the in-memory journal, append calls.
     pub batches: u64,
     /// Entries appended.
     pub entries: u64,
+    /// fsyncs performed (zero for the in-memory journal).
+    pub fsyncs: u64,
+    /// Time spent committing, in seconds.
+    pub commit_seconds: f64,
 }
+
+/// A future that resolves when a sequence number is durable.
+pub type Durable = Pin<Box<dyn Future<Output = Result<(), JournalError>> + Send>>;
 
 /// Per-actor append-only event logs.
 pub trait Journal: Send + Sync {
-    /// Appends a step's entries atomically: all of them or none.
-    fn append(&self, actor: Address, entries: Vec<Bytes>) -> Result<(), JournalError>;
+    /// Appends a step's entries, all or none, and returns the sequence number that becomes
+    /// durable with them.
+    fn append(&self, actor: Address, entries: Vec<Bytes>) -> Result<u64, JournalError>;
+    /// Whether everything up to `seq` is durable.
+    fn is_durable(&self, seq: u64) -> bool;
+    /// Resolves when everything up to `seq` is durable, or with an error if it never will be.
+    fn wait_durable(&self, seq: u64) -> Durable;
     /// Every entry of the actor, oldest first.
     fn load(&self, actor: Address) -> Result<Vec<Bytes>, JournalError>;
+    /// Every actor that has entries.
+    fn actors(&self) -> Result<Vec<Address>, JournalError>;
     /// Counters for reports.
     fn stats(&self) -> JournalStats;
+}
+
+/// What a journal fault hook decides for one append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendFault {
+    /// Write normally.
+    None,
+    /// The write fails; the actor crashes before anything is written.
+    CrashBefore,
+    /// The write succeeds; the actor crashes right after, before it sends anything.
+    CrashAfter,
+}
+
+/// Decides, per append, whether the actor crashes around its journal write.
+pub trait JournalFaultHook: Send + Sync {
+    /// Called before each append with the entries about to be written.
+    fn on_append(&self, actor: Address, entries: &[Bytes]) -> AppendFault;
+}
+
+/// No journal faults.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoJournalFaults;
+
+impl JournalFaultHook for NoJournalFaults {
+    fn on_append(&self, _actor: Address, _entries: &[Bytes]) -> AppendFault {
+        AppendFault::None
+    }
 }
 
 /// A journal in process memory: it survives actor crashes, not process exits.
 #[derive(Debug, Default)]
 pub struct MemoryJournal {
     logs: DashMap<Address, Vec<Bytes>>,
-    batches: AtomicU64,
+    seq: AtomicU64,
     entries: AtomicU64,
 }
 
@@ -67,12 +126,19 @@ impl MemoryJournal {
 }
 
 impl Journal for MemoryJournal {
-    fn append(&self, actor: Address, entries: Vec<Bytes>) -> Result<(), JournalError> {
-        self.batches.fetch_add(1, Ordering::Relaxed);
+    fn append(&self, actor: Address, entries: Vec<Bytes>) -> Result<u64, JournalError> {
         self.entries
             .fetch_add(entries.len() as u64, Ordering::Relaxed);
         self.logs.entry(actor).or_default().extend(entries);
-        Ok(())
+        Ok(self.seq.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+
+    fn is_durable(&self, _seq: u64) -> bool {
+        true
+    }
+
+    fn wait_durable(&self, _seq: u64) -> Durable {
+        Box::pin(std::future::ready(Ok(())))
     }
 
     fn load(&self, actor: Address) -> Result<Vec<Bytes>, JournalError> {
@@ -83,10 +149,18 @@ impl Journal for MemoryJournal {
             .unwrap_or_default())
     }
 
+    fn actors(&self) -> Result<Vec<Address>, JournalError> {
+        let mut v: Vec<Address> = self.logs.iter().map(|e| *e.key()).collect();
+        v.sort();
+        Ok(v)
+    }
+
     fn stats(&self) -> JournalStats {
         JournalStats {
-            batches: self.batches.load(Ordering::Relaxed),
+            batches: self.seq.load(Ordering::Relaxed),
             entries: self.entries.load(Ordering::Relaxed),
+            fsyncs: 0,
+            commit_seconds: 0.0,
         }
     }
 }

@@ -8,7 +8,9 @@
 //!   crash throws its memory away and rebuilds the state from the journal.
 //! - [`network`]: the single place where envelopes cross between actors, as encoded bytes,
 //!   with the directory of local mailboxes and the fault hook.
-//! - [`journal`]: the [`Journal`] trait and its in-memory implementation.
+//! - [`journal`]: the [`Journal`] trait, its in-memory implementation and the journal fault
+//!   hook; [`redb_journal`]: the durable journal (one redb file per node, group commits).
+//! - [`supervision`]: restart strategy, intensity, backoff and escalation.
 //! - [`clock`]: the [`Clock`] trait and the system clock.
 //! - [`config`]: configuration types, loaded in two steps (parse, then validate).
 //! - [`node`]: [`Node`], the handle that bundles one process's network, journal, clock and
@@ -21,10 +23,14 @@ pub mod journal;
 pub mod machine;
 pub mod network;
 pub mod node;
+pub mod redb_journal;
+pub mod supervision;
 
 pub use clock::{Clock, SystemClock};
 pub use host::{Crash, Host, Inspect, Submit};
-pub use journal::{Journal, JournalError, MemoryJournal};
+pub use journal::{AppendFault, Journal, JournalError, JournalFaultHook, JournalStats, MemoryJournal};
 pub use machine::{Effects, Notice, StateMachine};
 pub use network::{Deliver, Delivery, FaultHook, Network, NetworkStats, NoFaults};
-pub use node::Node;
+pub use node::{Node, NodeSettings};
+pub use redb_journal::{JournalSettings, ReadJournal, RedbJournal};
+pub use supervision::{RestartStrategy, SupervisionSettings};

@@ -1,24 +1,42 @@
-//! [`Node`]: one process's runtime — its network, journal, clock, arbiters and observers.
+//! [`Node`]: one process's runtime — its network, journal, clock, arbiters, supervision and
+//! observers.
 
 use crate::clock::Clock;
-use crate::host::{Factory, Host};
-use crate::journal::Journal;
+use crate::host::{Crash, Factory, Host};
+use crate::journal::{AppendFault, Journal, JournalFaultHook, NoJournalFaults};
 use crate::machine::{Notice, StateMachine};
 use crate::network::Network;
+use crate::supervision::{RestartStrategy, Supervision, SupervisionSettings};
 use actix::prelude::*;
+use bytes::Bytes;
 use dashmap::DashMap;
 use parking_lot::RwLock;
+use specie_protocol::Address;
 use std::sync::Arc;
 
 /// Something that wants to hear about saga outcomes.
 pub type Observer = Arc<dyn Fn(&Notice) + Send + Sync>;
 
+/// Settings of a node.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeSettings {
+    /// Arbiters (threads) hosting actors.
+    pub arbiters: usize,
+    /// Capacity of every host's mailbox.
+    pub mailbox_capacity: usize,
+    /// Restart strategy and intensity.
+    pub supervision: SupervisionSettings,
+}
+
 struct Inner {
     network: Network,
     journal: Arc<dyn Journal>,
+    journal_faults: RwLock<Arc<dyn JournalFaultHook>>,
     clock: Arc<dyn Clock>,
     arbiters: Vec<ArbiterHandle>,
-    mailbox_capacity: usize,
+    settings: NodeSettings,
+    supervision: Supervision,
+    groups: DashMap<u64, Vec<Recipient<Crash>>>,
     observers: RwLock<Vec<Observer>>,
     restarts: DashMap<&'static str, u64>,
     escalations: RwLock<Vec<String>>,
@@ -40,26 +58,21 @@ impl std::fmt::Debug for Node {
 }
 
 impl Node {
-    /// Starts a node with `arbiter_count` arbiters (threads). Must run inside an actix system.
-    pub fn start(
-        network: Network,
-        journal: Arc<dyn Journal>,
-        clock: Arc<dyn Clock>,
-        arbiter_count: usize,
-        mailbox_capacity: usize,
-    ) -> Node {
-        assert!(arbiter_count > 0, "a node needs at least one arbiter");
-        assert!(mailbox_capacity > 0, "mailboxes need room for one message");
-        let arbiters = (0..arbiter_count)
-            .map(|_| Arbiter::new().handle())
-            .collect();
+    /// Starts a node. Must run inside an actix system.
+    pub fn start(network: Network, journal: Arc<dyn Journal>, clock: Arc<dyn Clock>, settings: NodeSettings) -> Node {
+        assert!(settings.arbiters > 0, "a node needs at least one arbiter");
+        assert!(settings.mailbox_capacity > 0, "mailboxes need room for one message");
+        let arbiters = (0..settings.arbiters).map(|_| Arbiter::new().handle()).collect();
         Node {
             inner: Arc::new(Inner {
                 network,
                 journal,
+                journal_faults: RwLock::new(Arc::new(NoJournalFaults)),
                 clock,
                 arbiters,
-                mailbox_capacity,
+                settings,
+                supervision: Supervision::new(settings.supervision),
+                groups: DashMap::new(),
                 observers: RwLock::new(Vec::new()),
                 restarts: DashMap::new(),
                 escalations: RwLock::new(Vec::new()),
@@ -67,8 +80,9 @@ impl Node {
         }
     }
 
-    /// Starts a state machine under a supervisor on arbiter `placement % arbiters`.
-    pub fn spawn<S, F>(&self, placement: usize, factory: F) -> Addr<Host<S>>
+    /// Starts a state machine under a supervisor on arbiter `placement % arbiters`, as a
+    /// member of supervision group `group` when given.
+    pub fn spawn<S, F>(&self, placement: usize, group: Option<u64>, factory: F) -> Addr<Host<S>>
     where
         S: StateMachine,
         F: Fn() -> S + Send + Sync + 'static,
@@ -76,12 +90,16 @@ impl Node {
         let factory: Factory<S> = Arc::new(factory);
         let arbiter = &self.inner.arbiters[placement % self.inner.arbiters.len()];
         let node = self.clone();
-        Supervisor::start_in_arbiter(arbiter, move |_ctx| {
-            Host::new(node.clone(), factory).unwrap_or_else(|e| {
+        let addr = Supervisor::start_in_arbiter(arbiter, move |_ctx| {
+            Host::new(node.clone(), factory, group).unwrap_or_else(|e| {
                 node.escalate(format!("an actor cannot recover from its journal: {e}"));
                 panic!("unrecoverable journal: {e}");
             })
-        })
+        });
+        if let Some(g) = group {
+            self.inner.groups.entry(g).or_default().push(addr.clone().recipient());
+        }
+        addr
     }
 
     /// The network.
@@ -94,6 +112,16 @@ impl Node {
         &self.inner.journal
     }
 
+    /// Installs the journal fault hook (the chaos harness plugs in here).
+    pub fn set_journal_fault_hook(&self, hook: Arc<dyn JournalFaultHook>) {
+        *self.inner.journal_faults.write() = hook;
+    }
+
+    /// Asks the journal fault hook about an append.
+    pub fn journal_fault(&self, actor: Address, entries: &[Bytes]) -> AppendFault {
+        self.inner.journal_faults.read().on_append(actor, entries)
+    }
+
     /// The clock.
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.inner.clock
@@ -101,7 +129,24 @@ impl Node {
 
     /// Mailbox capacity of every host.
     pub fn mailbox_capacity(&self) -> usize {
-        self.inner.mailbox_capacity
+        self.inner.settings.mailbox_capacity
+    }
+
+    /// Restart bookkeeping.
+    pub fn supervision(&self) -> &Supervision {
+        &self.inner.supervision
+    }
+
+    /// Under `one_for_all`, restarts every other member of `group`.
+    pub fn restart_group(&self, group: u64, except: &Recipient<Crash>) {
+        if self.inner.settings.supervision.strategy != RestartStrategy::OneForAll {
+            return;
+        }
+        if let Some(members) = self.inner.groups.get(&group) {
+            for member in members.iter().filter(|r| *r != except) {
+                member.do_send(Crash { group: true });
+            }
+        }
     }
 
     /// Adds an observer of saga outcomes.
@@ -123,19 +168,15 @@ impl Node {
 
     /// Restarts so far, by actor kind.
     pub fn restarts(&self) -> Vec<(&'static str, u64)> {
-        let mut v: Vec<_> = self
-            .inner
-            .restarts
-            .iter()
-            .map(|e| (*e.key(), *e.value()))
-            .collect();
+        let mut v: Vec<_> = self.inner.restarts.iter().map(|e| (*e.key(), *e.value())).collect();
         v.sort();
         v
     }
 
     /// Something a supervisor cannot fix: record it and stop the actor system with an error.
     pub fn escalate(&self, why: String) {
-        eprintln!("escalation: {why}; stopping the node");
+        eprintln!("specie: escalation: {why}; stopping the node");
+        metrics::counter!("specie_escalations_total").increment(1);
         self.inner.escalations.write().push(why);
         if let Some(system) = System::try_current() {
             system.stop_with_code(70);
