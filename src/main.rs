@@ -4,6 +4,7 @@
 //! cluster, drive a workload, audit); `report.rs` turns results into the terminal report and
 //! the JSON file.
 
+mod audit_cmd;
 mod report;
 mod run;
 
@@ -27,22 +28,50 @@ struct Cli {
 enum Command {
     /// Start a cluster in this process, drive a payment workload, report and audit.
     Run(run::RunArgs),
+    /// Check the invariants of a node's data directory from its journal, read-only.
+    Audit(audit_cmd::AuditArgs),
 }
 
-/// Loads the config at `path`, or the embedded default.
-fn load_config(path: Option<&PathBuf>) -> Result<Config> {
-    match path {
-        Some(path) => Ok(Config::load(path)?),
-        None => Ok(Config::parse(DEFAULT_CONFIG, "embedded config/local.toml")?),
+/// A config as given: its text, where it came from, and whether the user named it.
+pub struct ConfigSource {
+    /// The TOML text.
+    pub text: String,
+    /// The file name (or "embedded config/local.toml"), for error messages.
+    pub origin: String,
+    /// Whether `--config` named it.
+    pub given: bool,
+}
+
+impl ConfigSource {
+    /// Reads the config at `path`, or takes the embedded default.
+    fn read(path: Option<&PathBuf>) -> Result<ConfigSource> {
+        match path {
+            Some(path) => Ok(ConfigSource {
+                text: std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?,
+                origin: path.display().to_string(),
+                given: true,
+            }),
+            None => Ok(ConfigSource {
+                text: DEFAULT_CONFIG.to_string(),
+                origin: "embedded config/local.toml".to_string(),
+                given: false,
+            }),
+        }
+    }
+
+    /// Parses and validates it.
+    pub fn parse(&self) -> Result<Config> {
+        Ok(Config::parse(&self.text, &self.origin)?)
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => load_config(args.config.as_ref())
+        Command::Run(args) => ConfigSource::read(args.config.as_ref())
             .context("loading the configuration")
-            .and_then(|config| run::run(config, &args)),
+            .and_then(|source| run::run(source, &args)),
+        Command::Audit(args) => audit_cmd::run(&args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -63,6 +63,14 @@ pub struct RunReport {
     pub journal: JournalStats,
     pub restarts: Vec<(&'static str, u64)>,
     pub audit: Option<AuditReport>,
+    /// Whether the journal was durable (a data directory).
+    pub durable: bool,
+    /// Which run of the data directory this was (1 without one).
+    pub run_number: u64,
+    /// Wall time from start to the end of the drain, for per-second journal figures.
+    pub wall_s: f64,
+    /// Failures writing the acknowledgement log.
+    pub ack_log_errors: Vec<String>,
 }
 
 fn ms(us: u64) -> f64 {
@@ -98,6 +106,10 @@ impl RunReport {
             journal: JournalStats::default(),
             restarts: Vec::new(),
             audit: None,
+            durable: false,
+            run_number: 1,
+            wall_s: 0.0,
+            ack_log_errors: Vec::new(),
         }
     }
 
@@ -135,7 +147,12 @@ impl RunReport {
     /// the right reason, every operation finished, and the cluster went quiet.
     pub fn ok(&self) -> bool {
         let audit_ok = self.audit.as_ref().is_some_and(|a| a.ok() && a.in_flight == 0);
-        audit_ok && self.planted_ok() && self.unfinished == 0 && self.quiescent && self.model_mismatches == 0
+        audit_ok
+            && self.planted_ok()
+            && self.unfinished == 0
+            && self.quiescent
+            && self.model_mismatches == 0
+            && self.ack_log_errors.is_empty()
     }
 
     fn throughput(&self) -> f64 {
@@ -200,9 +217,34 @@ impl RunReport {
                 "dropped": self.network.dropped,
                 "undeliverable": self.network.undeliverable,
             },
-            "journal": {"batches": self.journal.batches, "entries": self.journal.entries},
+            "durable": self.durable,
+            "run": self.run_number,
+            "journal": {
+                "batches": self.journal.batches,
+                "entries": self.journal.entries,
+                "entries_per_batch": self.entries_per_batch(),
+                "fsyncs": self.journal.fsyncs,
+                "fsyncs_per_s": self.fsyncs_per_s(),
+                "commit_seconds": self.journal.commit_seconds,
+            },
             "restarts": restarts,
         })
+    }
+
+    fn entries_per_batch(&self) -> f64 {
+        if self.journal.batches > 0 {
+            self.journal.entries as f64 / self.journal.batches as f64
+        } else {
+            0.0
+        }
+    }
+
+    fn fsyncs_per_s(&self) -> f64 {
+        if self.wall_s > 0.0 {
+            self.journal.fsyncs as f64 / self.wall_s
+        } else {
+            0.0
+        }
     }
 
     /// Writes the JSON document.
@@ -263,15 +305,24 @@ impl RunReport {
             "  network       {} envelopes sent, {} rejected, {} undeliverable",
             self.network.sent, self.network.rejected, self.network.undeliverable
         );
-        let per_batch = if self.journal.batches > 0 {
-            self.journal.entries as f64 / self.journal.batches as f64
+        if self.durable {
+            println!(
+                "  journal       {} group commits, {:.1} entries per commit, {:.0} fsyncs/s (durable, run {})",
+                self.journal.batches,
+                self.entries_per_batch(),
+                self.fsyncs_per_s(),
+                self.run_number
+            );
         } else {
-            0.0
-        };
-        println!(
-            "  journal       {} batches, {:.2} entries per batch (in memory)",
-            self.journal.batches, per_batch
-        );
+            println!(
+                "  journal       {} appends, {:.2} entries each (in memory)",
+                self.journal.batches,
+                self.entries_per_batch()
+            );
+        }
+        for e in &self.ack_log_errors {
+            println!("  {}", paint(false, &format!("ack log       {e}")));
+        }
         if !self.restarts.is_empty() {
             let r: Vec<String> = self.restarts.iter().map(|(k, n)| format!("{k} {n}")).collect();
             println!("  restarts      {}", r.join(", "));

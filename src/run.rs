@@ -7,8 +7,11 @@ use anyhow::{anyhow, Result};
 use clap::Args;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use crate::ConfigSource;
+use anyhow::Context;
 use specie_actors::wallet::WalletCommand;
-use specie_actors::Cluster;
+use specie_actors::{Cluster, DataDir, Storage};
+use std::io::Write;
 use specie_protocol::{
     AbortReason, Address, Amount, CoinId, Envelope, PaymentAuthorization, Payload,
     SagaId, SoftKeyStore, WalletId,
@@ -29,12 +32,20 @@ pub struct RunArgs {
     /// How long to drive the workload, in seconds.
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
-    /// Seed of every random choice (keys, workload).
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
+    /// Seed of every random choice (keys, workload); default 1, or the data directory's.
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// Write the machine-readable report here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Keep the cluster in this directory (durable journal with group commits); run again
+    /// with the same directory to continue from the recovered state.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Append the saga id of every operation acknowledged as committed to this file, as it
+    /// is acknowledged (for `specie audit --acks`).
+    #[arg(long)]
+    pub ack_log: Option<PathBuf>,
 }
 
 /// How long to wait, after the workload stops, for operations still in flight.
@@ -86,6 +97,8 @@ struct Driver<'a> {
     pending: HashMap<SagaId, Pending>,
     /// Recently spent coins: (the wallet that spent them, the coins).
     spent: VecDeque<(WalletId, Vec<CoinId>)>,
+    /// Where acknowledged commits are logged as they happen.
+    ack_log: Option<std::fs::File>,
     report: RunReport,
 }
 
@@ -247,6 +260,12 @@ impl<'a> Driver<'a> {
             }
         }
         if result.is_ok() {
+            if let Some(log) = &mut self.ack_log {
+                // One write per line, straight to the kernel: what is logged survives a kill.
+                if let Err(e) = writeln!(log, "{} committed", notice.saga_id) {
+                    self.report.ack_log_errors.push(e.to_string());
+                }
+            }
             let (payer, payee) = (p.payer.0 as usize, p.payee.0 as usize);
             self.balance[payer] = self.balance[payer].checked_sub(p.amount.0).unwrap_or_else(|| {
                 self.report.model_mismatches += 1;
@@ -273,12 +292,29 @@ fn planted_name(class: Class) -> &'static str {
 }
 
 /// Runs `specie run`; returns whether everything held.
-pub fn run(config: Config, args: &RunArgs) -> Result<bool> {
+pub fn run(source: ConfigSource, args: &RunArgs) -> Result<bool> {
     if !(args.duration.is_finite() && args.duration > 0.0) {
         return Err(anyhow!("--duration must be a positive number of seconds, got {}", args.duration));
     }
+    let (config, seed, storage) = match &args.data_dir {
+        Some(path) => {
+            let dir = DataDir::open_or_create(path, &source.text, &source.origin, source.given, args.seed)?;
+            (dir.config.clone(), dir.seed, Storage::Durable(dir))
+        }
+        None => (source.parse()?, args.seed.unwrap_or(1), Storage::Memory),
+    };
+    let ack_log = match &args.ack_log {
+        Some(path) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening {}", path.display()))?,
+        ),
+        None => None,
+    };
     let system = actix::System::new();
-    let report = system.block_on(drive(config, args))?;
+    let report = system.block_on(drive(config, seed, storage, ack_log, args))?;
     report.print(std::io::stdout().is_terminal());
     if let Some(path) = &args.json {
         report.write_json(path)?;
@@ -286,26 +322,46 @@ pub fn run(config: Config, args: &RunArgs) -> Result<bool> {
     Ok(report.ok())
 }
 
-async fn drive(config: Config, args: &RunArgs) -> Result<RunReport> {
+async fn drive(
+    config: Config,
+    seed: u64,
+    storage: Storage,
+    ack_log: Option<std::fs::File>,
+    args: &RunArgs,
+) -> Result<RunReport> {
     let progress = std::io::stderr().is_terminal();
     let started = Instant::now();
     if progress {
         eprint!("starting {} wallets at {} institutions…", config.cluster.wallets, config.cluster.institutions.len());
     }
-    let cluster = Cluster::start(config.clone(), args.seed).await?;
+    let durable = matches!(storage, Storage::Durable(_));
+    let cluster = Cluster::start_with(config.clone(), seed, storage).await?;
+    let run_number = cluster.next_run()?;
     let genesis_s = started.elapsed().as_secs_f64();
+    // The workload's model starts from the coins the wallets hold (recovered ones included).
+    let balance = cluster
+        .snapshot()
+        .await?
+        .wallets
+        .iter()
+        .map(|w| w.coins.iter().map(|c| c.value().0).sum())
+        .collect();
     let mut notices = cluster.notices();
     let mut driver = Driver {
         cluster: &cluster,
         config: &config,
-        rng: ChaCha8Rng::seed_from_u64(args.seed),
-        balance: vec![config.genesis.exchange_fen; config.cluster.wallets as usize],
+        // A later run on the same data directory draws other saga ids.
+        rng: ChaCha8Rng::seed_from_u64(seed ^ run_number.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+        balance,
         busy: HashSet::new(),
         pending: HashMap::new(),
         spent: VecDeque::new(),
-        report: RunReport::new(args.seed, &config),
+        ack_log,
+        report: RunReport::new(seed, &config),
     };
     driver.report.genesis_s = genesis_s;
+    driver.report.durable = durable;
+    driver.report.run_number = run_number;
     let duration = Duration::from_secs_f64(args.duration);
     let t0 = Instant::now();
     let mut last_progress = Instant::now();
@@ -358,6 +414,7 @@ async fn drive(config: Config, args: &RunArgs) -> Result<RunReport> {
     report.quiescent = quiet;
     report.network = cluster.node().network().stats();
     report.journal = cluster.node().journal().stats();
+    report.wall_s = t0.elapsed().as_secs_f64() + genesis_s;
     report.restarts = cluster.node().restarts();
     report.audit = Some(audit);
     cluster.shutdown();

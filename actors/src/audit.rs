@@ -10,7 +10,12 @@
 //!   payee coin equals the amount; an aborted saga spent, locked and issued nothing; an
 //!   exchange issued exactly its amount or nothing.
 //!
-//! Exact at quiescent points (no saga in flight); the report counts sagas still in flight.
+//! A snapshot taken between steps (the journal of a node killed mid-saga) is judged by the
+//! state its recorded decisions lead to: a saga decided commit whose issuer has not retired
+//! the inputs yet counts them as spent and its change as issued; a backing move or an
+//! exchange's reserve the central bank has not applied yet counts as applied. Whether every
+//! wallet holds exactly its registered coins is checked only at quiescent points, since a
+//! coin may be on its way to its owner. The report counts the sagas still in flight.
 
 use crate::cluster::ClusterSnapshot;
 use crate::institution::{CoinState, ExchangeState, PayStep};
@@ -104,8 +109,9 @@ impl Findings {
     }
 }
 
-/// Checks invariants 1–4 over a snapshot.
-pub fn audit(s: &ClusterSnapshot) -> AuditReport {
+/// Checks invariants 1–4 over a snapshot. `quiescent`: no envelope was in flight when it
+/// was taken (enables the wallet-holdings check).
+pub fn audit(s: &ClusterSnapshot, quiescent: bool) -> AuditReport {
     // Indexes over every register.
     let mut coins: HashMap<CoinId, (InstitutionId, Amount, CoinState)> = HashMap::new();
     let mut outputs: HashMap<SagaId, Vec<(CoinId, Amount)>> = HashMap::new();
@@ -116,6 +122,40 @@ pub fn audit(s: &ClusterSnapshot) -> AuditReport {
         }
     }
     let sum = |it: &mut dyn Iterator<Item = Amount>| it.fold(0u128, |acc, a| acc + u128::from(a.0));
+
+    // Project decided-but-unfinished steps (see the module doc).
+    let mut projected_change: BTreeMap<InstitutionId, u128> = BTreeMap::new();
+    let mut backing_shift: BTreeMap<InstitutionId, i128> = BTreeMap::new();
+    for inst in &s.institutions {
+        for (saga, p) in &inst.pays {
+            let PayStep::Committing { issuer_done, backing_done } = p.step else { continue };
+            if !issuer_done {
+                let mut locked = 0u128;
+                for id in &p.coin_ids {
+                    if let Some(entry) = coins.get_mut(id) {
+                        if entry.2 == CoinState::Locked(*saga) {
+                            locked += u128::from(entry.1 .0);
+                            entry.2 = CoinState::Spent(*saga);
+                        }
+                    }
+                }
+                if locked > 0 {
+                    *projected_change.entry(p.payer_institution).or_default() += locked - u128::from(p.amount.0);
+                }
+            }
+            if !backing_done && !s.central_bank.applied.contains(saga) {
+                *backing_shift.entry(p.payer_institution).or_default() -= i128::from(p.amount.0);
+                *backing_shift.entry(inst.id).or_default() += i128::from(p.amount.0);
+            }
+        }
+        for (saga, (_, amount, state)) in &inst.exchanges {
+            if *state == ExchangeState::Pending && s.central_bank.applied.contains(saga) {
+                // Reserve already backs coins the institution is about to issue.
+                *backing_shift.entry(inst.id).or_default() -= i128::from(amount.0);
+            }
+        }
+    }
+    let change_total: u128 = projected_change.values().sum();
 
     // 1. Conservation.
     let mut conservation = Findings::default();
@@ -130,10 +170,10 @@ pub fn audit(s: &ClusterSnapshot) -> AuditReport {
         .flat_map(|i| i.exchanges.values())
         .filter(|(_, _, st)| *st == ExchangeState::Pending)
         .map(|(_, amount, _)| *amount));
-    let customers = accounts + unspent + exchanging;
+    let customers = accounts + unspent + change_total + exchanging;
     if customers != u128::from(s.deposited.0) {
         conservation.add(format!(
-            "customers hold {customers} fen (accounts {accounts} + coins {unspent} + exchanging {exchanging}), deposited {}",
+            "customers hold {customers} fen (accounts {accounts} + coins {unspent} + change due {change_total} + exchanging {exchanging}), deposited {}",
             s.deposited.0
         ));
     }
@@ -151,7 +191,7 @@ pub fn audit(s: &ClusterSnapshot) -> AuditReport {
             }
         }
     }
-    for w in &s.wallets {
+    for w in s.wallets.iter().filter(|_| quiescent) {
         let held: HashSet<CoinId> = w.coins.iter().map(|c| c.id).collect();
         let registered = owned.remove(&w.key).unwrap_or_default();
         if held != registered {
@@ -165,7 +205,7 @@ pub fn audit(s: &ClusterSnapshot) -> AuditReport {
             ));
         }
     }
-    for (key, ids) in owned {
+    for (key, ids) in owned.into_iter().filter(|_| quiescent) {
         conservation.add(format!("{} unspent coins owned by {key:?}, which no wallet holds", ids.len()));
     }
 
@@ -180,9 +220,13 @@ pub fn audit(s: &ClusterSnapshot) -> AuditReport {
             *outstanding.entry(*issuer).or_default() += u128::from(value.0);
         }
     }
+    for (inst, change) in &projected_change {
+        *outstanding.entry(*inst).or_default() += change;
+    }
     for (inst, value) in &outstanding {
-        let reserve = s.central_bank.reserves.get(inst).map_or(0, |r| u128::from(r.backing.0));
-        if *value != reserve {
+        let reserve = s.central_bank.reserves.get(inst).map_or(0, |r| i128::from(r.backing.0));
+        let reserve = reserve + backing_shift.get(inst).copied().unwrap_or(0);
+        if i128::try_from(*value).unwrap_or(i128::MAX) != reserve {
             backing.add(format!("{inst} has {value} fen of coins outstanding, backing reserve {reserve}"));
         }
     }

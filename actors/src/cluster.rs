@@ -2,14 +2,19 @@
 
 use crate::audit::{audit, AuditReport};
 use crate::central_bank::{CentralBank, CentralBankCommand, CentralBankSnapshot};
-use crate::institution::{Institution, InstitutionCommand, InstitutionLimits, InstitutionSnapshot};
-use crate::wallet::{Wallet, WalletCommand, WalletLimits, WalletSnapshot};
+use crate::institution::{Institution, InstitutionCommand, InstitutionSnapshot};
+use crate::wallet::{Wallet, WalletCommand, WalletSnapshot};
 use actix::prelude::*;
 use futures::future::join_all;
-use specie_protocol::crypto::{sha256, PublicKey};
-use specie_protocol::{Address, Amount, Envelope, InstitutionId, KeyStore, SagaId, SagaKind, SoftKeyStore, WalletId};
+use crate::blueprint::Blueprint;
+use crate::data_dir::{DataDir, DataDirError, NODE_IDENTITY};
+use specie_protocol::crypto::PublicKey;
+use specie_protocol::{AbortReason, Address, Amount, Envelope, InstitutionId, KeyStore, SagaId, SagaKind, WalletId};
 use specie_runtime::config::Config;
-use specie_runtime::{Crash, Host, Inspect, Journal, MemoryJournal, Network, Node, NodeSettings, Notice, Submit, SystemClock};
+use specie_runtime::{
+    Crash, Host, Inspect, Journal, JournalError, MemoryJournal, Network, Node, NodeSettings, Notice, RedbJournal, Submit,
+    SystemClock,
+};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +35,12 @@ pub enum ClusterError {
     /// Genesis funding did not complete.
     #[error("genesis failed: {0}")]
     Genesis(String),
+    /// The journal cannot be used.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// The data directory cannot be used.
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
 }
 
 /// Everything an audit reads, taken actor by actor.
@@ -45,26 +56,28 @@ pub struct ClusterSnapshot {
     pub deposited: Amount,
 }
 
-/// Derives a key seed for an actor from the cluster seed, so that the same seed gives the
-/// same keys (and a restarted actor gets its key back without journaling secrets).
-fn key_seed(cluster_seed: u64, role: &str, id: u64) -> [u8; 32] {
-    let mut input = b"specie/v1/key-seed".to_vec();
-    input.extend_from_slice(&cluster_seed.to_be_bytes());
-    input.extend_from_slice(role.as_bytes());
-    input.extend_from_slice(&id.to_be_bytes());
-    sha256(&input)
-}
-
 /// A running cluster on this node.
 pub struct Cluster {
     node: Node,
-    config: Config,
+    blueprint: Blueprint,
+    durable: Option<Arc<RedbJournal>>,
     central_bank: Addr<Host<CentralBank>>,
     institutions: Vec<Addr<Host<Institution>>>,
     wallets: Vec<Addr<Host<Wallet>>>,
     wallet_keys: Vec<PublicKey>,
-    deposited: Amount,
 }
+
+/// Where a cluster keeps its journal.
+#[derive(Debug, Clone)]
+pub enum Storage {
+    /// In process memory: survives actor crashes, not the process.
+    Memory,
+    /// The durable journal of a data directory.
+    Durable(DataDir),
+}
+
+/// Journal meta key: genesis funding completed.
+const META_GENESIS_DONE: &str = "genesis_done";
 
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -83,11 +96,23 @@ fn unreachable(actor: Address) -> impl Fn(MailboxError) -> ClusterError {
 }
 
 impl Cluster {
-    /// Starts the actors of `config` on a new node with an in-memory journal, and funds every
+    /// Starts the actors of `config` on a new node with an in-memory journal and funds every
     /// wallet: the central bank mints reserves, each wallet gets an account with its deposit
     /// and exchanges part of it into coins. Must run inside an actix system.
     pub async fn start(config: Config, seed: u64) -> Result<Cluster, ClusterError> {
-        let journal: Arc<dyn Journal> = Arc::new(MemoryJournal::new());
+        Cluster::start_with(config, seed, Storage::Memory).await
+    }
+
+    /// Starts a cluster on the given storage. With a data directory, the actors recover their
+    /// state from its journal and genesis runs only once in the directory's life.
+    pub async fn start_with(config: Config, seed: u64, storage: Storage) -> Result<Cluster, ClusterError> {
+        let (journal, durable): (Arc<dyn Journal>, Option<Arc<RedbJournal>>) = match &storage {
+            Storage::Memory => (Arc::new(MemoryJournal::new()), None),
+            Storage::Durable(dir) => {
+                let journal = Arc::new(RedbJournal::open(&dir.journal_path(), NODE_IDENTITY, config.journal)?);
+                (journal.clone(), Some(journal))
+            }
+        };
         let node = Node::start(
             Network::new(),
             journal,
@@ -98,81 +123,54 @@ impl Cluster {
                 supervision: config.supervision,
             },
         );
-        let n_inst = config.cluster.institutions.len();
-        let limits = &config.limits;
-        let inst_limits = Arc::new(InstitutionLimits {
-            saga_timeout_ms: limits.saga_timeout_ms,
-            retry_interval_ms: limits.retry_interval_ms,
-            retry_interval_max_ms: limits.retry_interval_max_ms,
-            coin_inputs_max: limits.coin_inputs_max,
-            denominations: config.genesis.coin_denominations_fen.iter().map(|d| Amount(*d)).collect(),
-        });
-        let wallet_limits = Arc::new(WalletLimits {
-            authorization_ttl_ms: limits.authorization_ttl_ms,
-            outcome_timeout_ms: limits.outcome_timeout_ms,
-            saga_timeout_ms: limits.saga_timeout_ms,
-        });
-        let institution_keys: Vec<Arc<SoftKeyStore>> = (0..n_inst)
-            .map(|i| Arc::new(SoftKeyStore::from_seed(key_seed(seed, "institution", i as u64))))
-            .collect();
-        let issuers: Arc<HashMap<InstitutionId, PublicKey>> = Arc::new(
-            institution_keys
-                .iter()
-                .enumerate()
-                .map(|(i, k)| (InstitutionId(i as u32), k.public_key()))
-                .collect(),
-        );
-
-        let central_bank = node.spawn(0, None, CentralBank::new);
-        let institutions: Vec<_> = institution_keys
-            .iter()
-            .enumerate()
-            .map(|(i, keys)| {
-                let (keys, limits) = (keys.clone(), inst_limits.clone());
-                node.spawn(i, Some(i as u64), move || Institution::new(InstitutionId(i as u32), keys.clone(), limits.clone()))
-            })
+        let blueprint = Blueprint::new(&config, seed);
+        let central_bank = node.spawn(0, None, blueprint.central_bank());
+        let institutions: Vec<_> = (0..blueprint.institution_count())
+            .map(|i| node.spawn(i, Some(i as u64), blueprint.institution(i)))
             .collect();
         let mut wallets = Vec::with_capacity(config.cluster.wallets as usize);
         let mut wallet_keys = Vec::with_capacity(config.cluster.wallets as usize);
         for w in 0..config.cluster.wallets {
-            let keys = Arc::new(SoftKeyStore::from_seed(key_seed(seed, "wallet", w)));
+            let keys = blueprint.wallet_keys(WalletId(w));
             wallet_keys.push(keys.public_key());
-            let institution = InstitutionId((w % n_inst as u64) as u32);
-            let (issuers, limits) = (issuers.clone(), wallet_limits.clone());
-            wallets.push(node.spawn(w as usize, None, move || {
-                Wallet::new(WalletId(w), institution, keys.clone(), issuers.clone(), limits.clone())
-            }));
+            wallets.push(node.spawn(w as usize, None, blueprint.wallet(WalletId(w), keys)));
         }
-        let deposit = Amount(config.genesis.account_balance_fen);
-        let deposited = Amount(deposit.0 * config.cluster.wallets);
         let cluster = Cluster {
             node,
-            config,
+            blueprint,
+            durable,
             central_bank,
             institutions,
             wallets,
             wallet_keys,
-            deposited,
         };
-        cluster.genesis(seed).await?;
+        let genesis_done = match &cluster.durable {
+            Some(j) => j.meta(META_GENESIS_DONE)?.is_some(),
+            None => false,
+        };
+        if !genesis_done {
+            cluster.genesis(seed).await?;
+            if let Some(j) = &cluster.durable {
+                j.set_meta(META_GENESIS_DONE, &[1])?;
+            }
+        }
         Ok(cluster)
     }
 
+    /// Funds the cluster. Idempotent, so that a genesis interrupted by a crash can run again:
+    /// mints and accounts are made once, and exchanges have saga ids fixed by the seed.
     async fn genesis(&self, seed: u64) -> Result<(), ClusterError> {
-        let n_inst = self.institutions.len() as u64;
-        let wallets = self.wallets.len() as u64;
-        let deposit = Amount(self.config.genesis.account_balance_fen);
         for i in 0..self.institutions.len() {
-            let customers = wallets / n_inst + u64::from((i as u64) < wallets % n_inst);
-            let amount = Amount(deposit.0 * customers);
             self.central_bank
                 .send(Submit(CentralBankCommand::Mint {
                     institution: InstitutionId(i as u32),
-                    amount,
+                    amount: self.blueprint.genesis_mint(i),
                 }))
                 .await
                 .map_err(unreachable(Address::CentralBank))?;
         }
+        let deposit = Amount(self.config().genesis.account_balance_fen);
+        let wallets = self.wallets.len() as u64;
         for w in 0..wallets {
             let i = self.institution_of(WalletId(w));
             self.institutions[i.0 as usize]
@@ -184,7 +182,7 @@ impl Cluster {
                 .await
                 .map_err(unreachable(Address::Institution(i)))?;
         }
-        let exchange = Amount(self.config.genesis.exchange_fen);
+        let exchange = Amount(self.config().genesis.exchange_fen);
         if exchange.is_zero() {
             return Ok(());
         }
@@ -206,8 +204,13 @@ impl Cluster {
                 continue;
             }
             if let Some(wallet) = pending.remove(&notice.saga_id) {
-                if let Err(reason) = notice.outcome.result {
-                    return Err(ClusterError::Genesis(format!("exchange of {wallet} refused: {reason}")));
+                match notice.outcome.result {
+                    // Conflict: the exchange was started by an earlier, interrupted genesis;
+                    // it finishes on its own.
+                    Ok(()) | Err(AbortReason::Conflict) => {}
+                    Err(reason) => {
+                        return Err(ClusterError::Genesis(format!("exchange of {wallet} refused: {reason}")))
+                    }
                 }
             }
         }
@@ -221,7 +224,12 @@ impl Cluster {
 
     /// The validated config.
     pub fn config(&self) -> &Config {
-        &self.config
+        self.blueprint.config()
+    }
+
+    /// The blueprint the actors were built from.
+    pub fn blueprint(&self) -> &Blueprint {
+        &self.blueprint
     }
 
     /// Number of wallets.
@@ -236,7 +244,7 @@ impl Cluster {
 
     /// The institution a wallet banks with (round-robin placement).
     pub fn institution_of(&self, wallet: WalletId) -> InstitutionId {
-        InstitutionId((wallet.0 % self.institutions.len() as u64) as u32)
+        self.blueprint.institution_of(wallet)
     }
 
     /// A wallet's public key.
@@ -321,17 +329,36 @@ impl Cluster {
             central_bank,
             institutions,
             wallets,
-            deposited: self.deposited,
+            deposited: self.blueprint.deposited(),
         })
     }
 
-    /// Snapshots the cluster and checks the invariants.
+    /// Snapshots the cluster and checks the invariants (all of them when no envelope is in
+    /// flight; see [`crate::audit`]).
     pub async fn audit(&self) -> Result<AuditReport, ClusterError> {
-        Ok(audit(&self.snapshot().await?))
+        let quiet_before = self.node.network().in_flight() == 0;
+        let snapshot = self.snapshot().await?;
+        let quiescent = quiet_before && self.node.network().in_flight() == 0;
+        Ok(audit(&snapshot, quiescent))
     }
 
-    /// Stops the node's arbiters.
+    /// Stops the node's arbiters and flushes the durable journal.
     pub fn shutdown(&self) {
         self.node.shutdown();
+        if let Some(j) = &self.durable {
+            j.close();
+        }
+    }
+
+    /// Counts a run in the durable journal's meta and returns its number (1 for the first).
+    pub fn next_run(&self) -> Result<u64, ClusterError> {
+        let Some(j) = &self.durable else { return Ok(1) };
+        let runs = j
+            .meta("runs")?
+            .and_then(|v| v.try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0)
+            + 1;
+        j.set_meta("runs", &runs.to_be_bytes())?;
+        Ok(runs)
     }
 }

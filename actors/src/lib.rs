@@ -7,13 +7,22 @@
 //! - [`cluster`]: assembles a cluster from a config on one node (keys, actors, genesis
 //!   funding) and gives clients a handle to submit operations, crash actors and take
 //!   snapshots.
+//! - [`blueprint`]: keys, limits and actor factories that follow from a config and a seed.
+//! - [`data_dir`]: a node's data directory (manifest and durable journal).
 //! - [`audit`]: checks the money invariants of DESIGN.md §4 over a cluster snapshot.
+//! - [`reconciler`]: reconciliation of transaction records between institutions and the
+//!   reconciliation platform over a hash chain (record → shard → batch hashes, drill-down).
 
 pub mod audit;
+pub mod blueprint;
 pub mod central_bank;
 pub mod cluster;
+pub mod data_dir;
 pub mod institution;
+pub mod reconciler;
 pub mod wallet;
 
 pub use audit::{audit, AuditReport, Check};
-pub use cluster::{Cluster, ClusterError, ClusterSnapshot};
+pub use blueprint::Blueprint;
+pub use cluster::{Cluster, ClusterError, ClusterSnapshot, Storage};
+pub use data_dir::DataDir;

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use specie_protocol::{AbortReason, Address, Amount, Envelope, InstitutionId, Payload, SagaId};
 use specie_runtime::{Effects, StateMachine};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// One institution's reserve account.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +75,8 @@ pub struct CentralBankSnapshot {
     pub reserves: BTreeMap<InstitutionId, Reserve>,
     /// Everything ever minted.
     pub minted: Amount,
+    /// Requests (by saga) whose reserve change was applied.
+    pub applied: HashSet<SagaId>,
 }
 
 /// The central bank's state.
@@ -233,6 +235,8 @@ impl StateMachine for CentralBank {
 
     fn on_command(&mut self, command: CentralBankCommand, _now_ms: u64, out: &mut Effects<CentralBankEvent, ()>) {
         match command {
+            // Genesis mints once per institution; a repeated genesis (after a crash) is a no-op.
+            CentralBankCommand::Mint { institution, .. } if self.reserves.contains_key(&institution) => {}
             CentralBankCommand::Mint {
                 institution,
                 amount,
@@ -250,6 +254,12 @@ impl StateMachine for CentralBank {
         CentralBankSnapshot {
             reserves: self.reserves.clone(),
             minted: self.minted,
+            applied: self
+                .applied
+                .iter()
+                .filter(|(_, (_, outcome))| outcome.is_ok())
+                .map(|(saga, _)| *saga)
+                .collect(),
         }
     }
 }

@@ -6,6 +6,8 @@
 //! the saga and issues the payee's coin. All rules are in [`state`].
 
 mod state;
+#[cfg(test)]
+mod tests;
 
 pub use state::{
     Account, CoinRecord, CoinState, ExchangeState, Institution, InstitutionCommand,

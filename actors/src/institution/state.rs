@@ -381,6 +381,9 @@ pub struct Institution {
     participations: HashMap<SagaId, Participation>,
     pays: HashMap<SagaId, PaySaga>,
     exchanges: HashMap<SagaId, Exchange>,
+    /// Institutions of the cluster have ids `0..institutions`; a payment naming another issuer
+    /// is refused before a saga starts (its lock or unlock could never be answered).
+    institutions: u32,
 }
 
 impl std::fmt::Debug for Institution {
@@ -410,7 +413,16 @@ impl Institution {
             participations: HashMap::new(),
             pays: HashMap::new(),
             exchanges: HashMap::new(),
+            institutions: u32::MAX,
         }
+    }
+
+    /// Tells the institution how many institutions the cluster has (ids `0..count`), so that
+    /// it refuses to coordinate a payment whose coins name an issuer that does not exist.
+    /// Without it every issuer id is accepted.
+    pub fn with_institutions(mut self, count: u32) -> Self {
+        self.institutions = count;
+        self
     }
 
     fn envelope(&self, saga: SagaId, to: Address, attempt: u32, payload: Payload) -> Envelope {
@@ -619,6 +631,11 @@ impl Institution {
         }
         if a.payee_institution != self.id {
             self.outcome_to(saga, from, Err(AbortReason::PayeeMismatch), vec![], out);
+            return;
+        }
+        if a.payer_institution.0 >= self.institutions {
+            // No such issuer: a saga started with it could never be unlocked, so never end.
+            self.outcome_to(saga, from, Err(AbortReason::WrongIssuer), vec![], out);
             return;
         }
         let Some(payee) = self.accounts.get(&a.payee) else {
@@ -1320,6 +1337,8 @@ impl StateMachine for Institution {
 
     fn on_command(&mut self, command: InstitutionCommand, _now_ms: u64, out: &mut Out) {
         match command {
+            // Genesis opens each account once; a repeated genesis (after a crash) is a no-op.
+            InstitutionCommand::OpenAccount { wallet, .. } if self.accounts.contains_key(&wallet) => {}
             InstitutionCommand::OpenAccount { wallet, key, deposit } => {
                 self.record(InstitutionEvent::AccountOpened { wallet, key, deposit }, out)
             }

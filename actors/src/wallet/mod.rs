@@ -2,5 +2,7 @@
 //! merchant, receives, and exchanges account money into coins. Rules in [`state`].
 
 mod state;
+#[cfg(test)]
+mod tests;
 
 pub use state::{Wallet, WalletCommand, WalletEvent, WalletLimits, WalletSnapshot, WalletTimer};

@@ -16,7 +16,7 @@ use specie_protocol::{
     SoftKeyStore, WalletId,
 };
 use specie_runtime::{Effects, Notice, StateMachine};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 /// Settings of a wallet, from the validated config.
@@ -179,6 +179,10 @@ pub struct Wallet {
     ops: HashMap<SagaId, WalletOp>,
     /// Outcomes of finished operations, so a repeated request is recognised.
     finished: HashMap<SagaId, Result<(), AbortReason>>,
+    /// Coins spent by committed payments. A coin id is never reissued, so a `CoinIssued` for
+    /// one of them is a duplicate delivered late, or one that arrived after the outcome that
+    /// spent the coin: it must not bring the spent coin back into the wallet.
+    spent: HashSet<CoinId>,
 }
 
 impl std::fmt::Debug for Wallet {
@@ -210,6 +214,7 @@ impl Wallet {
             coins: BTreeMap::new(),
             ops: HashMap::new(),
             finished: HashMap::new(),
+            spent: HashSet::new(),
         }
     }
 
@@ -401,8 +406,8 @@ impl Wallet {
     }
 
     fn on_coin(&mut self, coin: Coin, out: &mut Out) {
-        if self.coins.contains_key(&coin.id) {
-            return; // duplicate delivery
+        if self.coins.contains_key(&coin.id) || self.spent.contains(&coin.id) {
+            return; // duplicate delivery, or a coin already spent
         }
         let genuine = self
             .issuers
@@ -477,6 +482,7 @@ impl StateMachine for Wallet {
                 self.finished.insert(*saga, *result);
                 for id in spent {
                     self.coins.remove(id);
+                    self.spent.insert(*id);
                 }
             }
             WalletEvent::CoinReceived { coin } => {
