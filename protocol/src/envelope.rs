@@ -6,8 +6,8 @@ use crate::ids::{Amount, CoinId, InstitutionId, SagaId, WalletId};
 use crate::pay::{AbortReason, SagaKind, SagaState, SignedAuthorization};
 use crate::pb;
 use crate::reconcile::{
-    BatchHashAck, BatchHashPost, BatchId, ReconcileReport, RecordHashesReply,
-    RecordHashesRequest, ShardHashesReply, ShardHashesRequest,
+    BatchHashAck, BatchHashPost, BatchId, ReconcileReport, RecordHashesReply, RecordHashesRequest,
+    ShardHashesReply, ShardHashesRequest,
 };
 use bytes::Bytes;
 use prost::Message;
@@ -88,7 +88,10 @@ impl Address {
                 if p.id == RECONCILIATION_PLATFORM || u32::try_from(p.id).is_ok() {
                     Ok(Address::Reconciler(p.id))
                 } else {
-                    Err(invalid(format!("reconciler id {} is neither an institution nor the platform", p.id)))
+                    Err(invalid(format!(
+                        "reconciler id {} is neither an institution nor the platform",
+                        p.id
+                    )))
                 }
             }
             Ok(pb::AddressKind::Unspecified) | Err(_) => {
@@ -141,6 +144,9 @@ pub enum Payload {
         payee: WalletId,
         /// The merchant's institution.
         payee_institution: InstitutionId,
+        /// The payer's authorization must expire by then: after it (plus the lock timeout) the
+        /// merchant may give up knowing the payment can no longer commit.
+        expires_at_ms: u64,
     },
     /// Wallet → wallet: the other side declines (a payer declining a collect request, or a
     /// payee declining a payment not meant for it).
@@ -167,8 +173,13 @@ pub enum Payload {
     },
     /// Issuer → coordinator: the abort is done.
     AbortReply,
-    /// Institution → wallet: a coin now owned by the wallet.
+    /// Institution → wallet: a coin now owned by the wallet (resent until acknowledged).
     CoinIssued(Coin),
+    /// Wallet → its institution: these coins arrived.
+    CoinAck {
+        /// The coins.
+        coin_ids: Vec<CoinId>,
+    },
     /// Coordinator → parties: the saga's terminal outcome.
     SagaOutcome(SagaOutcome),
     /// Anyone → coordinator: where does the saga stand?
@@ -241,6 +252,7 @@ impl Payload {
             Payload::AbortRequest { .. } => "abort_request",
             Payload::AbortReply => "abort_reply",
             Payload::CoinIssued(_) => "coin_issued",
+            Payload::CoinAck { .. } => "coin_ack",
             Payload::SagaOutcome(_) => "saga_outcome",
             Payload::StatusQuery => "status_query",
             Payload::StatusReply { .. } => "status_reply",
@@ -352,10 +364,12 @@ impl Envelope {
                 amount,
                 payee,
                 payee_institution,
+                expires_at_ms,
             } => P::CollectRequest(pb::CollectRequest {
                 amount: amount.0,
                 payee: payee.0,
                 payee_institution: payee_institution.0,
+                expires_at_ms: *expires_at_ms,
             }),
             Payload::PaymentDeclined { reason } => P::PaymentDeclined(pb::PaymentDeclined {
                 reason: reason.to_pb(),
@@ -385,6 +399,9 @@ impl Envelope {
             Payload::AbortReply => P::AbortReply(pb::AbortReply {}),
             Payload::CoinIssued(c) => P::CoinIssued(pb::CoinIssued {
                 coin: Some(c.into()),
+            }),
+            Payload::CoinAck { coin_ids } => P::CoinAck(pb::CoinAck {
+                coin_ids: ids_to_pb(coin_ids),
             }),
             Payload::SagaOutcome(o) => P::SagaOutcome(pb::SagaOutcome {
                 kind: kind_to_pb(o.kind),
@@ -466,6 +483,7 @@ impl TryFrom<pb::Envelope> for Envelope {
                 amount: Amount(m.amount),
                 payee: WalletId(m.payee),
                 payee_institution: InstitutionId(m.payee_institution),
+                expires_at_ms: m.expires_at_ms,
             },
             P::PaymentDeclined(m) => Payload::PaymentDeclined {
                 reason: AbortReason::from_pb("payment_declined.reason", m.reason)?,
@@ -494,6 +512,9 @@ impl TryFrom<pb::Envelope> for Envelope {
             P::CoinIssued(m) => {
                 Payload::CoinIssued(required("coin_issued.coin", m.coin)?.try_into()?)
             }
+            P::CoinAck(m) => Payload::CoinAck {
+                coin_ids: ids_from_pb("coin_ack.coin_ids[]", &m.coin_ids)?,
+            },
             P::SagaOutcome(m) => Payload::SagaOutcome(SagaOutcome {
                 kind: kind_from_pb(m.kind)?,
                 result: result_from_pb("saga_outcome.reason", m.committed, m.reason)?,
@@ -626,6 +647,7 @@ mod tests {
                 amount: Amount(5),
                 payee: WalletId(9),
                 payee_institution: InstitutionId(2),
+                expires_at_ms: 77,
             },
             Payload::PaymentDeclined {
                 reason: AbortReason::InsufficientFunds,
@@ -643,6 +665,9 @@ mod tests {
             },
             Payload::AbortReply,
             Payload::CoinIssued(coin),
+            Payload::CoinAck {
+                coin_ids: vec![CoinId([5; 32]), CoinId([6; 32])],
+            },
             Payload::SagaOutcome(SagaOutcome {
                 kind: SagaKind::Pay,
                 result: Err(AbortReason::BadSignature),
@@ -779,7 +804,9 @@ mod tests {
                 shard: count(0, 0),
                 record: count(0, 0),
             }),
-            Payload::ReconcileReportAck { batch_id: BatchId(7) },
+            Payload::ReconcileReportAck {
+                batch_id: BatchId(7),
+            },
         ]
     }
 
@@ -801,7 +828,10 @@ mod tests {
         });
         assert!(matches!(
             Envelope::try_from(p),
-            Err(ProtocolError::Invalid { field: "envelope.to", .. })
+            Err(ProtocolError::Invalid {
+                field: "envelope.to",
+                ..
+            })
         ));
     }
 

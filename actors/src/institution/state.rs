@@ -23,7 +23,7 @@ use specie_protocol::{
     Payload, SagaId, SagaKind, SagaState, SignedAuthorization, SoftKeyStore, WalletId,
 };
 use specie_runtime::{Effects, Notice, StateMachine};
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 /// Settings of an institution, from the validated config.
@@ -296,6 +296,11 @@ pub enum InstitutionEvent {
         /// The coins.
         coins: Vec<Coin>,
     },
+    /// Wallets acknowledged these coins: no more redelivery.
+    CoinsDelivered {
+        /// The coins.
+        coin_ids: Vec<CoinId>,
+    },
     /// The central bank refused to back an exchange: the account is refunded.
     ExchangeAborted {
         /// The saga.
@@ -317,6 +322,8 @@ pub enum InstitutionTimer {
         /// Retries so far (drives the backoff).
         attempt: u32,
     },
+    /// Resend coins their owners have not acknowledged; journal the acknowledgements.
+    Redeliver,
     /// Resend an exchange's reserve request.
     ExchangeRetry {
         /// The saga.
@@ -384,6 +391,13 @@ pub struct Institution {
     /// Institutions of the cluster have ids `0..institutions`; a payment naming another issuer
     /// is refused before a saga starts (its lock or unlock could never be answered).
     institutions: u32,
+    /// Customers by key: the wallet each issued coin is delivered to.
+    wallet_of_key: HashMap<PublicKey, WalletId>,
+    /// Issued coins their owners have not acknowledged yet, with when they were issued.
+    undelivered: BTreeMap<CoinId, u64>,
+    /// Acknowledgements received since the last redelivery tick; journaled (as
+    /// `CoinsDelivered`) at the next tick. Lost in a crash, which only costs a redelivery.
+    acked: HashSet<CoinId>,
 }
 
 impl std::fmt::Debug for Institution {
@@ -397,6 +411,9 @@ impl std::fmt::Debug for Institution {
 }
 
 type Out = Effects<InstitutionEvent, InstitutionTimer>;
+
+/// The most coins one redelivery tick resends.
+pub const REDELIVERY_BATCH_MAX: usize = 4096;
 
 impl Institution {
     /// A new institution with no accounts and no coins.
@@ -414,6 +431,9 @@ impl Institution {
             pays: HashMap::new(),
             exchanges: HashMap::new(),
             institutions: u32::MAX,
+            wallet_of_key: HashMap::new(),
+            undelivered: BTreeMap::new(),
+            acked: HashSet::new(),
         }
     }
 
@@ -547,6 +567,7 @@ impl Institution {
 
     fn register_coin(&mut self, coin: &Coin) {
         self.next_nonce = self.next_nonce.max(coin.body.nonce + 1);
+        self.undelivered.insert(coin.id, coin.body.issued_at_ms);
         self.holdings.entry(coin.body.owner).or_default().insert(coin.id);
         let previous = self.register.insert(
             coin.id,
@@ -778,7 +799,9 @@ impl Institution {
                 }
                 out.timer(self.backoff_ms(attempt), InstitutionTimer::Retry { saga, attempt: attempt + 1 });
             }
-            InstitutionTimer::ExchangeRetry { .. } => unreachable!("routed to on_exchange_timer"),
+            InstitutionTimer::ExchangeRetry { .. } | InstitutionTimer::Redeliver => {
+                unreachable!("routed by on_timer")
+            }
         }
     }
 
@@ -1009,6 +1032,32 @@ impl Institution {
         }
     }
 
+    /// Journals the acknowledgements received since the last tick and resends the coins
+    /// still unacknowledged a retry interval after their issue (at most
+    /// [`REDELIVERY_BATCH_MAX`] per tick).
+    fn on_redeliver(&mut self, now_ms: u64, out: &mut Out) {
+        if !self.acked.is_empty() {
+            let coin_ids: Vec<CoinId> = self.acked.drain().collect();
+            self.record(InstitutionEvent::CoinsDelivered { coin_ids }, out);
+        }
+        let due = now_ms.saturating_sub(self.limits.retry_interval_ms);
+        let resend: Vec<CoinId> = self
+            .undelivered
+            .iter()
+            .filter(|(_, issued)| **issued <= due)
+            .take(REDELIVERY_BATCH_MAX)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in resend {
+            let coin = &self.register[&id].coin;
+            let Some(wallet) = self.wallet_of_key.get(&coin.body.owner) else { continue };
+            metrics::counter!("specie_coins_redelivered_total").increment(1);
+            let envelope = self.envelope(coin.body.origin_saga, Address::Wallet(*wallet), 1, Payload::CoinIssued(coin.clone()));
+            out.send(envelope);
+        }
+        out.timer(self.limits.retry_interval_max_ms, InstitutionTimer::Redeliver);
+    }
+
     fn on_balance_query(&mut self, from: Address, saga: SagaId, amount: Amount, out: &mut Out) {
         let Address::Wallet(wallet) = from else { return };
         let (available, coin_ids) = match self.accounts.get(&wallet) {
@@ -1040,6 +1089,7 @@ impl StateMachine for Institution {
     fn apply(&mut self, event: &InstitutionEvent) {
         match event {
             InstitutionEvent::AccountOpened { wallet, key, deposit } => {
+                self.wallet_of_key.insert(*key, *wallet);
                 self.accounts.insert(
                     *wallet,
                     Account {
@@ -1237,6 +1287,11 @@ impl StateMachine for Institution {
                     },
                 );
             }
+            InstitutionEvent::CoinsDelivered { coin_ids } => {
+                for id in coin_ids {
+                    self.undelivered.remove(id);
+                }
+            }
             InstitutionEvent::ExchangeCommitted { saga, coins } => {
                 for coin in coins {
                     self.register_coin(coin);
@@ -1254,6 +1309,7 @@ impl StateMachine for Institution {
     }
 
     fn on_start(&mut self, now_ms: u64, out: &mut Out) {
+        out.timer(self.limits.retry_interval_max_ms, InstitutionTimer::Redeliver);
         // Re-drive everything in flight from its last persisted step.
         for (saga, p) in &self.pays {
             match p.step {
@@ -1284,10 +1340,11 @@ impl StateMachine for Institution {
             Payload::LockReply(reply) => self.on_lock_reply(from, saga, reply, now_ms, out),
             Payload::CommitRequest => self.on_commit_request(from, saga, now_ms, out),
             Payload::CommitReply(reply) => {
-                let committing = self
-                    .pays
-                    .get(&saga)
-                    .is_some_and(|p| matches!(p.step, PayStep::Committing { issuer_done: false, .. }));
+                // Only the issuer of the saga's coins can acknowledge their retirement.
+                let committing = self.pays.get(&saga).is_some_and(|p| {
+                    matches!(p.step, PayStep::Committing { issuer_done: false, .. })
+                        && from == Address::Institution(p.authorization.authorization.payer_institution)
+                });
                 match reply {
                     Ok(()) if committing => self.record(InstitutionEvent::PayIssuerDone { saga }, out),
                     Ok(()) => {}
@@ -1299,7 +1356,11 @@ impl StateMachine for Institution {
             }
             Payload::AbortRequest { .. } => self.on_abort_request(from, saga, out),
             Payload::AbortReply => {
-                if self.pays.get(&saga).is_some_and(|p| matches!(p.step, PayStep::Aborting { .. })) {
+                let aborting = self.pays.get(&saga).is_some_and(|p| {
+                    matches!(p.step, PayStep::Aborting { .. })
+                        && from == Address::Institution(p.authorization.authorization.payer_institution)
+                });
+                if aborting {
                     self.record(InstitutionEvent::PayIssuerDone { saga }, out);
                 }
             }
@@ -1320,6 +1381,13 @@ impl StateMachine for Institution {
                 }
             }
             Payload::StatusQuery => self.on_status_query(from, saga, out),
+            Payload::CoinAck { coin_ids } => {
+                for id in coin_ids {
+                    if self.undelivered.contains_key(&id) {
+                        self.acked.insert(id);
+                    }
+                }
+            }
             Payload::ExchangeRequest { amount } => self.on_exchange_request(from, saga, amount, out),
             other => {
                 metrics::counter!("specie_envelopes_rejected_total", "reason" => "unexpected").increment(1);
@@ -1328,8 +1396,9 @@ impl StateMachine for Institution {
         }
     }
 
-    fn on_timer(&mut self, key: InstitutionTimer, _now_ms: u64, out: &mut Out) {
+    fn on_timer(&mut self, key: InstitutionTimer, now_ms: u64, out: &mut Out) {
         match key {
+            InstitutionTimer::Redeliver => self.on_redeliver(now_ms, out),
             InstitutionTimer::ExchangeRetry { saga, attempt } => self.on_exchange_timer(saga, attempt, out),
             other => self.on_pay_timer(other, out),
         }

@@ -1630,7 +1630,9 @@ fn replaying_the_journal_rebuilds_the_same_state() {
     let mut recovered = recover(&b);
     let mut out = Out::default();
     recovered.inst.on_start(NOW_MS, &mut out);
-    assert_eq!(out.timers.len(), 2, "{:?}", out.timers);
+    // Two sagas to re-drive, and the periodic redelivery of unacknowledged coins.
+    assert_eq!(out.timers.len(), 3, "{:?}", out.timers);
+    assert!(out.timers.iter().any(|(_, t)| *t == InstitutionTimer::Redeliver));
     for id in [saga(3), saga(6)] {
         assert!(out.timers.contains(&(
             0,

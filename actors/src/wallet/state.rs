@@ -48,6 +48,8 @@ pub enum WalletOp {
         chosen: Option<Vec<CoinId>>,
         /// The signed authorization, once signed.
         signed: Option<SignedAuthorization>,
+        /// A merchant's collect request caps the authorization's expiry.
+        expires_by_ms: Option<u64>,
     },
     /// Collecting as a merchant.
     Collect {
@@ -55,6 +57,8 @@ pub enum WalletOp {
         payer: WalletId,
         /// Amount.
         amount: Amount,
+        /// The payer's authorization must expire by then.
+        expires_at_ms: u64,
     },
     /// Exchanging account money into coins.
     Exchange {
@@ -108,6 +112,15 @@ pub enum WalletEvent {
         /// The coin.
         coin: Coin,
     },
+}
+
+/// The terms of a merchant's collect request.
+#[derive(Debug, Clone, Copy)]
+struct CollectTerms {
+    amount: Amount,
+    payee: WalletId,
+    payee_institution: InstitutionId,
+    expires_at_ms: u64,
 }
 
 /// Local commands: what a user (or the workload) asks of the wallet.
@@ -299,11 +312,13 @@ impl Wallet {
             payee,
             payee_institution,
             amount,
+            expires_by_ms,
             ..
         }) = self.ops.get(&saga)
         else {
             return;
         };
+        let own_expiry = now_ms + self.limits.authorization_ttl_ms;
         let signed = PaymentAuthorization {
             saga_id: saga,
             payer: self.id,
@@ -313,7 +328,7 @@ impl Wallet {
             amount: *amount,
             payee: *payee,
             payee_institution: *payee_institution,
-            expires_at_ms: now_ms + self.limits.authorization_ttl_ms,
+            expires_at_ms: expires_by_ms.map_or(own_expiry, |cap| cap.min(own_expiry)),
         }
         .sign(self.keys.as_ref());
         let payee = *payee;
@@ -346,16 +361,13 @@ impl Wallet {
         }
     }
 
-    fn on_collect_request(
-        &mut self,
-        from: Address,
-        saga: SagaId,
-        amount: Amount,
-        payee: WalletId,
-        payee_institution: InstitutionId,
-        now_ms: u64,
-        out: &mut Out,
-    ) {
+    fn on_collect_request(&mut self, from: Address, saga: SagaId, terms: CollectTerms, now_ms: u64, out: &mut Out) {
+        let CollectTerms {
+            amount,
+            payee,
+            payee_institution,
+            expires_at_ms,
+        } = terms;
         if self.ops.contains_key(&saga) {
             return; // duplicate: already answering
         }
@@ -373,6 +385,10 @@ impl Wallet {
             self.decline(saga, from, AbortReason::InvalidAmount, out);
             return;
         }
+        if now_ms >= expires_at_ms {
+            self.decline(saga, from, AbortReason::Expired, out);
+            return;
+        }
         let op = WalletOp::Pay {
             payee,
             payee_institution,
@@ -380,6 +396,7 @@ impl Wallet {
             initiator: false,
             chosen: None,
             signed: None,
+            expires_by_ms: Some(expires_at_ms),
         };
         self.start_pay(saga, op, now_ms, out);
     }
@@ -391,7 +408,8 @@ impl Wallet {
             && a.payee_institution == self.institution
             && from == Address::Wallet(a.payer);
         if let Some(op) = self.ops.get(&saga) {
-            fits &= matches!(op, WalletOp::Collect { payer, amount } if *payer == a.payer && *amount == a.amount);
+            fits &= matches!(op, WalletOp::Collect { payer, amount, expires_at_ms }
+                if *payer == a.payer && *amount == a.amount && a.expires_at_ms <= *expires_at_ms);
         }
         if !fits {
             self.decline(saga, from, AbortReason::PayeeMismatch, out);
@@ -405,17 +423,28 @@ impl Wallet {
         ));
     }
 
-    fn on_coin(&mut self, coin: Coin, out: &mut Out) {
-        if self.coins.contains_key(&coin.id) || self.spent.contains(&coin.id) {
-            return; // duplicate delivery, or a coin already spent
-        }
+    /// The coordinator of an operation in flight: the only actor whose outcome counts.
+    fn coordinator(&self, saga: SagaId) -> Option<Address> {
+        Some(match self.ops.get(&saga)? {
+            WalletOp::Pay { payee_institution, .. } => Address::Institution(*payee_institution),
+            WalletOp::Collect { .. } | WalletOp::Exchange { .. } => Address::Institution(self.institution),
+        })
+    }
+
+    fn on_coin(&mut self, from: Address, coin: Coin, out: &mut Out) {
         let genuine = self
             .issuers
             .get(&coin.body.issuer)
             .is_some_and(|key| coin.verify(key).is_ok());
-        if !genuine || coin.body.owner != self.keys.public_key() {
+        if !genuine || coin.body.owner != self.keys.public_key() || from != Address::Institution(coin.body.issuer) {
             metrics::counter!("specie_coins_rejected_total").increment(1);
             return;
+        }
+        // Acknowledge every genuine delivery, repeated ones too: the issuer resends until it
+        // hears back.
+        out.send(self.envelope(coin.body.origin_saga, from, 0, Payload::CoinAck { coin_ids: vec![coin.id] }));
+        if self.coins.contains_key(&coin.id) || self.spent.contains(&coin.id) {
+            return; // duplicate delivery, or a coin already spent
         }
         self.record(WalletEvent::CoinReceived { coin }, out);
     }
@@ -443,11 +472,21 @@ impl Wallet {
                         out.send(self.envelope(saga, Address::Wallet(*payee), 1, resend));
                     }
                 }
-                WalletOp::Collect { payer, amount } => {
+                WalletOp::Collect { expires_at_ms, .. } if now_ms > expires_at_ms + self.limits.saga_timeout_ms => {
+                    // No authorization for this collect can lock any more, and the coordinator
+                    // never started it: it can only abort.
+                    self.finish(saga, Err(AbortReason::Expired), out);
+                }
+                WalletOp::Collect {
+                    payer,
+                    amount,
+                    expires_at_ms,
+                } => {
                     let request = Payload::CollectRequest {
                         amount: *amount,
                         payee: self.id,
                         payee_institution: self.institution,
+                        expires_at_ms: *expires_at_ms,
                     };
                     out.send(self.envelope(saga, Address::Wallet(*payer), 1, request));
                 }
@@ -505,7 +544,16 @@ impl StateMachine for Wallet {
                 amount,
                 payee,
                 payee_institution,
-            } => self.on_collect_request(from, saga, amount, payee, payee_institution, now_ms, out),
+                expires_at_ms,
+            } => {
+                let terms = CollectTerms {
+                    amount,
+                    payee,
+                    payee_institution,
+                    expires_at_ms,
+                };
+                self.on_collect_request(from, saga, terms, now_ms, out)
+            }
             Payload::PaymentRequest(signed) => self.on_payment_request(from, saga, signed, out),
             Payload::PaymentDeclined { reason } => {
                 let declined_by_peer = match self.ops.get(&saga) {
@@ -517,15 +565,22 @@ impl StateMachine for Wallet {
                     self.finish(saga, Err(reason), out);
                 }
             }
-            Payload::CoinIssued(coin) => self.on_coin(coin, out),
+            Payload::CoinIssued(coin) => self.on_coin(from, coin, out),
+            // Outcomes count only from the saga's coordinator.
             Payload::SagaOutcome(outcome) => {
-                if matches!(self.ops.get(&saga), Some(WalletOp::Pay { .. } | WalletOp::Collect { .. })) {
+                let from_coordinator = self.coordinator(saga) == Some(from);
+                if from_coordinator && matches!(self.ops.get(&saga), Some(WalletOp::Pay { .. } | WalletOp::Collect { .. })) {
                     self.finish(saga, outcome.result, out);
                 }
             }
-            Payload::StatusReply { state, reason } => self.on_status_reply(saga, state, reason, now_ms, out),
+            Payload::StatusReply { state, reason } => {
+                if self.coordinator(saga) == Some(from) {
+                    self.on_status_reply(saga, state, reason, now_ms, out);
+                }
+            }
             Payload::ExchangeReply(result) => {
-                if matches!(self.ops.get(&saga), Some(WalletOp::Exchange { .. })) {
+                let from_coordinator = self.coordinator(saga) == Some(from);
+                if from_coordinator && matches!(self.ops.get(&saga), Some(WalletOp::Exchange { .. })) {
                     self.finish(saga, result, out);
                 }
             }
@@ -580,6 +635,7 @@ impl StateMachine for Wallet {
                     initiator: true,
                     chosen: coins,
                     signed: None,
+                    expires_by_ms: None,
                 };
                 self.start_pay(saga, op, now_ms, out);
             }
@@ -593,10 +649,15 @@ impl StateMachine for Wallet {
                 if payer == self.id {
                     return self.refuse(saga, SagaKind::Pay, AbortReason::PayeeMismatch, out);
                 }
+                let expires_at_ms = now_ms + self.limits.authorization_ttl_ms;
                 self.record(
                     WalletEvent::OpStarted {
                         saga,
-                        op: WalletOp::Collect { payer, amount },
+                        op: WalletOp::Collect {
+                            payer,
+                            amount,
+                            expires_at_ms,
+                        },
                     },
                     out,
                 );
@@ -604,6 +665,7 @@ impl StateMachine for Wallet {
                     amount,
                     payee: self.id,
                     payee_institution: self.institution,
+                    expires_at_ms,
                 };
                 out.send(self.envelope(saga, Address::Wallet(payer), 0, request));
                 out.timer(self.limits.outcome_timeout_ms, WalletTimer { saga, attempt: 1 });

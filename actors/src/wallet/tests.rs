@@ -196,10 +196,11 @@ fn payer_with_coins() -> (Institution, Node, Vec<Coin>) {
     );
     let mut coins = Vec::new();
     for e in at_institution(&mut a, ack).sends {
-        if let Payload::CoinIssued(coin) = &e.payload {
+        if let Payload::CoinIssued(coin) = e.payload.clone() {
             coins.push(coin.clone());
             let out = payer.deliver_envelope(e, NOW_MS);
             assert_eq!(out.events.len(), 1, "a genuine coin is taken");
+            assert_only_acknowledged(&Out { events: vec![], ..out }, A, coin.id);
         }
     }
     assert_eq!(coins.len(), 4);
@@ -265,6 +266,15 @@ fn aborted(reason: AbortReason) -> SagaOutcome {
         result: Err(reason),
         spent_coin_ids: Vec::new(),
     }
+}
+
+/// A repeated coin changes nothing but is acknowledged to its issuer, so that the issuer stops
+/// resending it.
+fn assert_only_acknowledged(out: &Out, issuer: InstitutionId, coin: CoinId) {
+    assert!(out.events.is_empty() && out.timers.is_empty() && out.notices.is_empty(), "{out:?}");
+    let e = only_send(out);
+    assert_eq!(e.to, Address::Institution(issuer));
+    assert_eq!(e.payload, Payload::CoinAck { coin_ids: vec![coin] });
 }
 
 /// Nothing happened: no event, no envelope, no timer, no notice.
@@ -525,7 +535,7 @@ fn duplicate_coin_issued_adds_the_coin_once() {
         Payload::CoinIssued(coins[0].clone()),
         NOW_MS,
     );
-    assert_nothing(&out);
+    assert_only_acknowledged(&out, A, coins[0].id);
     assert_eq!(payer.wallet.balance(), EXCHANGED);
     assert_eq!(payer.wallet.snapshot().coins.len(), 4);
 }
@@ -556,7 +566,7 @@ fn coin_issued_again_after_it_was_spent_is_not_taken_back() {
         Payload::CoinIssued(coins[0].clone()),
         NOW_MS,
     );
-    assert_nothing(&late);
+    assert_only_acknowledged(&late, A, coins[0].id);
     assert_eq!(payer.wallet.balance(), Amount(300));
     assert!(!payer.coin_ids().contains(&coins[0].id));
 }
@@ -576,6 +586,7 @@ fn collect_request(amount: Amount) -> Payload {
         amount,
         payee: PAYEE,
         payee_institution: B,
+        expires_at_ms: NOW_MS + AUTHORIZATION_TTL_MS,
     }
 }
 
@@ -750,6 +761,7 @@ fn collect_request_of_zero_or_naming_someone_else_is_declined() {
                 amount: Amount(100),
                 payee: PAYER,
                 payee_institution: A,
+                expires_at_ms: NOW_MS + AUTHORIZATION_TTL_MS,
             },
             AbortReason::PayeeMismatch,
         ),
@@ -1098,7 +1110,7 @@ fn replaying_the_journal_rebuilds_the_coins_and_the_work_in_flight() {
         Payload::CoinIssued(coins[1].clone()),
         NOW_MS,
     );
-    assert_nothing(&late);
+    assert_only_acknowledged(&late, A, coins[1].id);
     // The payment in flight still ends as the coordinator says.
     let out = recovered.deliver(
         Address::Institution(B),
