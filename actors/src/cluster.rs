@@ -121,6 +121,7 @@ impl Cluster {
                 arbiters: config.runtime.arbiters,
                 mailbox_capacity: config.runtime.mailbox_capacity,
                 supervision: config.supervision,
+                snapshot_entries_min: config.journal.snapshot_entries_min,
             },
         );
         let blueprint = Blueprint::new(&config, seed);

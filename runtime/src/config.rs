@@ -74,6 +74,7 @@ struct RawLimits {
     authorization_ttl_ms: u64,
     coin_inputs_max: usize,
     outcome_timeout_ms: u64,
+    dedup_retention_ms: u64,
 }
 
 /// Raw `[workload]` table.
@@ -96,6 +97,7 @@ struct RawJournal {
     batch_entries_max: usize,
     batch_wait_us: u64,
     queue_capacity: usize,
+    snapshot_entries_min: u64,
 }
 
 /// Raw `[supervision]` table.
@@ -166,6 +168,9 @@ pub struct LimitsConfig {
     pub coin_inputs_max: usize,
     /// How long a wallet waits for an outcome before asking the coordinator.
     pub outcome_timeout_ms: u64,
+    /// How long a finished step's recorded answer is kept for deduplication. Longer than any
+    /// retry window: a retry of a step whose record was pruned would be answered afresh.
+    pub dedup_retention_ms: u64,
 }
 
 /// The `specie run` workload.
@@ -338,6 +343,18 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
             "must exceed limits.saga_timeout_ms, or every slow lock would find it expired".into(),
         ));
     }
+    // Retries stop at the authorization's expiry plus the lock timeout; records must outlive
+    // them with room to spare.
+    let retry_window_ms = l.authorization_ttl_ms + l.saga_timeout_ms + l.retry_interval_max_ms;
+    if l.dedup_retention_ms < 2 * retry_window_ms {
+        return Err(invalid(
+            "limits.dedup_retention_ms",
+            format!(
+                "({}) must be at least twice the retry window (authorization_ttl_ms + saga_timeout_ms + retry_interval_max_ms = {retry_window_ms})",
+                l.dedup_retention_ms
+            ),
+        ));
+    }
     let max = specie_protocol::pay::AUTHORIZATION_COINS_MAX;
     if l.coin_inputs_max == 0 || l.coin_inputs_max > max {
         return Err(invalid(
@@ -360,6 +377,9 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
     }
     if j.queue_capacity == 0 {
         return Err(invalid("journal.queue_capacity", "must be positive".into()));
+    }
+    if j.snapshot_entries_min == 0 {
+        return Err(invalid("journal.snapshot_entries_min", "must be positive".into()));
     }
     let v = &raw.supervision;
     let strategy = match v.strategy.as_str() {
@@ -414,6 +434,7 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
             batch_entries_max: j.batch_entries_max,
             batch_wait_us: j.batch_wait_us,
             queue_capacity: j.queue_capacity,
+            snapshot_entries_min: j.snapshot_entries_min,
         },
         supervision: SupervisionSettings {
             strategy,
@@ -442,6 +463,7 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
             authorization_ttl_ms: l.authorization_ttl_ms,
             coin_inputs_max: l.coin_inputs_max,
             outcome_timeout_ms: l.outcome_timeout_ms,
+            dedup_retention_ms: l.dedup_retention_ms,
         },
         workload: WorkloadConfig {
             in_flight_max: w.in_flight_max,

@@ -69,11 +69,27 @@ pub fn actor_kind(address: Address) -> &'static str {
     }
 }
 
-/// Rebuilds a state machine from its journal.
+/// Rebuilds a state machine from its journal: its latest snapshot, then the entries after it.
 pub fn recover<S: StateMachine>(journal: &dyn crate::Journal, factory: &Factory<S>) -> Result<S, JournalError> {
+    recover_counting(journal, factory).map(|(state, _)| state)
+}
+
+/// [`recover`], also returning how many entries were replayed after the snapshot.
+fn recover_counting<S: StateMachine>(
+    journal: &dyn crate::Journal,
+    factory: &Factory<S>,
+) -> Result<(S, u64), JournalError> {
     let mut state = factory();
     let address = state.address();
-    for (index, bytes) in journal.load(address)?.iter().enumerate() {
+    if let Some(checkpoint) = journal.load_snapshot(address)? {
+        state.restore(&checkpoint).map_err(|why| JournalError::Corrupt {
+            actor: address,
+            index: 0,
+            why: format!("snapshot: {why}"),
+        })?;
+    }
+    let entries = journal.load(address)?;
+    for (index, bytes) in entries.iter().enumerate() {
         let event: S::Event = postcard::from_bytes(bytes).map_err(|e| JournalError::Corrupt {
             actor: address,
             index,
@@ -81,7 +97,7 @@ pub fn recover<S: StateMachine>(journal: &dyn crate::Journal, factory: &Factory<
         })?;
         state.apply(&event);
     }
-    Ok(state)
+    Ok((state, entries.len() as u64))
 }
 
 /// What a step sends, held until the step is durable.
@@ -106,14 +122,17 @@ pub struct Host<S: StateMachine> {
     restart: Option<Duration>,
     /// The current crash is part of a group restart.
     group_crash: bool,
+    /// Journal entries since the last snapshot (or since the start of the journal).
+    entries_since_snapshot: u64,
 }
 
 impl<S: StateMachine> Host<S> {
     /// Builds the host, recovering the state from the journal.
     pub fn new(node: Node, factory: Factory<S>, group: Option<u64>) -> Result<Host<S>, JournalError> {
-        let state = recover(node.journal().as_ref(), &factory)?;
+        let (state, entries_since_snapshot) = recover_counting(node.journal().as_ref(), &factory)?;
         let address = state.address();
         Ok(Host {
+            entries_since_snapshot,
             node,
             factory,
             state,
@@ -138,8 +157,12 @@ impl<S: StateMachine> Host<S> {
                 ctx.stop();
                 return;
             }
+            let count = entries.len() as u64;
             match self.node.journal().append(self.address, entries) {
-                Ok(seq) => self.last_seq = seq,
+                Ok(seq) => {
+                    self.last_seq = seq;
+                    self.entries_since_snapshot += count;
+                }
                 Err(e) => {
                     // Nothing of this step may leave the actor: crash, and let the restart
                     // rebuild the state from what the journal does hold.
@@ -151,6 +174,9 @@ impl<S: StateMachine> Host<S> {
             if fault == AppendFault::CrashAfter {
                 ctx.stop();
                 return;
+            }
+            if self.entries_since_snapshot >= self.node.snapshot_entries_min() {
+                self.take_snapshot();
             }
         }
         for (delay_ms, key) in out.timers {
@@ -180,6 +206,20 @@ impl<S: StateMachine> Host<S> {
             Ok(()) => host.flush(),
             Err(e) => host.node.escalate(format!("{}: {e}", host.address)),
         }));
+    }
+
+    /// Replaces the entries so far with a snapshot of the state, when the machine takes
+    /// snapshots. A failure only postpones compaction: the entries stay.
+    fn take_snapshot(&mut self) {
+        let Some(checkpoint) = self.state.checkpoint() else { return };
+        match self.node.journal().snapshot(self.address, Bytes::from(checkpoint), self.last_seq) {
+            Ok(seq) => {
+                self.last_seq = seq;
+                self.entries_since_snapshot = 0;
+                metrics::counter!("specie_journal_snapshots_total").increment(1);
+            }
+            Err(e) => eprintln!("{}: snapshot failed, keeping the entries: {e}", self.address),
+        }
     }
 
     /// Releases, in order, every held step that is durable.
@@ -229,10 +269,11 @@ impl<S: StateMachine> Actor for Host<S> {
             durable.await
         };
         ctx.wait(recovery.into_actor(self).map(|result, host, ctx| {
-            let recovered = result.and_then(|()| recover(host.node.journal().as_ref(), &host.factory));
+            let recovered = result.and_then(|()| recover_counting(host.node.journal().as_ref(), &host.factory));
             match recovered {
-                Ok(state) => {
+                Ok((state, entries)) => {
                     host.state = state;
+                    host.entries_since_snapshot = entries;
                     host.start_machine(ctx);
                 }
                 Err(e) => host.node.escalate(format!("{} cannot recover from its journal: {e}", host.address)),

@@ -75,8 +75,14 @@ pub trait Journal: Send + Sync {
     fn is_durable(&self, seq: u64) -> bool;
     /// Resolves when everything up to `seq` is durable, or with an error if it never will be.
     fn wait_durable(&self, seq: u64) -> Durable;
-    /// Every entry of the actor, oldest first.
+    /// Every entry of the actor not covered by its snapshot, oldest first.
     fn load(&self, actor: Address) -> Result<Vec<Bytes>, JournalError>;
+    /// Writes a snapshot of the actor's state that covers its entries up to `covers_seq`
+    /// (its latest append), and drops those entries — after every earlier append, in order,
+    /// atomically. Returns the sequence number that makes it durable.
+    fn snapshot(&self, actor: Address, checkpoint: Bytes, covers_seq: u64) -> Result<u64, JournalError>;
+    /// The actor's latest snapshot, if any.
+    fn load_snapshot(&self, actor: Address) -> Result<Option<Bytes>, JournalError>;
     /// Every actor that has entries.
     fn actors(&self) -> Result<Vec<Address>, JournalError>;
     /// Counters for reports.
@@ -113,7 +119,9 @@ impl JournalFaultHook for NoJournalFaults {
 /// A journal in process memory: it survives actor crashes, not process exits.
 #[derive(Debug, Default)]
 pub struct MemoryJournal {
-    logs: DashMap<Address, Vec<Bytes>>,
+    /// Per actor: entries with their sequence numbers.
+    logs: DashMap<Address, Vec<(u64, Bytes)>>,
+    snapshots: DashMap<Address, Bytes>,
     seq: AtomicU64,
     entries: AtomicU64,
 }
@@ -129,8 +137,25 @@ impl Journal for MemoryJournal {
     fn append(&self, actor: Address, entries: Vec<Bytes>) -> Result<u64, JournalError> {
         self.entries
             .fetch_add(entries.len() as u64, Ordering::Relaxed);
-        self.logs.entry(actor).or_default().extend(entries);
-        Ok(self.seq.fetch_add(1, Ordering::Relaxed) + 1)
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        self.logs
+            .entry(actor)
+            .or_default()
+            .extend(entries.into_iter().map(|e| (seq, e)));
+        Ok(seq)
+    }
+
+    fn snapshot(&self, actor: Address, checkpoint: Bytes, covers_seq: u64) -> Result<u64, JournalError> {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        self.snapshots.insert(actor, checkpoint);
+        if let Some(mut log) = self.logs.get_mut(&actor) {
+            log.retain(|(s, _)| *s > covers_seq);
+        }
+        Ok(seq)
+    }
+
+    fn load_snapshot(&self, actor: Address) -> Result<Option<Bytes>, JournalError> {
+        Ok(self.snapshots.get(&actor).map(|s| s.value().clone()))
     }
 
     fn is_durable(&self, _seq: u64) -> bool {
@@ -145,13 +170,15 @@ impl Journal for MemoryJournal {
         Ok(self
             .logs
             .get(&actor)
-            .map(|log| log.value().clone())
+            .map(|log| log.iter().map(|(_, e)| e.clone()).collect())
             .unwrap_or_default())
     }
 
     fn actors(&self) -> Result<Vec<Address>, JournalError> {
         let mut v: Vec<Address> = self.logs.iter().map(|e| *e.key()).collect();
+        v.extend(self.snapshots.iter().map(|e| *e.key()));
         v.sort();
+        v.dedup();
         Ok(v)
     }
 

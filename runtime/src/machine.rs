@@ -108,6 +108,18 @@ pub trait StateMachine: Sized + Unpin + 'static {
     /// A copy of what audits and reports need.
     fn snapshot(&self) -> Self::Snapshot;
 
+    /// The whole state as bytes, for a snapshot that replaces the journal entries it covers;
+    /// `None` (the default) when the machine does not take snapshots.
+    fn checkpoint(&self) -> Option<Vec<u8>> {
+        None
+    }
+
+    /// Replaces the state with a snapshot taken by [`StateMachine::checkpoint`].
+    fn restore(&mut self, checkpoint: &[u8]) -> Result<(), String> {
+        let _ = checkpoint;
+        Err("this actor does not take snapshots".into())
+    }
+
     /// Applies an event and queues it for the journal: the one way a step changes state.
     fn record(&mut self, event: Self::Event, out: &mut Effects<Self::Event, Self::Timer>) {
         self.apply(&event);

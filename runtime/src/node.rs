@@ -26,6 +26,8 @@ pub struct NodeSettings {
     pub mailbox_capacity: usize,
     /// Restart strategy and intensity.
     pub supervision: SupervisionSettings,
+    /// An actor with this many journal entries since its last snapshot takes a new one.
+    pub snapshot_entries_min: u64,
 }
 
 struct Inner {
@@ -130,6 +132,11 @@ impl Node {
     /// Mailbox capacity of every host.
     pub fn mailbox_capacity(&self) -> usize {
         self.inner.settings.mailbox_capacity
+    }
+
+    /// Journal entries after which an actor takes a snapshot.
+    pub fn snapshot_entries_min(&self) -> u64 {
+        self.inner.settings.snapshot_entries_min
     }
 
     /// Restart bookkeeping.

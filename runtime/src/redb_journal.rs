@@ -11,14 +11,16 @@
 //! `actor kind (1 byte) ‖ actor id (8 bytes BE) ‖ sequence (8 bytes BE) ‖ index (4 bytes BE)`
 //! to the entry bytes, so one actor's entries are a contiguous, ordered range; table `meta`
 //! holds the format version, the identity of the node that owns the file, the last sequence
-//! number, and whatever the cluster layer stores (config, seed). A file of another format
+//! number, and whatever the cluster layer stores (config, seed); table `snapshots` maps an
+//! actor's 9-byte prefix to its latest snapshot, written in the same transaction that deletes
+//! the entries it covers. A file of another format
 //! version or another node, a corrupt or truncated file: each is an error naming the file and
 //! the problem, and such a file is never written to.
 
 use crate::journal::{Durable, Journal, JournalError, JournalStats};
 use bytes::Bytes;
 use parking_lot::Mutex;
-use redb::{Database, ReadOnlyDatabase, ReadableDatabase, TableDefinition};
+use redb::{Database, ReadOnlyDatabase, ReadableDatabase, ReadableTable, TableDefinition};
 use specie_protocol::Address;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,6 +35,7 @@ pub const FORMAT_VERSION: u32 = 1;
 
 const ENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("entries");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const SNAPSHOTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("snapshots");
 const META_VERSION: &str = "format_version";
 const META_IDENTITY: &str = "identity";
 const META_LAST_SEQ: &str = "last_seq";
@@ -46,12 +49,17 @@ pub struct JournalSettings {
     pub batch_wait_us: u64,
     /// Appends queued for the writer before appenders block (back-pressure).
     pub queue_capacity: usize,
+    /// An actor with this many entries since its last snapshot takes a new one, which
+    /// replaces (compacts) them.
+    pub snapshot_entries_min: u64,
 }
 
 struct Item {
     seq: u64,
     actor: Address,
     entries: Vec<Bytes>,
+    /// A snapshot and the sequence number up to which it covers the actor's entries.
+    snapshot: Option<(Bytes, u64)>,
 }
 
 #[derive(Default)]
@@ -191,6 +199,7 @@ impl RedbJournal {
                     meta.insert(k, v).map_err(|e| open_error(path, e))?;
                 }
                 txn.open_table(ENTRIES).map_err(|e| open_error(path, e))?;
+                txn.open_table(SNAPSHOTS).map_err(|e| open_error(path, e))?;
             }
             txn.commit().map_err(|e| open_error(path, e))?;
             0
@@ -301,6 +310,14 @@ fn load_actor(db: &impl ReadableDatabase, path: &Path, actor: Address) -> Result
     Ok(out)
 }
 
+fn load_snapshot(db: &impl ReadableDatabase, path: &Path, actor: Address) -> Result<Option<Bytes>, JournalError> {
+    let txn = db.begin_read().map_err(|e| open_error(path, e))?;
+    let table = txn.open_table(SNAPSHOTS).map_err(|e| open_error(path, e))?;
+    let prefix = actor_prefix(actor);
+    let value = table.get(&prefix[..]).map_err(|e| open_error(path, e))?;
+    Ok(value.map(|v| Bytes::copy_from_slice(v.value())))
+}
+
 fn list_actors(db: &impl ReadableDatabase, path: &Path) -> Result<Vec<Address>, JournalError> {
     let txn = db.begin_read().map_err(|e| open_error(path, e))?;
     let table = txn.open_table(ENTRIES).map_err(|e| open_error(path, e))?;
@@ -327,6 +344,15 @@ fn list_actors(db: &impl ReadableDatabase, path: &Path) -> Result<Vec<Address>, 
             break;
         }
     }
+    // Actors whose every entry a snapshot covers.
+    let snapshots = txn.open_table(SNAPSHOTS).map_err(|e| open_error(path, e))?;
+    for item in snapshots.iter().map_err(|e| open_error(path, e))? {
+        let (key, _) = item.map_err(|e| open_error(path, e))?;
+        let actor = actor_from_prefix(key.value()).ok_or_else(|| open_error(path, "corrupt snapshot key"))?;
+        actors.push(actor);
+    }
+    actors.sort();
+    actors.dedup();
     Ok(actors)
 }
 
@@ -371,10 +397,18 @@ fn write_loop(
             let txn = db.begin_write().map_err(|e| e.to_string())?;
             {
                 let mut table = txn.open_table(ENTRIES).map_err(|e| e.to_string())?;
+                let mut snapshots = txn.open_table(SNAPSHOTS).map_err(|e| e.to_string())?;
                 for item in &batch {
                     for (i, entry) in item.entries.iter().enumerate() {
                         let key = entry_key(item.actor, item.seq, i as u32);
                         table.insert(&key[..], entry.as_ref()).map_err(|e| e.to_string())?;
+                    }
+                    if let Some((checkpoint, covers)) = &item.snapshot {
+                        let prefix = actor_prefix(item.actor);
+                        snapshots.insert(&prefix[..], checkpoint.as_ref()).map_err(|e| e.to_string())?;
+                        let start = entry_key(item.actor, 0, 0);
+                        let end = entry_key(item.actor, *covers, u32::MAX);
+                        table.retain_in(&start[..]..=&end[..], |_, _| false).map_err(|e| e.to_string())?;
                     }
                 }
                 let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
@@ -406,10 +440,35 @@ impl Journal for RedbJournal {
         let seq = queue.0;
         let sender = queue.1.as_ref().ok_or_else(|| JournalError::Stopped("journal closed".into()))?;
         sender
-            .send(Item { seq, actor, entries })
+            .send(Item {
+                seq,
+                actor,
+                entries,
+                snapshot: None,
+            })
             .map_err(|_| JournalError::Stopped(format!("{}: writer stopped", self.path.display())))?;
         queue.0 += 1;
         Ok(seq)
+    }
+
+    fn snapshot(&self, actor: Address, checkpoint: Bytes, covers_seq: u64) -> Result<u64, JournalError> {
+        let mut queue = self.queue.lock();
+        let seq = queue.0;
+        let sender = queue.1.as_ref().ok_or_else(|| JournalError::Stopped("journal closed".into()))?;
+        sender
+            .send(Item {
+                seq,
+                actor,
+                entries: Vec::new(),
+                snapshot: Some((checkpoint, covers_seq)),
+            })
+            .map_err(|_| JournalError::Stopped(format!("{}: writer stopped", self.path.display())))?;
+        queue.0 += 1;
+        Ok(seq)
+    }
+
+    fn load_snapshot(&self, actor: Address) -> Result<Option<Bytes>, JournalError> {
+        load_snapshot(self.db.as_ref(), &self.path, actor)
     }
 
     fn is_durable(&self, seq: u64) -> bool {
@@ -494,6 +553,20 @@ impl Journal for ReadJournal {
         match &self.db {
             ReadDb::ReadOnly(db) => load_actor(db, &self.path, actor),
             ReadDb::Repaired(db) => load_actor(db, &self.path, actor),
+        }
+    }
+
+    fn snapshot(&self, actor: Address, _checkpoint: Bytes, _covers_seq: u64) -> Result<u64, JournalError> {
+        Err(JournalError::Write {
+            actor,
+            why: format!("{} is open read-only", self.path.display()),
+        })
+    }
+
+    fn load_snapshot(&self, actor: Address) -> Result<Option<Bytes>, JournalError> {
+        match &self.db {
+            ReadDb::ReadOnly(db) => load_snapshot(db, &self.path, actor),
+            ReadDb::Repaired(db) => load_snapshot(db, &self.path, actor),
         }
     }
 

@@ -80,7 +80,7 @@ pub struct CentralBankSnapshot {
 }
 
 /// The central bank's state.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct CentralBank {
     reserves: BTreeMap<InstitutionId, Reserve>,
     minted: Amount,
@@ -248,6 +248,15 @@ impl StateMachine for CentralBank {
                 out,
             ),
         }
+    }
+
+    fn checkpoint(&self) -> Option<Vec<u8>> {
+        Some(postcard::to_stdvec(self).expect("state serializes"))
+    }
+
+    fn restore(&mut self, bytes: &[u8]) -> Result<(), String> {
+        *self = postcard::from_bytes(bytes).map_err(|e| e.to_string())?;
+        Ok(())
     }
 
     fn snapshot(&self) -> CentralBankSnapshot {

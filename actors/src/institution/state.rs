@@ -62,7 +62,7 @@ pub enum CoinState {
 }
 
 /// A register entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CoinRecord {
     /// The coin.
     pub coin: Coin,
@@ -115,7 +115,7 @@ impl PayStep {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct PaySaga {
     authorization: SignedAuthorization,
     digest: [u8; 32],
@@ -125,7 +125,7 @@ struct PaySaga {
 }
 
 /// The issuer's record of its part in a saga.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Participation {
     /// Digest of the lock request; `None` for a tombstone left by an abort that came first.
     digest: Option<[u8; 32]>,
@@ -133,7 +133,7 @@ struct Participation {
     state: ParticipantState,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 enum ParticipantState {
     Locked {
         coin_ids: Vec<CoinId>,
@@ -160,7 +160,7 @@ pub enum ExchangeState {
     Aborted(AbortReason),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Exchange {
     wallet: WalletId,
     amount: Amount,
@@ -411,6 +411,19 @@ impl std::fmt::Debug for Institution {
 }
 
 type Out = Effects<InstitutionEvent, InstitutionTimer>;
+
+/// Everything of an institution's state that is not derived from the rest: what a snapshot
+/// holds. The owner index and the key → wallet map are rebuilt from it.
+#[derive(Serialize, Deserialize)]
+struct Checkpoint {
+    accounts: HashMap<WalletId, Account>,
+    register: HashMap<CoinId, CoinRecord>,
+    next_nonce: u64,
+    participations: HashMap<SagaId, Participation>,
+    pays: HashMap<SagaId, PaySaga>,
+    exchanges: HashMap<SagaId, Exchange>,
+    undelivered: BTreeMap<CoinId, u64>,
+}
 
 /// The most coins one redelivery tick resends.
 pub const REDELIVERY_BATCH_MAX: usize = 4096;
@@ -1412,6 +1425,39 @@ impl StateMachine for Institution {
                 self.record(InstitutionEvent::AccountOpened { wallet, key, deposit }, out)
             }
         }
+    }
+
+    fn checkpoint(&self) -> Option<Vec<u8>> {
+        let checkpoint = Checkpoint {
+            accounts: self.accounts.clone(),
+            register: self.register.clone(),
+            next_nonce: self.next_nonce,
+            participations: self.participations.clone(),
+            pays: self.pays.clone(),
+            exchanges: self.exchanges.clone(),
+            undelivered: self.undelivered.clone(),
+        };
+        Some(postcard::to_stdvec(&checkpoint).expect("state serializes"))
+    }
+
+    fn restore(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let c: Checkpoint = postcard::from_bytes(bytes).map_err(|e| e.to_string())?;
+        self.holdings.clear();
+        for (id, record) in &c.register {
+            if !matches!(record.state, CoinState::Spent(_)) {
+                self.holdings.entry(record.coin.body.owner).or_default().insert(*id);
+            }
+        }
+        self.wallet_of_key = c.accounts.iter().map(|(w, a)| (a.key, *w)).collect();
+        self.accounts = c.accounts;
+        self.register = c.register;
+        self.next_nonce = c.next_nonce;
+        self.participations = c.participations;
+        self.pays = c.pays;
+        self.exchanges = c.exchanges;
+        self.undelivered = c.undelivered;
+        self.acked.clear();
+        Ok(())
     }
 
     fn snapshot(&self) -> InstitutionSnapshot {

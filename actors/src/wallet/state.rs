@@ -692,6 +692,16 @@ impl StateMachine for Wallet {
         }
     }
 
+    fn checkpoint(&self) -> Option<Vec<u8>> {
+        let checkpoint = (&self.coins, &self.ops, &self.finished, &self.spent);
+        Some(postcard::to_stdvec(&checkpoint).expect("state serializes"))
+    }
+
+    fn restore(&mut self, bytes: &[u8]) -> Result<(), String> {
+        (self.coins, self.ops, self.finished, self.spent) = postcard::from_bytes(bytes).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
     fn snapshot(&self) -> WalletSnapshot {
         WalletSnapshot {
             id: self.id,
