@@ -63,11 +63,13 @@ impl Blueprint {
                 retry_interval_max_ms: limits.retry_interval_max_ms,
                 coin_inputs_max: limits.coin_inputs_max,
                 denominations: config.genesis.coin_denominations_fen.iter().map(|d| Amount(*d)).collect(),
+                dedup_retention_ms: limits.dedup_retention_ms,
             }),
             wallet_limits: Arc::new(WalletLimits {
                 authorization_ttl_ms: limits.authorization_ttl_ms,
                 outcome_timeout_ms: limits.outcome_timeout_ms,
                 saga_timeout_ms: limits.saga_timeout_ms,
+                dedup_retention_ms: limits.dedup_retention_ms,
             }),
         }
     }
@@ -122,7 +124,8 @@ impl Blueprint {
 
     /// The central bank's factory.
     pub fn central_bank(&self) -> impl Fn() -> CentralBank + Send + Sync + 'static {
-        CentralBank::new
+        let retention = self.config.limits.dedup_retention_ms;
+        move || CentralBank::new(retention)
     }
 
     /// Institution `i`'s factory.

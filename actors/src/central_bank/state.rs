@@ -32,6 +32,13 @@ pub enum CentralBankEvent {
         change: ReserveChange,
         /// Its answer.
         outcome: Result<(), AbortReason>,
+        /// When.
+        at_ms: u64,
+    },
+    /// Recorded answers older than the deduplication retention are forgotten.
+    DedupPruned {
+        /// The keys dropped.
+        sagas: Vec<SagaId>,
     },
 }
 
@@ -84,14 +91,39 @@ pub struct CentralBankSnapshot {
 pub struct CentralBank {
     reserves: BTreeMap<InstitutionId, Reserve>,
     minted: Amount,
-    /// Recorded answers by idempotency key, so a retried request changes nothing.
-    applied: HashMap<SagaId, (ReserveChange, Result<(), AbortReason>)>,
+    /// Recorded answers by idempotency key (with when they were made), so a retried request
+    /// changes nothing.
+    applied: HashMap<SagaId, (ReserveChange, Result<(), AbortReason>, u64)>,
+    /// How long recorded answers are kept.
+    dedup_retention_ms: u64,
+    /// When to look for answers past their retention next (not state).
+    #[serde(skip)]
+    next_prune_ms: u64,
 }
 
 impl CentralBank {
-    /// A central bank with no reserves.
-    pub fn new() -> CentralBank {
-        CentralBank::default()
+    /// A central bank with no reserves, keeping recorded answers `dedup_retention_ms`.
+    pub fn new(dedup_retention_ms: u64) -> CentralBank {
+        CentralBank {
+            dedup_retention_ms,
+            ..CentralBank::default()
+        }
+    }
+
+    /// Drops recorded answers older than the retention (looked for at most every eighth of
+    /// the retention).
+    fn prune(&mut self, now_ms: u64, out: &mut Effects<CentralBankEvent, ()>) {
+        if now_ms < self.next_prune_ms {
+            return;
+        }
+        self.next_prune_ms = now_ms + self.dedup_retention_ms / 8;
+        let horizon = now_ms.saturating_sub(self.dedup_retention_ms);
+        let mut sagas: Vec<SagaId> =
+            self.applied.iter().filter(|(_, (_, _, at))| *at < horizon).map(|(s, _)| *s).collect();
+        if !sagas.is_empty() {
+            sagas.sort();
+            self.record(CentralBankEvent::DedupPruned { sagas }, out);
+        }
     }
 
     /// The rule for a reserve change: what it would answer, without changing anything.
@@ -127,11 +159,12 @@ impl CentralBank {
         &mut self,
         envelope: &Envelope,
         change: ReserveChange,
+        now_ms: u64,
         out: &mut Effects<CentralBankEvent, ()>,
     ) {
         let saga = envelope.saga_id;
         let outcome = match self.applied.get(&saga) {
-            Some((recorded, outcome)) if *recorded == change => *outcome,
+            Some((recorded, outcome, _)) if *recorded == change => *outcome,
             // The same key with different content: refuse and change nothing.
             Some(_) => Err(AbortReason::Conflict),
             None => {
@@ -141,6 +174,7 @@ impl CentralBank {
                         saga,
                         change,
                         outcome,
+                        at_ms: now_ms,
                     },
                     out,
                 );
@@ -179,10 +213,16 @@ impl StateMachine for CentralBank {
                 r.free = r.free.checked_add(amount).expect("reserve overflow");
                 self.minted = self.minted.checked_add(amount).expect("minted overflow");
             }
+            CentralBankEvent::DedupPruned { ref sagas } => {
+                for saga in sagas {
+                    self.applied.remove(saga);
+                }
+            }
             CentralBankEvent::Applied {
                 saga,
                 change,
                 outcome,
+                at_ms,
             } => {
                 if outcome.is_ok() {
                     match change {
@@ -202,14 +242,15 @@ impl StateMachine for CentralBank {
                         }
                     }
                 }
-                self.applied.insert(saga, (change, outcome));
+                self.applied.insert(saga, (change, outcome, at_ms));
             }
         }
     }
 
     fn on_start(&mut self, _now_ms: u64, _out: &mut Effects<CentralBankEvent, ()>) {}
 
-    fn on_envelope(&mut self, envelope: Envelope, _now_ms: u64, out: &mut Effects<CentralBankEvent, ()>) {
+    fn on_envelope(&mut self, envelope: Envelope, now_ms: u64, out: &mut Effects<CentralBankEvent, ()>) {
+        self.prune(now_ms, out);
         let Address::Institution(sender) = envelope.from else {
             metrics::counter!("specie_envelopes_rejected_total", "reason" => "unexpected").increment(1);
             return;
@@ -228,7 +269,7 @@ impl StateMachine for CentralBank {
                 return;
             }
         };
-        self.request(&envelope, change, out);
+        self.request(&envelope, change, now_ms, out);
     }
 
     fn on_timer(&mut self, _key: (), _now_ms: u64, _out: &mut Effects<CentralBankEvent, ()>) {}
@@ -266,7 +307,7 @@ impl StateMachine for CentralBank {
             applied: self
                 .applied
                 .iter()
-                .filter(|(_, (_, outcome))| outcome.is_ok())
+                .filter(|(_, (_, outcome, _))| outcome.is_ok())
                 .map(|(saga, _)| *saga)
                 .collect(),
         }
@@ -290,7 +331,7 @@ mod tests {
     }
 
     fn funded() -> CentralBank {
-        let mut cb = CentralBank::new();
+        let mut cb = CentralBank::new(86_400_000);
         let mut out = Effects::default();
         for i in 0..2 {
             cb.on_command(
@@ -357,6 +398,24 @@ mod tests {
         cb.on_envelope(envelope(0, 4, Payload::ReserveBacking { amount: Amount(20) }), 0, &mut out);
         assert_eq!(ack(&out), Err(AbortReason::Conflict));
         assert_eq!(cb.snapshot().reserves[&InstitutionId(0)].backing, Amount(10));
+    }
+
+    #[test]
+    fn recorded_answers_are_pruned_after_the_retention() {
+        let mut cb = funded();
+        let mut out = Effects::default();
+        cb.on_envelope(envelope(0, 7, Payload::ReserveBacking { amount: Amount(10) }), 1_000, &mut out);
+        assert!(cb.snapshot().applied.contains(&SagaId::from_u128(7)));
+        let later = 1_000 + 86_400_000 + 1;
+        let mut out = Effects::default();
+        cb.on_envelope(envelope(0, 8, Payload::ReserveBacking { amount: Amount(10) }), later, &mut out);
+        assert!(out.events.iter().any(
+            |e| matches!(e, CentralBankEvent::DedupPruned { sagas } if sagas == &vec![SagaId::from_u128(7)])
+        ));
+        let applied = cb.snapshot().applied;
+        assert!(!applied.contains(&SagaId::from_u128(7)) && applied.contains(&SagaId::from_u128(8)));
+        // Reserves are not deduplication state: both changes stand.
+        assert_eq!(cb.snapshot().reserves[&InstitutionId(0)].backing, Amount(20));
     }
 
     #[test]

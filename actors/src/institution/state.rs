@@ -39,6 +39,8 @@ pub struct InstitutionLimits {
     pub coin_inputs_max: usize,
     /// Denominations an exchange is split into, largest first.
     pub denominations: Vec<Amount>,
+    /// How long a finished participation's recorded answer is kept for deduplication.
+    pub dedup_retention_ms: u64,
 }
 
 /// A customer's account.
@@ -131,6 +133,9 @@ struct Participation {
     digest: Option<[u8; 32]>,
     coordinator: InstitutionId,
     state: ParticipantState,
+    /// When the record was made or last changed; terminal records are pruned
+    /// `dedup_retention_ms` after it.
+    at_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -197,6 +202,8 @@ pub enum InstitutionEvent {
         payer: WalletId,
         /// The payer's key (owner of the change).
         payer_key: PublicKey,
+        /// When.
+        at_ms: u64,
     },
     /// Issuer: a lock request refused (recorded so a retry gets the same answer).
     LockRefused {
@@ -208,6 +215,8 @@ pub enum InstitutionEvent {
         coordinator: InstitutionId,
         /// Why.
         reason: AbortReason,
+        /// When.
+        at_ms: u64,
     },
     /// Issuer: the locked coins are retired and the change (if any) issued.
     Retired {
@@ -215,6 +224,8 @@ pub enum InstitutionEvent {
         saga: SagaId,
         /// The change coin to the payer.
         change: Option<Coin>,
+        /// When.
+        at_ms: u64,
     },
     /// Issuer: the saga aborted; its coins (if any) are active again.
     Unlocked {
@@ -222,6 +233,13 @@ pub enum InstitutionEvent {
         saga: SagaId,
         /// The coordinator that aborted it.
         coordinator: InstitutionId,
+        /// When.
+        at_ms: u64,
+    },
+    /// Finished participations older than the deduplication retention are forgotten.
+    DedupPruned {
+        /// The sagas whose records are dropped.
+        sagas: Vec<SagaId>,
     },
     /// Coordinator: a pay saga started.
     PayStarted {
@@ -427,6 +445,8 @@ struct Checkpoint {
 
 /// The most coins one redelivery tick resends.
 pub const REDELIVERY_BATCH_MAX: usize = 4096;
+/// The most deduplication records one tick prunes.
+pub const DEDUP_PRUNE_BATCH_MAX: usize = 65_536;
 
 impl Institution {
     /// A new institution with no accounts and no coins.
@@ -854,6 +874,7 @@ impl Institution {
                         amount: a.amount,
                         payer: a.payer,
                         payer_key: a.payer_key,
+                        at_ms: now_ms,
                     },
                     out,
                 );
@@ -866,6 +887,7 @@ impl Institution {
                         digest,
                         coordinator,
                         reason,
+                        at_ms: now_ms,
                     },
                     out,
                 );
@@ -901,6 +923,7 @@ impl Institution {
                     InstitutionEvent::Retired {
                         saga,
                         change: change.clone(),
+                        at_ms: now_ms,
                     },
                     out,
                 );
@@ -916,7 +939,7 @@ impl Institution {
         }
     }
 
-    fn on_abort_request(&mut self, from: Address, saga: SagaId, out: &mut Out) {
+    fn on_abort_request(&mut self, from: Address, saga: SagaId, now_ms: u64, out: &mut Out) {
         let Address::Institution(coordinator) = from else { return };
         match self.participations.get(&saga) {
             Some(p) if p.coordinator != coordinator => return,
@@ -933,7 +956,14 @@ impl Institution {
                 state: ParticipantState::Locked { .. },
                 ..
             })
-            | None => self.record(InstitutionEvent::Unlocked { saga, coordinator }, out),
+            | None => self.record(
+                InstitutionEvent::Unlocked {
+                    saga,
+                    coordinator,
+                    at_ms: now_ms,
+                },
+                out,
+            ),
             Some(_) => {}
         }
         out.send(self.envelope(saga, from, 0, Payload::AbortReply));
@@ -1045,13 +1075,26 @@ impl Institution {
         }
     }
 
-    /// Journals the acknowledgements received since the last tick and resends the coins
-    /// still unacknowledged a retry interval after their issue (at most
-    /// [`REDELIVERY_BATCH_MAX`] per tick).
+    /// Journals the acknowledgements received since the last tick, prunes deduplication
+    /// records past their retention, and resends the coins still unacknowledged a retry
+    /// interval after their issue (at most [`REDELIVERY_BATCH_MAX`] per tick).
     fn on_redeliver(&mut self, now_ms: u64, out: &mut Out) {
         if !self.acked.is_empty() {
             let coin_ids: Vec<CoinId> = self.acked.drain().collect();
             self.record(InstitutionEvent::CoinsDelivered { coin_ids }, out);
+        }
+        let horizon = now_ms.saturating_sub(self.limits.dedup_retention_ms);
+        let mut expired: Vec<SagaId> = self
+            .participations
+            .iter()
+            .filter(|(_, p)| p.at_ms < horizon && !matches!(p.state, ParticipantState::Locked { .. }))
+            .map(|(saga, _)| *saga)
+            .take(DEDUP_PRUNE_BATCH_MAX)
+            .collect();
+        if !expired.is_empty() {
+            expired.sort();
+            metrics::counter!("specie_dedup_pruned_total").increment(expired.len() as u64);
+            self.record(InstitutionEvent::DedupPruned { sagas: expired }, out);
         }
         let due = now_ms.saturating_sub(self.limits.retry_interval_ms);
         let resend: Vec<CoinId> = self
@@ -1120,6 +1163,7 @@ impl StateMachine for Institution {
                 amount,
                 payer,
                 payer_key,
+                at_ms,
             } => {
                 for id in coin_ids {
                     self.set_state(id, CoinState::Locked(*saga));
@@ -1127,6 +1171,7 @@ impl StateMachine for Institution {
                 self.participations.insert(
                     *saga,
                     Participation {
+                        at_ms: *at_ms,
                         digest: Some(*digest),
                         coordinator: *coordinator,
                         state: ParticipantState::Locked {
@@ -1144,18 +1189,21 @@ impl StateMachine for Institution {
                 digest,
                 coordinator,
                 reason,
+                at_ms,
             } => {
                 self.participations.insert(
                     *saga,
                     Participation {
+                        at_ms: *at_ms,
                         digest: Some(*digest),
                         coordinator: *coordinator,
                         state: ParticipantState::Refused(*reason),
                     },
                 );
             }
-            InstitutionEvent::Retired { saga, change } => {
+            InstitutionEvent::Retired { saga, change, at_ms } => {
                 let p = self.participations.get_mut(saga).expect("retire follows lock");
+                p.at_ms = *at_ms;
                 let ParticipantState::Locked { coin_ids, total, .. } = &p.state else {
                     panic!("retire of saga {saga} that is not locked");
                 };
@@ -1168,10 +1216,20 @@ impl StateMachine for Institution {
                     self.register_coin(coin);
                 }
             }
-            InstitutionEvent::Unlocked { saga, coordinator } => {
+            InstitutionEvent::DedupPruned { sagas } => {
+                for saga in sagas {
+                    self.participations.remove(saga);
+                }
+            }
+            InstitutionEvent::Unlocked {
+                saga,
+                coordinator,
+                at_ms,
+            } => {
                 let previous = self.participations.insert(
                     *saga,
                     Participation {
+                        at_ms: *at_ms,
                         digest: None,
                         coordinator: *coordinator,
                         state: ParticipantState::Aborted,
@@ -1367,7 +1425,7 @@ impl StateMachine for Institution {
                     }
                 }
             }
-            Payload::AbortRequest { .. } => self.on_abort_request(from, saga, out),
+            Payload::AbortRequest { .. } => self.on_abort_request(from, saga, now_ms, out),
             Payload::AbortReply => {
                 let aborting = self.pays.get(&saga).is_some_and(|p| {
                     matches!(p.step, PayStep::Aborting { .. })

@@ -49,8 +49,12 @@ fn limits() -> InstitutionLimits {
         retry_interval_max_ms: RETRY_INTERVAL_MAX_MS,
         coin_inputs_max: 4,
         denominations: vec![Amount(5_000), Amount(1_000), Amount(200)],
+        dedup_retention_ms: DEDUP_RETENTION_MS,
     }
 }
+
+/// Recorded answers of finished participations are kept this long.
+const DEDUP_RETENTION_MS: u64 = 60_000;
 
 fn saga(n: u128) -> SagaId {
     SagaId::from_u128(n)
@@ -622,6 +626,40 @@ fn lock_of_a_spent_coin_is_refused() {
     );
     let (_, out) = a.lock(&authorize(saga(2), &[&coins[0]], Amount(5_000)), NOW_MS);
     assert_refused(&out, AbortReason::CoinSpent);
+    assert_states(&a, &[&coins[0]], CoinState::Spent(saga(1)));
+}
+
+#[test]
+fn finished_participations_are_pruned_after_the_retention_and_locked_ones_never() {
+    let (mut a, coins) = issuer();
+    // Saga 1 committed (finished), saga 2 refused (finished), saga 3 still locked.
+    let (reply, _) = a.lock(&authorize(saga(1), &[&coins[0]], Amount(5_000)), NOW_MS);
+    assert_eq!(reply, Ok(Amount(5_000)));
+    a.deliver(Address::Institution(B), saga(1), Payload::CommitRequest, NOW_MS);
+    let (_, out) = a.lock(&authorize(saga(2), &[&coins[0]], Amount(5_000)), NOW_MS);
+    assert_refused(&out, AbortReason::CoinSpent);
+    let (reply, _) = a.lock(&authorize(saga(3), &[&coins[1]], Amount(1_000)), NOW_MS);
+    assert_eq!(reply, Ok(Amount(1_000)));
+
+    // Within the retention nothing is pruned, and a retry gets the recorded answer.
+    let out = a.fire(InstitutionTimer::Redeliver, NOW_MS + DEDUP_RETENTION_MS - 1);
+    assert!(!out.events.iter().any(|e| matches!(e, InstitutionEvent::DedupPruned { .. })));
+    let (reply, _) = a.lock(&authorize(saga(1), &[&coins[0]], Amount(5_000)), NOW_MS);
+    assert_eq!(reply, Ok(Amount(5_000)), "recorded answer of a committed lock");
+
+    // After it, the finished records go; the lock in flight stays.
+    let out = a.fire(InstitutionTimer::Redeliver, NOW_MS + DEDUP_RETENTION_MS + 1);
+    let pruned: Vec<SagaId> = out
+        .events
+        .iter()
+        .find_map(|e| match e {
+            InstitutionEvent::DedupPruned { sagas } => Some(sagas.clone()),
+            _ => None,
+        })
+        .expect("a prune event");
+    assert_eq!(pruned, vec![saga(1), saga(2)]);
+    assert_states(&a, &[&coins[1]], CoinState::Locked(saga(3)));
+    // The register is not deduplication state: the spent coin stays spent.
     assert_states(&a, &[&coins[0]], CoinState::Spent(saga(1)));
 }
 

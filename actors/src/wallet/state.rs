@@ -16,7 +16,7 @@ use specie_protocol::{
     SoftKeyStore, WalletId,
 };
 use specie_runtime::{Effects, Notice, StateMachine};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 /// Settings of a wallet, from the validated config.
@@ -29,6 +29,8 @@ pub struct WalletLimits {
     /// The coordinators' lock timeout: after an authorization expired plus this, a saga the
     /// coordinator has never heard of can no longer commit.
     pub saga_timeout_ms: u64,
+    /// How long records of finished operations and spent coins are kept for deduplication.
+    pub dedup_retention_ms: u64,
 }
 
 /// An operation the wallet has in flight.
@@ -106,6 +108,16 @@ pub enum WalletEvent {
         result: Result<(), AbortReason>,
         /// Coins spent (committed payments).
         spent: Vec<CoinId>,
+        /// When.
+        at_ms: u64,
+    },
+    /// Records of operations finished longer ago than the deduplication retention are
+    /// forgotten.
+    DedupPruned {
+        /// Finished operations dropped.
+        sagas: Vec<SagaId>,
+        /// Spent coins dropped.
+        coins: Vec<CoinId>,
     },
     /// A valid coin arrived.
     CoinReceived {
@@ -191,11 +203,15 @@ pub struct Wallet {
     coins: BTreeMap<CoinId, Coin>,
     ops: HashMap<SagaId, WalletOp>,
     /// Outcomes of finished operations, so a repeated request is recognised.
-    finished: HashMap<SagaId, Result<(), AbortReason>>,
+    finished: HashMap<SagaId, (Result<(), AbortReason>, u64)>,
     /// Coins spent by committed payments. A coin id is never reissued, so a `CoinIssued` for
     /// one of them is a duplicate delivered late, or one that arrived after the outcome that
     /// spent the coin: it must not bring the spent coin back into the wallet.
-    spent: HashSet<CoinId>,
+    spent: HashMap<CoinId, u64>,
+    /// The time of the step being handled (not state: set at every input).
+    now_ms: u64,
+    /// When to look for records past their retention next (not state).
+    next_prune_ms: u64,
 }
 
 impl std::fmt::Debug for Wallet {
@@ -227,7 +243,9 @@ impl Wallet {
             coins: BTreeMap::new(),
             ops: HashMap::new(),
             finished: HashMap::new(),
-            spent: HashSet::new(),
+            spent: HashMap::new(),
+            now_ms: 0,
+            next_prune_ms: 0,
         }
     }
 
@@ -260,6 +278,7 @@ impl Wallet {
                 saga,
                 result,
                 spent: spent.clone(),
+                at_ms: self.now_ms,
             },
             out,
         );
@@ -371,7 +390,7 @@ impl Wallet {
         if self.ops.contains_key(&saga) {
             return; // duplicate: already answering
         }
-        if let Some(result) = self.finished.get(&saga) {
+        if let Some((result, _)) = self.finished.get(&saga) {
             if let Err(reason) = result {
                 self.decline(saga, from, *reason, out);
             }
@@ -423,6 +442,25 @@ impl Wallet {
         ));
     }
 
+    /// Drops records of operations finished, and of coins spent, longer ago than the
+    /// deduplication retention (looked for at most every eighth of the retention).
+    fn prune(&mut self, now_ms: u64, out: &mut Out) {
+        if now_ms < self.next_prune_ms {
+            return;
+        }
+        let retention = self.limits.dedup_retention_ms;
+        self.next_prune_ms = now_ms + retention / 8;
+        let horizon = now_ms.saturating_sub(retention);
+        let mut sagas: Vec<SagaId> = self.finished.iter().filter(|(_, (_, at))| *at < horizon).map(|(s, _)| *s).collect();
+        let mut coins: Vec<CoinId> = self.spent.iter().filter(|(_, at)| **at < horizon).map(|(c, _)| *c).collect();
+        if sagas.is_empty() && coins.is_empty() {
+            return;
+        }
+        sagas.sort();
+        coins.sort();
+        self.record(WalletEvent::DedupPruned { sagas, coins }, out);
+    }
+
     /// The coordinator of an operation in flight: the only actor whose outcome counts.
     fn coordinator(&self, saga: SagaId) -> Option<Address> {
         Some(match self.ops.get(&saga)? {
@@ -443,7 +481,7 @@ impl Wallet {
         // Acknowledge every genuine delivery, repeated ones too: the issuer resends until it
         // hears back.
         out.send(self.envelope(coin.body.origin_saga, from, 0, Payload::CoinAck { coin_ids: vec![coin.id] }));
-        if self.coins.contains_key(&coin.id) || self.spent.contains(&coin.id) {
+        if self.coins.contains_key(&coin.id) || self.spent.contains_key(&coin.id) {
             return; // duplicate delivery, or a coin already spent
         }
         self.record(WalletEvent::CoinReceived { coin }, out);
@@ -516,12 +554,25 @@ impl StateMachine for Wallet {
                     *slot = Some(signed.clone());
                 }
             }
-            WalletEvent::OpFinished { saga, result, spent } => {
+            WalletEvent::OpFinished {
+                saga,
+                result,
+                spent,
+                at_ms,
+            } => {
                 self.ops.remove(saga);
-                self.finished.insert(*saga, *result);
+                self.finished.insert(*saga, (*result, *at_ms));
                 for id in spent {
                     self.coins.remove(id);
-                    self.spent.insert(*id);
+                    self.spent.insert(*id, *at_ms);
+                }
+            }
+            WalletEvent::DedupPruned { sagas, coins } => {
+                for saga in sagas {
+                    self.finished.remove(saga);
+                }
+                for id in coins {
+                    self.spent.remove(id);
                 }
             }
             WalletEvent::CoinReceived { coin } => {
@@ -537,6 +588,7 @@ impl StateMachine for Wallet {
     }
 
     fn on_envelope(&mut self, envelope: Envelope, now_ms: u64, out: &mut Out) {
+        self.now_ms = now_ms;
         let (from, saga) = (envelope.from, envelope.saga_id);
         match envelope.payload {
             Payload::BalanceReply { coin_ids, .. } => self.on_balance_reply(saga, coin_ids, now_ms, out),
@@ -590,7 +642,8 @@ impl StateMachine for Wallet {
         }
     }
 
-    fn on_timer(&mut self, key: WalletTimer, _now_ms: u64, out: &mut Out) {
+    fn on_timer(&mut self, key: WalletTimer, now_ms: u64, out: &mut Out) {
+        self.now_ms = now_ms;
         let WalletTimer { saga, attempt } = key;
         let Some(op) = self.ops.get(&saga) else { return };
         let own = Address::Institution(self.institution);
@@ -611,6 +664,8 @@ impl StateMachine for Wallet {
     }
 
     fn on_command(&mut self, command: WalletCommand, now_ms: u64, out: &mut Out) {
+        self.now_ms = now_ms;
+        self.prune(now_ms, out);
         match command {
             WalletCommand::Pay {
                 saga,

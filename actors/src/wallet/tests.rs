@@ -64,6 +64,7 @@ fn institution_limits() -> InstitutionLimits {
         retry_interval_max_ms: 800,
         coin_inputs_max: 4,
         denominations: vec![Amount(5_000), Amount(1_000), Amount(200)],
+        dedup_retention_ms: 86_400_000,
     }
 }
 
@@ -118,6 +119,7 @@ impl Node {
             authorization_ttl_ms: AUTHORIZATION_TTL_MS,
             outcome_timeout_ms: OUTCOME_TIMEOUT_MS,
             saga_timeout_ms: SAGA_TIMEOUT_MS,
+            dedup_retention_ms: 86_400_000,
         };
         Node {
             wallet: Wallet::new(
@@ -1136,7 +1138,7 @@ struct World {
 
 impl World {
     fn new() -> World {
-        let mut central_bank = CentralBank::new();
+        let mut central_bank = CentralBank::new(86_400_000);
         for institution in [A, B] {
             let mint = CentralBankCommand::Mint {
                 institution,
