@@ -4,6 +4,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/specie/v1/coin.proto",
         "proto/specie/v1/pay.proto",
+        "proto/specie/v1/reconcile.proto",
         "proto/specie/v1/envelope.proto",
     ];
     for file in &files {

@@ -5,6 +5,7 @@
 //! the JSON file.
 
 mod audit_cmd;
+mod reconcile;
 mod report;
 mod run;
 
@@ -30,6 +31,8 @@ enum Command {
     Run(run::RunArgs),
     /// Check the invariants of a node's data directory from its journal, read-only.
     Audit(audit_cmd::AuditArgs),
+    /// Reconcile a batch of transaction records over the hash chain (`--demo`).
+    Reconcile(reconcile::ReconcileArgs),
 }
 
 /// A config as given: its text, where it came from, and whether the user named it.
@@ -72,6 +75,7 @@ fn main() -> ExitCode {
             .context("loading the configuration")
             .and_then(|source| run::run(source, &args)),
         Command::Audit(args) => audit_cmd::run(&args),
+        Command::Reconcile(args) => reconcile::run(&args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

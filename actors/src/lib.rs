@@ -10,6 +10,8 @@
 //! - [`blueprint`]: keys, limits and actor factories that follow from a config and a seed.
 //! - [`data_dir`]: a node's data directory (manifest and durable journal).
 //! - [`audit`]: checks the money invariants of DESIGN.md §4 over a cluster snapshot.
+//! - `planted` (feature `planted-bugs` only): deliberately wrong behaviours the chaos
+//!   harness must catch, switched on at run time.
 //! - [`reconciler`]: reconciliation of transaction records between institutions and the
 //!   reconciliation platform over a hash chain (record → shard → batch hashes, drill-down).
 
@@ -19,6 +21,8 @@ pub mod central_bank;
 pub mod cluster;
 pub mod data_dir;
 pub mod institution;
+#[cfg(feature = "planted-bugs")]
+pub mod planted;
 pub mod reconciler;
 pub mod wallet;
 

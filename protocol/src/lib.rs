@@ -13,6 +13,8 @@
 //! - [`pay`]: the payment authorization and the vocabulary of saga outcomes.
 //! - [`envelope`]: [`Envelope`], the one message that crosses between actors, its
 //!   [`Address`]es and its [`Payload`], with `encode` / `decode`.
+//! - [`reconcile`]: transaction records and the messages of reconciliation (batch hashes
+//!   posted to the hash chain, the shard and record drill-down, the report).
 
 pub mod canonical;
 pub mod coin;
@@ -22,10 +24,11 @@ mod error;
 pub mod ids;
 pub mod pay;
 mod pb;
+pub mod reconcile;
 
 pub use coin::{Coin, CoinBody};
 pub use crypto::{KeyStore, PublicKey, Signature, SoftKeyStore};
-pub use envelope::{Address, Envelope, Payload, TraceContext};
+pub use envelope::{Address, Envelope, Payload, TraceContext, RECONCILIATION_PLATFORM};
 pub use error::ProtocolError;
 pub use ids::{Amount, CoinId, InstitutionId, SagaId, WalletId};
 pub use pay::{AbortReason, PaymentAuthorization, SagaKind, SagaState, SignedAuthorization};
