@@ -339,13 +339,29 @@ fn kind_from_pb(v: i32) -> Result<SagaKind, ProtocolError> {
 
 impl Envelope {
     /// Encodes the envelope as protobuf bytes.
+    /// Encodes the envelope for the wire: its protobuf bytes followed by their CRC-32
+    /// (4 bytes, little-endian), so that a corrupted envelope is rejected rather than read
+    /// as another valid message.
     pub fn encode(&self) -> Bytes {
-        Bytes::from(self.to_pb().encode_to_vec())
+        let mut bytes = self.to_pb().encode_to_vec();
+        let crc = crc32fast::hash(&bytes);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        Bytes::from(bytes)
     }
 
-    /// Decodes and validates an envelope. Any malformed input is an error; nothing panics.
+    /// Checks the checksum, then decodes and validates an envelope. Any malformed input is an
+    /// error; nothing panics.
     pub fn decode(bytes: &[u8]) -> Result<Envelope, ProtocolError> {
-        let p = pb::Envelope::decode(bytes)?;
+        let split = bytes
+            .len()
+            .checked_sub(4)
+            .ok_or_else(|| ProtocolError::Decode(format!("{} bytes is shorter than a checksum", bytes.len())))?;
+        let (body, crc) = bytes.split_at(split);
+        let crc = u32::from_le_bytes(crc.try_into().expect("4 bytes"));
+        if crc32fast::hash(body) != crc {
+            return Err(ProtocolError::Checksum);
+        }
+        let p = pb::Envelope::decode(body)?;
         Envelope::try_from(p)
     }
 
@@ -844,6 +860,21 @@ mod tests {
                 "a prefix of {cut} of {} bytes decoded",
                 bytes.len()
             );
+        }
+    }
+
+    #[test]
+    fn every_single_bit_flip_is_rejected_by_the_checksum() {
+        let bytes = envelope(Payload::MoveBacking {
+            from: InstitutionId(1),
+            to: InstitutionId(2),
+            amount: Amount(500),
+        })
+        .encode();
+        for i in 0..bytes.len() * 8 {
+            let mut flipped = bytes.to_vec();
+            flipped[i / 8] ^= 1 << (i % 8);
+            assert!(Envelope::decode(&flipped).is_err(), "bit {i} flipped still decodes");
         }
     }
 

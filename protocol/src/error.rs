@@ -6,6 +6,9 @@ pub enum ProtocolError {
     /// The bytes are not a valid protobuf encoding of the expected message.
     #[error("malformed protobuf: {0}")]
     Decode(String),
+    /// The checksum does not match: the bytes were corrupted on the way.
+    #[error("checksum mismatch: the envelope was corrupted")]
+    Checksum,
     /// A required field is absent.
     #[error("missing field `{field}`")]
     MissingField {

@@ -7,9 +7,10 @@
 //! Steps without events wait behind the actor's earlier steps, whose state they may reveal.
 //!
 //! A crash (the actor stopping: a journal fault, a failed write, an injected [`Crash`]) makes
-//! the supervisor restart the host: it drops its outbox, sleeps the backoff the node's
-//! supervision gives it (or escalates), waits until its earlier appends are durable, and
-//! rebuilds the state by replaying its journal.
+//! the supervisor restart the host: it sleeps the backoff the node's supervision gives it (or
+//! escalates), waits until its earlier appends are durable, rebuilds the state by replaying
+//! its journal, and releases what its outbox held from durable steps. (A process crash loses
+//! the outbox; at-least-once retries recover the messages in it.)
 
 use crate::journal::{AppendFault, JournalError};
 use crate::machine::{Effects, Notice, StateMachine};
@@ -274,6 +275,8 @@ impl<S: StateMachine> Actor for Host<S> {
                 Ok((state, entries)) => {
                     host.state = state;
                     host.entries_since_snapshot = entries;
+                    // Every held step is durable now (recovery waited for the last append).
+                    host.flush();
                     host.start_machine(ctx);
                 }
                 Err(e) => host.node.escalate(format!("{} cannot recover from its journal: {e}", host.address)),
@@ -287,9 +290,9 @@ impl<S: StateMachine> Supervised for Host<S> {
         let kind = actor_kind(self.address);
         metrics::counter!("specie_actor_restarts_total", "actor_kind" => kind).increment(1);
         self.node.record_restart(kind);
-        // A crash loses what was not yet released, as a real crash would; at-least-once
-        // retries recover it.
-        self.outbox.clear();
+        // The outbox survives the crash, like a durable outbox: what it holds is released
+        // once its steps are durable, after recovery. A reply lost here would be recovered by
+        // retries, but a notice (a client's acknowledgement) would never be published again.
         match self.node.supervision().on_restart(self.address, Instant::now()) {
             RestartVerdict::Restart(backoff) => self.restart = Some(backoff),
             RestartVerdict::Escalate(why) => {
