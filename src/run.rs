@@ -2,7 +2,7 @@
 //! workload (payer- and payee-initiated, within and across institutions, with requests that
 //! must be refused), shows progress, and ends with the report and the audit.
 
-use crate::report::{Planted, RunReport};
+use crate::report::RunReport;
 use anyhow::{anyhow, Result};
 use clap::Args;
 use rand::{Rng, SeedableRng};
@@ -251,7 +251,11 @@ impl<'a> Driver<'a> {
         let result = notice.outcome.result;
         self.report.record("pay", result, latency);
         if let Some(expected) = p.class.expected_refusal() {
-            let planted = self.report.planted.entry(planted_name(p.class)).or_insert_with(Planted::default);
+            let planted = self
+                .report
+                .planted
+                .entry(planted_name(p.class))
+                .or_default();
             planted.planted += 1;
             if result == Err(expected) {
                 planted.refused_as_expected += 1;
@@ -262,7 +266,11 @@ impl<'a> Driver<'a> {
         if result.is_ok() {
             if let Some(log) = &mut self.ack_log {
                 // One write per line, straight to the kernel: what is logged survives a kill.
-                if let Err(e) = writeln!(log, "{} committed", notice.saga_id) {
+                // The line is formatted first: `writeln!` on a file makes a write per piece, and
+                // a kill between them would leave a torn line that the next run's first line
+                // continues.
+                let line = format!("{} committed\n", notice.saga_id);
+                if let Err(e) = log.write_all(line.as_bytes()) {
                     self.report.ack_log_errors.push(e.to_string());
                 }
             }
@@ -402,6 +410,17 @@ async fn drive(
         if let Ok(Some(notice)) = tokio::time::timeout(Duration::from_millis(50), notices.recv()).await {
             driver.settle(notice);
         }
+    }
+    // Operations recovered from a data directory (in flight when an earlier run was killed)
+    // are not the driver's: their wallets settle them by asking the coordinator after
+    // `limits.outcome_timeout_ms`. Wait for them too, or the audit would judge wallets that
+    // have not heard their outcome yet.
+    while durable && Instant::now() < drain_deadline {
+        let snapshot = cluster.snapshot().await?;
+        if snapshot.wallets.iter().all(|w| w.pending == 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     if progress {
         eprint!("\r\x1b[2K");

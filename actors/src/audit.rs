@@ -59,7 +59,8 @@ pub struct AuditReport {
     pub no_double_spend: Check,
     /// Invariant 4.
     pub atomicity: Check,
-    /// Sagas not yet terminal when the snapshot was taken.
+    /// Sagas not yet terminal, and coins not yet acknowledged by their owners, when the
+    /// snapshot was taken.
     pub in_flight: usize,
 }
 
@@ -243,7 +244,8 @@ pub fn audit(s: &ClusterSnapshot, quiescent: bool) -> AuditReport {
             .iter()
             .flat_map(|i| i.exchanges.values())
             .filter(|(_, _, st)| *st == ExchangeState::Pending)
-            .count();
+            .count()
+        + s.institutions.iter().map(|i| i.coins_in_delivery).sum::<usize>();
     let committed = |step: PayStep| matches!(step, PayStep::Committing { .. } | PayStep::Committed);
 
     // 3. No double spend.

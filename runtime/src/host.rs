@@ -173,6 +173,16 @@ impl<S: StateMachine> Host<S> {
                 }
             }
             if fault == AppendFault::CrashAfter {
+                // The step's envelopes die with the actor (retries recover them); its notices
+                // are the client's acknowledgements, held by the runtime, and are published
+                // once the step is durable, after the restart.
+                if !out.notices.is_empty() {
+                    self.outbox.push_back(Held {
+                        seq: self.last_seq,
+                        sends: Vec::new(),
+                        notices: out.notices,
+                    });
+                }
                 ctx.stop();
                 return;
             }

@@ -72,7 +72,8 @@ struct Counters {
 /// The durable journal of one node.
 pub struct RedbJournal {
     path: PathBuf,
-    db: Arc<Database>,
+    /// The database; taken (and so closed cleanly) by [`RedbJournal::close`].
+    db: parking_lot::RwLock<Option<Arc<Database>>>,
     /// Next sequence number and the queue, under one lock so numbers enter the queue in order.
     queue: Mutex<(u64, Option<SyncSender<Item>>)>,
     durable: watch::Receiver<u64>,
@@ -159,20 +160,25 @@ fn check_meta(db: &impl ReadableDatabase, path: &Path, identity: Option<&[u8]>) 
     Ok(last.and_then(|g| g.value().try_into().ok().map(u64::from_be_bytes)))
 }
 
-/// Checks an existing file without ever writing to it: read-only when it was closed cleanly,
-/// else on a scratch copy that redb may repair.
+/// Opens a scratch copy of an existing file with redb's integrity check: the checksum of every
+/// page is verified, and a file a crash left unclean is recovered (in the copy). A plain open
+/// trusts a cleanly closed file, so a page overwritten since (a disk fault, another program)
+/// would be a panic inside redb or silently wrong entries instead of this error. The file
+/// itself is never written.
+fn verified_copy(path: &Path) -> Result<(tempfile::NamedTempFile, Database), JournalError> {
+    let scratch = tempfile::NamedTempFile::new().map_err(|e| open_error(path, e))?;
+    std::fs::copy(path, scratch.path()).map_err(|e| open_error(path, e))?;
+    let db = redb::Builder::new()
+        .set_check_integrity_on_open(true)
+        .open(scratch.path())
+        .map_err(|e| open_error(path, format!("corrupt or truncated: {e}")))?;
+    Ok((scratch, db))
+}
+
+/// Checks an existing file without ever writing to it, on a verified scratch copy.
 fn check_existing(path: &Path, identity: Option<&[u8]>) -> Result<(), JournalError> {
-    match ReadOnlyDatabase::open(path) {
-        Ok(db) => check_meta(&db, path, identity).map(|_| ()),
-        Err(redb::DatabaseError::RepairAborted) => {
-            let scratch = tempfile::NamedTempFile::new().map_err(|e| open_error(path, e))?;
-            std::fs::copy(path, scratch.path()).map_err(|e| open_error(path, e))?;
-            let db = Database::open(scratch.path())
-                .map_err(|e| open_error(path, format!("corrupt or truncated: {e}")))?;
-            check_meta(&db, path, identity).map(|_| ())
-        }
-        Err(e) => Err(open_error(path, format!("corrupt or truncated: {e}"))),
-    }
+    let (_scratch, db) = verified_copy(path)?;
+    check_meta(&db, path, identity).map(|_| ())
 }
 
 impl RedbJournal {
@@ -185,7 +191,12 @@ impl RedbJournal {
         }
         let db = Database::create(path).map_err(|e| open_error(path, e))?;
         let last_seq = if existed {
-            check_meta(&db, path, Some(identity))?.unwrap_or(0)
+            let last = check_meta(&db, path, Some(identity))?.unwrap_or(0);
+            // Files written before snapshots existed lack their (empty) table.
+            let txn = db.begin_write().map_err(|e| open_error(path, e))?;
+            txn.open_table(SNAPSHOTS).map_err(|e| open_error(path, e))?;
+            txn.commit().map_err(|e| open_error(path, e))?;
+            last
         } else {
             let txn = db.begin_write().map_err(|e| open_error(path, e))?;
             {
@@ -217,7 +228,7 @@ impl RedbJournal {
         };
         Ok(RedbJournal {
             path: path.to_path_buf(),
-            db,
+            db: parking_lot::RwLock::new(Some(db)),
             queue: Mutex::new((last_seq + 1, Some(tx))),
             durable: durable_rx,
             counters,
@@ -225,46 +236,41 @@ impl RedbJournal {
         })
     }
 
-    /// Opens a journal file for reading only. The file itself is never written: when it needs
-    /// crash recovery, a scratch copy is recovered and read instead.
+    /// Opens a journal file for reading only. The file itself is never written: its pages are
+    /// verified on a scratch copy, and when it needs crash recovery the recovered copy is read
+    /// instead.
     pub fn open_read_only(path: &Path) -> Result<ReadJournal, JournalError> {
         if !path.exists() {
             return Err(open_error(path, "no such file"));
         }
+        let (scratch, repaired) = verified_copy(path)?;
+        check_meta(&repaired, path, None)?;
+        // Read the file itself when it was closed cleanly (its pages are verified now), else
+        // the recovered copy.
         match ReadOnlyDatabase::open(path) {
-            Ok(db) => {
-                check_meta(&db, path, None)?;
-                Ok(ReadJournal {
-                    path: path.to_path_buf(),
-                    db: ReadDb::ReadOnly(db),
-                    _scratch: None,
-                })
-            }
-            Err(redb::DatabaseError::RepairAborted) => {
-                let scratch = tempfile::NamedTempFile::new().map_err(|e| open_error(path, e))?;
-                std::fs::copy(path, scratch.path()).map_err(|e| open_error(path, e))?;
-                let db = Database::open(scratch.path())
-                    .map_err(|e| open_error(path, format!("corrupt or truncated: {e}")))?;
-                check_meta(&db, path, None)?;
-                Ok(ReadJournal {
-                    path: path.to_path_buf(),
-                    db: ReadDb::Repaired(db),
-                    _scratch: Some(scratch),
-                })
-            }
+            Ok(db) => Ok(ReadJournal {
+                path: path.to_path_buf(),
+                db: ReadDb::ReadOnly(db),
+                _scratch: None,
+            }),
+            Err(redb::DatabaseError::RepairAborted) => Ok(ReadJournal {
+                path: path.to_path_buf(),
+                db: ReadDb::Repaired(repaired),
+                _scratch: Some(scratch),
+            }),
             Err(e) => Err(open_error(path, format!("corrupt or truncated: {e}"))),
         }
     }
 
     /// Reads a value of the meta table.
     pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, JournalError> {
-        read_meta(self.db.as_ref(), &self.path, key)
+        read_meta(self.db()?.as_ref(), &self.path, key)
     }
 
     /// Writes a value of the meta table (its own durable transaction).
     pub fn set_meta(&self, key: &str, value: &[u8]) -> Result<(), JournalError> {
         let err = |e: &dyn std::fmt::Display| open_error(&self.path, e);
-        let txn = self.db.begin_write().map_err(|e| err(&e))?;
+        let txn = self.db()?.begin_write().map_err(|e| err(&e))?;
         {
             let mut meta = txn.open_table(META).map_err(|e| err(&e))?;
             meta.insert(key, value).map_err(|e| err(&e))?;
@@ -278,6 +284,16 @@ impl RedbJournal {
         if let Some(writer) = self.writer.lock().take() {
             let _ = writer.join();
         }
+        // The writer is gone; dropping the last handle closes the file cleanly, so that the
+        // next open needs no crash recovery.
+        self.db.write().take();
+    }
+
+    fn db(&self) -> Result<Arc<Database>, JournalError> {
+        self.db
+            .read()
+            .clone()
+            .ok_or_else(|| JournalError::Stopped(format!("{} is closed", self.path.display())))
     }
 }
 
@@ -468,7 +484,7 @@ impl Journal for RedbJournal {
     }
 
     fn load_snapshot(&self, actor: Address) -> Result<Option<Bytes>, JournalError> {
-        load_snapshot(self.db.as_ref(), &self.path, actor)
+        load_snapshot(self.db()?.as_ref(), &self.path, actor)
     }
 
     fn is_durable(&self, seq: u64) -> bool {
@@ -487,11 +503,11 @@ impl Journal for RedbJournal {
     }
 
     fn load(&self, actor: Address) -> Result<Vec<Bytes>, JournalError> {
-        load_actor(self.db.as_ref(), &self.path, actor)
+        load_actor(self.db()?.as_ref(), &self.path, actor)
     }
 
     fn actors(&self) -> Result<Vec<Address>, JournalError> {
-        list_actors(self.db.as_ref(), &self.path)
+        list_actors(self.db()?.as_ref(), &self.path)
     }
 
     fn stats(&self) -> JournalStats {

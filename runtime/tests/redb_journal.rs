@@ -79,7 +79,8 @@ fn read(path: &Path) -> Vec<u8> {
 fn appends_from_many_threads_are_group_committed_and_reload_in_order() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("journal.redb");
-    let journal = Arc::new(RedbJournal::open(&path, b"node-a", settings()).expect("create journal"));
+    let journal =
+        Arc::new(RedbJournal::open(&path, b"node-a", settings()).expect("create journal"));
 
     let threads: Vec<_> = (0..THREADS)
         .map(|t| {
@@ -95,7 +96,10 @@ fn appends_from_many_threads_are_group_committed_and_reload_in_order() {
             })
         })
         .collect();
-    let seqs: Vec<Vec<u64>> = threads.into_iter().map(|h| h.join().expect("appender")).collect();
+    let seqs: Vec<Vec<u64>> = threads
+        .into_iter()
+        .map(|h| h.join().expect("appender"))
+        .collect();
 
     // Sequence numbers are handed out once each, 1..=N, increasing within each thread.
     let total = THREADS * APPENDS_PER_THREAD;
@@ -103,12 +107,18 @@ fn appends_from_many_threads_are_group_committed_and_reload_in_order() {
     all.sort_unstable();
     assert_eq!(all, (1..=total).collect::<Vec<_>>());
     for per_thread in &seqs {
-        assert!(per_thread.windows(2).all(|w| w[0] < w[1]), "a thread's appends are numbered in order");
+        assert!(
+            per_thread.windows(2).all(|w| w[0] < w[1]),
+            "a thread's appends are numbered in order"
+        );
     }
 
     block_on(journal.wait_durable(total)).expect("everything becomes durable");
     for seq in [1, total / 2, total] {
-        assert!(journal.is_durable(seq), "sequence {seq} is durable after wait_durable({total})");
+        assert!(
+            journal.is_durable(seq),
+            "sequence {seq} is durable after wait_durable({total})"
+        );
     }
     let stats = journal.stats();
     assert_eq!(stats.entries, total, "every entry is counted once");
@@ -122,30 +132,49 @@ fn appends_from_many_threads_are_group_committed_and_reload_in_order() {
     journal.set_meta("seed", b"42").expect("set meta");
     journal.close();
     assert!(
-        matches!(journal.append(Address::CentralBank, vec![entry(9, 9)]), Err(JournalError::Stopped(_))),
+        matches!(
+            journal.append(Address::CentralBank, vec![entry(9, 9)]),
+            Err(JournalError::Stopped(_))
+        ),
         "a closed journal refuses appends"
     );
     drop(journal);
 
     // Reopened: every actor's entries, in the order they were appended, and the meta value.
     let journal = RedbJournal::open(&path, b"node-a", settings()).expect("reopen journal");
-    let expected_actors: Vec<Address> = (0..THREADS).map(|t| Address::Wallet(WalletId(t))).collect();
+    let expected_actors: Vec<Address> =
+        (0..THREADS).map(|t| Address::Wallet(WalletId(t))).collect();
     assert_eq!(journal.actors().expect("actors"), expected_actors);
     for t in 0..THREADS {
         let loaded = journal.load(Address::Wallet(WalletId(t))).expect("load");
         let expected: Vec<Bytes> = (0..APPENDS_PER_THREAD).map(|i| entry(t, i)).collect();
-        assert_eq!(loaded, expected, "entries of wallet {t} reload in append order");
+        assert_eq!(
+            loaded, expected,
+            "entries of wallet {t} reload in append order"
+        );
     }
     assert_eq!(journal.meta("seed").expect("meta"), Some(b"42".to_vec()));
-    assert!(journal.is_durable(total), "what was durable before the reopen still is");
+    assert!(
+        journal.is_durable(total),
+        "what was durable before the reopen still is"
+    );
 
     // Numbering continues after the reopen, so new entries sort after the old ones.
     let seq = journal
-        .append(Address::Wallet(WalletId(0)), vec![entry(0, APPENDS_PER_THREAD)])
+        .append(
+            Address::Wallet(WalletId(0)),
+            vec![entry(0, APPENDS_PER_THREAD)],
+        )
         .expect("append after reopen");
-    assert_eq!(seq, total + 1, "sequence numbers continue from the file's last one");
+    assert_eq!(
+        seq,
+        total + 1,
+        "sequence numbers continue from the file's last one"
+    );
     let other = Address::Institution(InstitutionId(3));
-    let seq = journal.append(other, vec![entry(100, 0), entry(100, 1)]).expect("append");
+    let seq = journal
+        .append(other, vec![entry(100, 0), entry(100, 1)])
+        .expect("append");
     block_on(journal.wait_durable(seq)).expect("durable");
     journal.close();
     drop(journal);
@@ -153,12 +182,22 @@ fn appends_from_many_threads_are_group_committed_and_reload_in_order() {
     let journal = RedbJournal::open(&path, b"node-a", settings()).expect("reopen again");
     let loaded = journal.load(Address::Wallet(WalletId(0))).expect("load");
     assert_eq!(loaded.len() as u64, APPENDS_PER_THREAD + 1);
-    assert_eq!(loaded.last(), Some(&entry(0, APPENDS_PER_THREAD)), "the new entry comes last");
-    assert_eq!(journal.load(other).expect("load"), vec![entry(100, 0), entry(100, 1)]);
+    assert_eq!(
+        loaded.last(),
+        Some(&entry(0, APPENDS_PER_THREAD)),
+        "the new entry comes last"
+    );
+    assert_eq!(
+        journal.load(other).expect("load"),
+        vec![entry(100, 0), entry(100, 1)]
+    );
     let actors = journal.actors().expect("actors");
     assert_eq!(actors.len() as u64, THREADS + 1);
     assert!(actors.contains(&other));
-    assert!(journal.load(Address::CentralBank).expect("load").is_empty(), "an actor without entries has none");
+    assert!(
+        journal.load(Address::CentralBank).expect("load").is_empty(),
+        "an actor without entries has none"
+    );
 }
 
 #[test]
@@ -166,13 +205,25 @@ fn another_nodes_file_is_refused_by_name_and_left_untouched() {
     let (_dir, path) = written_journal(b"node-a");
     let before = read(&path);
     let message = open_error(RedbJournal::open(&path, b"node-b", settings()));
-    assert!(message.contains(&path.display().to_string()), "names the file: {message}");
-    assert!(message.contains("node-a") && message.contains("node-b"), "names both identities: {message}");
+    assert!(
+        message.contains(&path.display().to_string()),
+        "names the file: {message}"
+    );
+    assert!(
+        message.contains("node-a") && message.contains("node-b"),
+        "names both identities: {message}"
+    );
     assert_eq!(read(&path), before, "the file is unchanged");
 
     // Its owner still opens it, with everything in place.
     let journal = RedbJournal::open(&path, b"node-a", settings()).expect("owner reopens");
-    assert_eq!(journal.load(Address::Wallet(WalletId(1))).expect("load").len(), 50);
+    assert_eq!(
+        journal
+            .load(Address::Wallet(WalletId(1)))
+            .expect("load")
+            .len(),
+        50
+    );
 }
 
 #[test]
@@ -184,21 +235,38 @@ fn another_format_version_is_refused_naming_both_versions_and_left_untouched() {
         let txn = db.begin_write().expect("write txn");
         {
             let mut meta = txn.open_table(META).expect("meta table");
-            meta.insert("format_version", &99u32.to_be_bytes()[..]).expect("insert");
+            meta.insert("format_version", &99u32.to_be_bytes()[..])
+                .expect("insert");
         }
         txn.commit().expect("commit");
     }
     let before = read(&path);
 
     let message = open_error(RedbJournal::open(&path, b"node-a", settings()));
-    assert!(message.contains(&path.display().to_string()), "names the file: {message}");
-    assert!(message.contains("version 99"), "names the file's version: {message}");
-    assert!(message.contains(&format!("version {FORMAT_VERSION}")), "names this build's version: {message}");
+    assert!(
+        message.contains(&path.display().to_string()),
+        "names the file: {message}"
+    );
+    assert!(
+        message.contains("version 99"),
+        "names the file's version: {message}"
+    );
+    assert!(
+        message.contains(&format!("version {FORMAT_VERSION}")),
+        "names this build's version: {message}"
+    );
     assert_eq!(read(&path), before, "open left the file unchanged");
 
     let message = open_error(RedbJournal::open_read_only(&path));
-    assert!(message.contains("version 99"), "read-only open refuses it too: {message}");
-    assert_eq!(read(&path), before, "read-only open left the file unchanged");
+    assert!(
+        message.contains("version 99"),
+        "read-only open refuses it too: {message}"
+    );
+    assert_eq!(
+        read(&path),
+        before,
+        "read-only open left the file unchanged"
+    );
 }
 
 #[test]
@@ -210,12 +278,45 @@ fn a_file_of_random_bytes_is_refused_as_corrupt_and_left_untouched() {
     std::fs::write(&path, &bytes).expect("write random file");
 
     let message = open_error(RedbJournal::open(&path, b"node-a", settings()));
-    assert!(message.contains(&path.display().to_string()), "names the file: {message}");
-    assert!(message.contains("corrupt") || message.contains("truncated"), "says what is wrong: {message}");
+    assert!(
+        message.contains(&path.display().to_string()),
+        "names the file: {message}"
+    );
+    assert!(
+        message.contains("corrupt") || message.contains("truncated"),
+        "says what is wrong: {message}"
+    );
     assert_eq!(read(&path), bytes, "open left the file unchanged");
 
     let message = open_error(RedbJournal::open_read_only(&path));
-    assert!(message.contains("corrupt") || message.contains("truncated"), "says what is wrong: {message}");
+    assert!(
+        message.contains("corrupt") || message.contains("truncated"),
+        "says what is wrong: {message}"
+    );
+    assert_eq!(read(&path), bytes, "read-only open left the file unchanged");
+}
+
+#[test]
+fn a_journal_with_bytes_overwritten_in_the_middle_is_refused_and_left_untouched() {
+    let (_dir, path) = written_journal(b"node-a");
+    let mut bytes = read(&path);
+    // Flip every byte of the middle half: pages in use lie there, whatever the layout.
+    let (from, to) = (bytes.len() / 4, bytes.len() * 3 / 4);
+    for b in &mut bytes[from..to] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&path, &bytes).expect("corrupt the file");
+
+    let message = open_error(RedbJournal::open(&path, b"node-a", settings()));
+    assert!(
+        message.contains(&path.display().to_string()),
+        "names the file: {message}"
+    );
+    assert!(message.contains("corrupt"), "says what is wrong: {message}");
+    assert_eq!(read(&path), bytes, "open left the file unchanged");
+
+    let message = open_error(RedbJournal::open_read_only(&path));
+    assert!(message.contains("corrupt"), "read-only: {message}");
     assert_eq!(read(&path), bytes, "read-only open left the file unchanged");
 }
 
@@ -227,17 +328,31 @@ fn a_truncated_journal_is_refused_and_left_untouched() {
     for keep in [300, full.len() / 2] {
         std::fs::write(&path, &full[..keep]).expect("truncate");
         let message = open_error(RedbJournal::open(&path, b"node-a", settings()));
-        assert!(message.contains(&path.display().to_string()), "names the file: {message}");
+        assert!(
+            message.contains(&path.display().to_string()),
+            "names the file: {message}"
+        );
         assert!(
             message.contains("corrupt") || message.contains("truncated"),
             "kept {keep} of {} bytes; says what is wrong: {message}",
             full.len()
         );
-        assert_eq!(read(&path), &full[..keep], "open left the truncated file unchanged");
+        assert_eq!(
+            read(&path),
+            &full[..keep],
+            "open left the truncated file unchanged"
+        );
 
         let message = open_error(RedbJournal::open_read_only(&path));
-        assert!(message.contains("corrupt") || message.contains("truncated"), "read-only: {message}");
-        assert_eq!(read(&path), &full[..keep], "read-only open left the truncated file unchanged");
+        assert!(
+            message.contains("corrupt") || message.contains("truncated"),
+            "read-only: {message}"
+        );
+        assert_eq!(
+            read(&path),
+            &full[..keep],
+            "read-only open left the truncated file unchanged"
+        );
     }
 }
 
@@ -246,7 +361,10 @@ fn a_missing_file_is_an_error_for_the_read_only_opening() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("journal.redb");
     let message = open_error(RedbJournal::open_read_only(&path));
-    assert!(message.contains(&path.display().to_string()), "names the file: {message}");
+    assert!(
+        message.contains(&path.display().to_string()),
+        "names the file: {message}"
+    );
     assert!(!path.exists(), "the read-only opening creates nothing");
 }
 
@@ -257,9 +375,17 @@ fn read_only_opening_never_writes_even_to_a_file_left_unclean() {
     let before = read(&path);
     {
         let journal = RedbJournal::open_read_only(&path).expect("read-only open");
-        assert_eq!(journal.actors().expect("actors"), vec![Address::CentralBank, Address::Wallet(WalletId(1))]);
+        assert_eq!(
+            journal.actors().expect("actors"),
+            vec![Address::CentralBank, Address::Wallet(WalletId(1))]
+        );
         assert_eq!(journal.load(Address::CentralBank).expect("load").len(), 100);
-        assert!(journal.append(Address::CentralBank, vec![entry(0, 0)]).is_err(), "read-only refuses appends");
+        assert!(
+            journal
+                .append(Address::CentralBank, vec![entry(0, 0)])
+                .is_err(),
+            "read-only refuses appends"
+        );
     }
     assert_eq!(read(&path), before, "a clean file is unchanged");
 
@@ -277,18 +403,35 @@ fn read_only_opening_never_writes_even_to_a_file_left_unclean() {
 
     let unclean_before = read(&unclean);
     {
-        let reader = RedbJournal::open_read_only(&unclean).expect("read-only open of an unclean file");
+        let reader =
+            RedbJournal::open_read_only(&unclean).expect("read-only open of an unclean file");
         assert_eq!(
             reader.load(Address::Wallet(WalletId(2))).expect("load"),
             vec![entry(2, 0), entry(2, 1)],
             "the last durable group commit is there"
         );
-        assert_eq!(reader.load(Address::Wallet(WalletId(1))).expect("load").len(), 50);
+        assert_eq!(
+            reader
+                .load(Address::Wallet(WalletId(1)))
+                .expect("load")
+                .len(),
+            50
+        );
     }
-    assert_eq!(read(&unclean), unclean_before, "read-only open left the unclean file unchanged");
+    assert_eq!(
+        read(&unclean),
+        unclean_before,
+        "read-only open left the unclean file unchanged"
+    );
 
     // Opening it for writing recovers it and keeps everything.
     let journal = RedbJournal::open(&unclean, b"node-a", settings()).expect("recovering open");
-    assert_eq!(journal.load(Address::Wallet(WalletId(2))).expect("load").len(), 2);
+    assert_eq!(
+        journal
+            .load(Address::Wallet(WalletId(2)))
+            .expect("load")
+            .len(),
+        2
+    );
     assert_eq!(journal.load(Address::CentralBank).expect("load").len(), 100);
 }

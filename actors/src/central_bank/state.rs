@@ -163,7 +163,14 @@ impl CentralBank {
         out: &mut Effects<CentralBankEvent, ()>,
     ) {
         let saga = envelope.saga_id;
-        let outcome = match self.applied.get(&saga) {
+        #[cfg(feature = "planted-bugs")]
+        let recorded = self
+            .applied
+            .get(&saga)
+            .filter(|_| !crate::planted::active(crate::planted::Bug::SkipDedup));
+        #[cfg(not(feature = "planted-bugs"))]
+        let recorded = self.applied.get(&saga);
+        let outcome = match recorded {
             Some((recorded, outcome, _)) if *recorded == change => *outcome,
             // The same key with different content: refuse and change nothing.
             Some(_) => Err(AbortReason::Conflict),

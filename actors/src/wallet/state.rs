@@ -582,8 +582,11 @@ impl StateMachine for Wallet {
     }
 
     fn on_start(&mut self, _now_ms: u64, out: &mut Out) {
-        for saga in self.ops.keys() {
-            out.timer(self.limits.outcome_timeout_ms, WalletTimer { saga: *saga, attempt: 1 });
+        // In saga order, so that a deterministic simulation arms the same timers every time.
+        let mut sagas: Vec<SagaId> = self.ops.keys().copied().collect();
+        sagas.sort_unstable();
+        for saga in sagas {
+            out.timer(self.limits.outcome_timeout_ms, WalletTimer { saga, attempt: 1 });
         }
     }
 
