@@ -307,7 +307,7 @@ pub fn run(source: ConfigSource, args: &RunArgs) -> Result<bool> {
     let (config, seed, storage) = match &args.data_dir {
         Some(path) => {
             let dir = DataDir::open_or_create(path, &source.text, &source.origin, source.given, args.seed)?;
-            (dir.config.clone(), dir.seed, Storage::Durable(dir))
+            (dir.config.clone(), dir.seed, Storage::Durable(Box::new(dir)))
         }
         None => (source.parse()?, args.seed.unwrap_or(1), Storage::Memory),
     };

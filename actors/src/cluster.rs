@@ -73,7 +73,7 @@ pub enum Storage {
     /// In process memory: survives actor crashes, not the process.
     Memory,
     /// The durable journal of a data directory.
-    Durable(DataDir),
+    Durable(Box<DataDir>),
 }
 
 /// Journal meta key: genesis funding completed.

@@ -173,6 +173,9 @@ struct Exchange {
 }
 
 /// Journaled facts of an institution.
+// Events live for one step and most carry coins or authorizations; boxing the large variants
+// would add an allocation to every step for no saving.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum InstitutionEvent {
     /// A customer account was opened with a deposit.

@@ -34,6 +34,8 @@ pub struct WalletLimits {
 }
 
 /// An operation the wallet has in flight.
+// Most operations in flight are payments, which carry the signed authorization anyway.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WalletOp {
     /// Paying (on its own initiative, or answering a merchant's collect request).
