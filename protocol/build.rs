@@ -5,6 +5,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/specie/v1/coin.proto",
         "proto/specie/v1/pay.proto",
         "proto/specie/v1/reconcile.proto",
+        "proto/specie/v1/negotiate.proto",
+        "proto/specie/v1/update.proto",
+        "proto/specie/v1/escrow.proto",
+        "proto/specie/v1/sagas.proto",
         "proto/specie/v1/envelope.proto",
     ];
     for file in &files {

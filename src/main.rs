@@ -5,6 +5,8 @@
 //! the JSON file.
 
 mod audit_cmd;
+mod bench_cmd;
+mod chaos_cmd;
 mod reconcile;
 mod report;
 mod run;
@@ -33,6 +35,11 @@ enum Command {
     Audit(audit_cmd::AuditArgs),
     /// Reconcile a batch of transaction records over the hash chain (`--demo`).
     Reconcile(reconcile::ReconcileArgs),
+    /// Load-test the cluster with a bench profile: fixed rate, closed loop or peak finding.
+    Bench(bench_cmd::BenchArgs),
+    /// Deterministic chaos experiments: run a scenario over seeds, replay one, shrink a failure.
+    #[command(subcommand)]
+    Chaos(chaos_cmd::ChaosCommand),
 }
 
 /// A config as given: its text, where it came from, and whether the user named it.
@@ -76,6 +83,8 @@ fn main() -> ExitCode {
             .and_then(|source| run::run(source, &args)),
         Command::Audit(args) => audit_cmd::run(&args),
         Command::Reconcile(args) => reconcile::run(&args),
+        Command::Bench(args) => bench_cmd::run(&args),
+        Command::Chaos(command) => chaos_cmd::run(&command),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

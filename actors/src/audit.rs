@@ -8,7 +8,12 @@
 //!   is an input of two committed sagas; no wallet holds a spent coin.
 //! - atomicity: a committed payment's inputs equal its outputs (payee coin + change) and its
 //!   payee coin equals the amount; an aborted saga spent, locked and issued nothing; an
-//!   exchange issued exactly its amount or nothing.
+//!   exchange issued exactly its amount or nothing; an escrow settlement's inputs equal its
+//!   outputs, a withdraw retired exactly what it credited.
+//! - escrow (invariant 8): claims within the cap and the cap within the deposit; every frozen
+//!   coin belongs to an open escrow through its issuer's hold; a closed escrow froze nothing
+//!   and refunded exactly what was not claimed (`crate::escrow::audit`). Frozen coins count
+//!   in conservation and backing like any unspent coin, but no wallet holds them.
 //!
 //! A snapshot taken between steps (the journal of a node killed mid-saga) is judged by the
 //! state its recorded decisions lead to: a saga decided commit whose issuer has not retired
@@ -22,6 +27,10 @@ use crate::institution::{CoinState, ExchangeState, PayStep};
 use specie_protocol::{Amount, CoinId, InstitutionId, SagaId};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
+
+// Merge, split and offline payment's part of the invariants.
+#[path = "audit_sagas.rs"]
+mod sagas;
 
 /// One invariant's verdict.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +68,8 @@ pub struct AuditReport {
     pub no_double_spend: Check,
     /// Invariant 4.
     pub atomicity: Check,
+    /// Invariant 8: escrows.
+    pub escrow: Check,
     /// Sagas not yet terminal, and coins not yet acknowledged by their owners, when the
     /// snapshot was taken.
     pub in_flight: usize,
@@ -71,12 +82,13 @@ impl AuditReport {
     }
 
     /// The verdicts by name, in report order.
-    pub fn invariants(&self) -> [(&'static str, &Check); 4] {
+    pub fn invariants(&self) -> [(&'static str, &Check); 5] {
         [
             ("conservation", &self.conservation),
             ("backing", &self.backing),
             ("no_double_spend", &self.no_double_spend),
             ("atomicity", &self.atomicity),
+            ("escrow", &self.escrow),
         ]
     }
 }
@@ -157,6 +169,14 @@ pub fn audit(s: &ClusterSnapshot, quiescent: bool) -> AuditReport {
         }
     }
     let change_total: u128 = projected_change.values().sum();
+    let extra = crate::escrow::audit::check(s);
+    let sagas = sagas::check(s, &mut coins, &outputs, quiescent);
+    for (inst, shift) in &sagas.backing_shift {
+        *backing_shift.entry(*inst).or_default() += shift;
+    }
+    for (inst, shift) in &extra.backing_shift {
+        *backing_shift.entry(*inst).or_default() += shift;
+    }
 
     // 1. Conservation.
     let mut conservation = Findings::default();
@@ -171,12 +191,15 @@ pub fn audit(s: &ClusterSnapshot, quiescent: bool) -> AuditReport {
         .flat_map(|i| i.exchanges.values())
         .filter(|(_, _, st)| *st == ExchangeState::Pending)
         .map(|(_, amount, _)| *amount));
-    let customers = accounts + unspent + change_total + exchanging;
+    let customers = accounts + unspent + change_total + exchanging + extra.due + sagas.offline_due;
     if customers != u128::from(s.deposited.0) {
         conservation.add(format!(
-            "customers hold {customers} fen (accounts {accounts} + coins {unspent} + change due {change_total} + exchanging {exchanging}), deposited {}",
-            s.deposited.0
+            "customers hold {customers} fen (accounts {accounts} + coins {unspent} + change due {change_total} + exchanging {exchanging} + escrow claims due {} + offline in flight {}), deposited {}",
+            extra.due, sagas.offline_due, s.deposited.0
         ));
+    }
+    for fact in &sagas.conservation {
+        conservation.add(fact.clone());
     }
     let reserves = sum(&mut s.central_bank.reserves.values().map(|r| r.backing))
         + sum(&mut s.central_bank.reserves.values().map(|r| r.free));
@@ -187,7 +210,8 @@ pub fn audit(s: &ClusterSnapshot, quiescent: bool) -> AuditReport {
     let mut owned: HashMap<_, HashSet<CoinId>> = HashMap::new();
     for inst in &s.institutions {
         for (id, r) in &inst.coins {
-            if !matches!(r.state, CoinState::Spent(_)) {
+            // A frozen coin is its escrow's, not its owner's wallet's (the escrow check covers it).
+            if !matches!(r.state, CoinState::Spent(_) | CoinState::Frozen(_)) {
                 owned.entry(r.coin.body.owner).or_default().insert(*id);
             }
         }
@@ -195,6 +219,11 @@ pub fn audit(s: &ClusterSnapshot, quiescent: bool) -> AuditReport {
     for w in s.wallets.iter().filter(|_| quiescent) {
         let held: HashSet<CoinId> = w.coins.iter().map(|c| c.id).collect();
         let registered = owned.remove(&w.key).unwrap_or_default();
+        // Coins the wallet split offline stay active at their issuer until a chain is redeemed.
+        let registered: HashSet<CoinId> = match sagas.spent_offline.get(&w.id) {
+            Some(offline) => registered.difference(offline).copied().collect(),
+            None => registered,
+        };
         if held != registered {
             let missing = registered.difference(&held).count();
             let extra = held.difference(&registered).count();
@@ -224,6 +253,12 @@ pub fn audit(s: &ClusterSnapshot, quiescent: bool) -> AuditReport {
     for (inst, change) in &projected_change {
         *outstanding.entry(*inst).or_default() += change;
     }
+    for (inst, due) in &sagas.outstanding_due {
+        *outstanding.entry(*inst).or_default() += due;
+    }
+    for (inst, due) in &extra.outstanding_due {
+        *outstanding.entry(*inst).or_default() += due;
+    }
     for (inst, value) in &outstanding {
         let reserve = s.central_bank.reserves.get(inst).map_or(0, |r| i128::from(r.backing.0));
         let reserve = reserve + backing_shift.get(inst).copied().unwrap_or(0);
@@ -245,7 +280,9 @@ pub fn audit(s: &ClusterSnapshot, quiescent: bool) -> AuditReport {
             .flat_map(|i| i.exchanges.values())
             .filter(|(_, _, st)| *st == ExchangeState::Pending)
             .count()
-        + s.institutions.iter().map(|i| i.coins_in_delivery).sum::<usize>();
+        + s.institutions.iter().map(|i| i.coins_in_delivery).sum::<usize>()
+        + extra.in_flight
+        + sagas.in_flight;
     let committed = |step: PayStep| matches!(step, PayStep::Committing { .. } | PayStep::Committed);
 
     // 3. No double spend.
@@ -255,6 +292,10 @@ pub fn audit(s: &ClusterSnapshot, quiescent: bool) -> AuditReport {
             match pays.get(saga) {
                 Some(p) if committed(p.step) && p.coin_ids.contains(id) => {}
                 Some(p) => double.add(format!("coin {id} spent by saga {saga}, which is {:?} and does not commit it", p.step)),
+                // Retired by an escrow settlement or a withdraw that names it.
+                None if extra.spenders.get(saga).is_some_and(|ids| ids.contains(id)) => {}
+                // Retired by a merge, a split or an offline settlement that names it.
+                None if sagas.spenders.get(saga).is_some_and(|ids| ids.contains(id)) => {}
                 None => double.add(format!("coin {id} spent by saga {saga}, which no coordinator knows")),
             }
         }
@@ -266,6 +307,13 @@ pub fn audit(s: &ClusterSnapshot, quiescent: bool) -> AuditReport {
                 if let Some(other) = consumer.insert(*id, *saga) {
                     double.add(format!("coin {id} consumed by committed sagas {other} and {saga}"));
                 }
+            }
+        }
+    }
+    for (saga, ids) in extra.spenders.iter().chain(&sagas.spenders) {
+        for id in ids {
+            if let Some(other) = consumer.insert(*id, *saga) {
+                double.add(format!("coin {id} consumed by committed sagas {other} and {saga}"));
             }
         }
     }
@@ -331,11 +379,22 @@ pub fn audit(s: &ClusterSnapshot, quiescent: bool) -> AuditReport {
         }
     }
 
+    for fact in sagas.atomicity {
+        atomicity.add(fact);
+    }
+    for fact in extra.atomicity {
+        atomicity.add(fact);
+    }
+    let mut escrow = Findings::default();
+    for fact in extra.escrow {
+        escrow.add(fact);
+    }
     AuditReport {
         conservation: conservation.verdict(),
         backing: backing.verdict(),
         no_double_spend: double.verdict(),
         atomicity: atomicity.verdict(),
+        escrow: escrow.verdict(),
         in_flight,
     }
 }

@@ -3,8 +3,9 @@
 //! actors from the same blueprint, so a journal replays into the same state machines.
 
 use crate::central_bank::CentralBank;
+use crate::escrow::{Escrow, EscrowLimits};
 use crate::institution::{Institution, InstitutionLimits};
-use crate::wallet::{Wallet, WalletLimits};
+use crate::wallet::{OfflineSettings, Wallet, WalletLimits};
 use specie_protocol::crypto::{sha256, PublicKey};
 use specie_protocol::{Amount, InstitutionId, KeyStore, SoftKeyStore, WalletId};
 use specie_runtime::config::Config;
@@ -30,6 +31,7 @@ pub struct Blueprint {
     issuers: Arc<HashMap<InstitutionId, PublicKey>>,
     institution_limits: Arc<InstitutionLimits>,
     wallet_limits: Arc<WalletLimits>,
+    escrow_limits: Arc<EscrowLimits>,
 }
 
 impl std::fmt::Debug for Blueprint {
@@ -64,6 +66,11 @@ impl Blueprint {
                 coin_inputs_max: limits.coin_inputs_max,
                 denominations: config.genesis.coin_denominations_fen.iter().map(|d| Amount(*d)).collect(),
                 dedup_retention_ms: limits.dedup_retention_ms,
+            }),
+            escrow_limits: Arc::new(EscrowLimits {
+                saga_timeout_ms: limits.saga_timeout_ms,
+                retry_interval_ms: limits.retry_interval_ms,
+                retry_interval_max_ms: limits.retry_interval_max_ms,
             }),
             wallet_limits: Arc::new(WalletLimits {
                 authorization_ttl_ms: limits.authorization_ttl_ms,
@@ -135,10 +142,22 @@ impl Blueprint {
         move || Institution::new(InstitutionId(i as u32), keys.clone(), limits.clone()).with_institutions(count)
     }
 
+    /// The factory of escrow contract `id` (hosted by the institution its id names).
+    pub fn escrow(&self, id: u64) -> impl Fn() -> Escrow + Send + Sync + 'static {
+        let limits = self.escrow_limits.clone();
+        move || Escrow::new(id, limits.clone())
+    }
+
     /// A wallet's factory, given its key store.
     pub fn wallet(&self, wallet: WalletId, keys: Arc<SoftKeyStore>) -> impl Fn() -> Wallet + Send + Sync + 'static {
         let institution = self.institution_of(wallet);
         let (issuers, limits) = (self.issuers.clone(), self.wallet_limits.clone());
-        move || Wallet::new(wallet, institution, keys.clone(), issuers.clone(), limits.clone())
+        let offline = OfflineSettings {
+            offline_limit: Amount(self.config.limits.offline_limit_fen),
+            coin_inputs_max: self.config.limits.coin_inputs_max,
+        };
+        move || {
+            Wallet::new(wallet, institution, keys.clone(), issuers.clone(), limits.clone()).with_offline_settings(offline)
+        }
     }
 }

@@ -3,6 +3,7 @@
 use crate::audit::{audit, AuditReport};
 use crate::central_bank::{CentralBank, CentralBankCommand, CentralBankSnapshot};
 use crate::institution::{Institution, InstitutionCommand, InstitutionSnapshot};
+use crate::escrow::{Escrow, EscrowSnapshot};
 use crate::wallet::{Wallet, WalletCommand, WalletSnapshot};
 use actix::prelude::*;
 use futures::future::join_all;
@@ -15,7 +16,8 @@ use specie_runtime::{
     Crash, Host, Inspect, Journal, JournalError, MemoryJournal, Network, Node, NodeSettings, Notice, RedbJournal, Submit,
     SystemClock,
 };
-use std::collections::HashMap;
+use specie_runtime::network::Spawner;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -52,6 +54,8 @@ pub struct ClusterSnapshot {
     pub institutions: Vec<InstitutionSnapshot>,
     /// Every wallet.
     pub wallets: Vec<WalletSnapshot>,
+    /// Every escrow contract started so far, by id.
+    pub escrows: Vec<EscrowSnapshot>,
     /// Value the workload put in (genesis deposits).
     pub deposited: Amount,
 }
@@ -65,7 +69,16 @@ pub struct Cluster {
     institutions: Vec<Addr<Host<Institution>>>,
     wallets: Vec<Addr<Host<Wallet>>>,
     wallet_keys: Vec<PublicKey>,
+    /// Escrow contracts, started on their first message by the network's spawner.
+    escrows: EscrowRegistry,
+    /// Waiters for wallets' offline steps (`cluster_offline.rs`).
+    handover: offline::Handover,
 }
+
+// Offline payment's hand-over between wallets, a child module so it reaches their mailboxes.
+#[path = "cluster_offline.rs"]
+mod offline;
+pub use offline::HANDOVER_STEP_TIMEOUT;
 
 /// Where a cluster keeps its journal.
 #[derive(Debug, Clone)]
@@ -86,6 +99,26 @@ impl std::fmt::Debug for Cluster {
             .field("wallets", &self.wallets.len())
             .finish_non_exhaustive()
     }
+}
+
+/// Escrow contracts started on this node, by id (ordered, so snapshots are too).
+type EscrowRegistry = Arc<parking_lot::Mutex<BTreeMap<u64, Addr<Host<Escrow>>>>>;
+
+/// Starts escrow contract actors on their first message: beside their hosting institution (same
+/// arbiter and supervision group), recovering from the journal when they lived before. Other
+/// addresses, and contracts naming an institution that does not exist, get no actor.
+fn escrow_spawner(node: &Node, blueprint: &Blueprint, registry: &EscrowRegistry) -> Spawner {
+    let (node, blueprint, registry) = (node.clone(), blueprint.clone(), registry.clone());
+    Arc::new(move |address| {
+        let Address::Escrow(id) = address else { return None };
+        let host = specie_protocol::escrow::host_of(id).0 as usize;
+        if host >= blueprint.institution_count() {
+            return None;
+        }
+        let addr = node.spawn(host, Some(host as u64), blueprint.escrow(id));
+        registry.lock().insert(id, addr.clone());
+        Some(addr.recipient())
+    })
 }
 
 fn unreachable(actor: Address) -> impl Fn(MailboxError) -> ClusterError {
@@ -125,6 +158,9 @@ impl Cluster {
             },
         );
         let blueprint = Blueprint::new(&config, seed);
+        let escrows = EscrowRegistry::default();
+        // Before any actor starts: institutions wake their open escrows when they start.
+        node.network().set_spawner(Some(escrow_spawner(&node, &blueprint, &escrows)));
         let central_bank = node.spawn(0, None, blueprint.central_bank());
         let institutions: Vec<_> = (0..blueprint.institution_count())
             .map(|i| node.spawn(i, Some(i as u64), blueprint.institution(i)))
@@ -136,6 +172,7 @@ impl Cluster {
             wallet_keys.push(keys.public_key());
             wallets.push(node.spawn(w as usize, None, blueprint.wallet(WalletId(w), keys)));
         }
+        let handover = offline::Handover::install(&node);
         let cluster = Cluster {
             node,
             blueprint,
@@ -144,6 +181,8 @@ impl Cluster {
             institutions,
             wallets,
             wallet_keys,
+            escrows,
+            handover,
         };
         let genesis_done = match &cluster.durable {
             Some(j) => j.meta(META_GENESIS_DONE)?.is_some(),
@@ -281,6 +320,11 @@ impl Cluster {
             Address::CentralBank => self.central_bank.do_send(Crash::default()),
             Address::Institution(i) => self.institutions[i.0 as usize].do_send(Crash::default()),
             Address::Wallet(w) => self.wallets[w.0 as usize].do_send(Crash::default()),
+            Address::Escrow(id) => {
+                if let Some(escrow) = self.escrows.lock().get(&id) {
+                    escrow.do_send(Crash::default());
+                }
+            }
             Address::External(_) | Address::Reconciler(_) => {}
         }
     }
@@ -302,6 +346,23 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         false
+    }
+
+    /// Escrow contracts started so far.
+    pub fn escrow_count(&self) -> usize {
+        self.escrows.lock().len()
+    }
+
+    async fn escrow_snapshots(&self) -> Result<Vec<EscrowSnapshot>, ClusterError> {
+        let escrows: Vec<(u64, Addr<Host<Escrow>>)> =
+            self.escrows.lock().iter().map(|(id, a)| (*id, a.clone())).collect();
+        let mut snapshots = Vec::with_capacity(escrows.len());
+        for chunk in escrows.chunks(1024) {
+            for (result, (id, _)) in join_all(chunk.iter().map(|(_, a)| a.send(Inspect::default()))).await.into_iter().zip(chunk) {
+                snapshots.push(result.map_err(unreachable(Address::Escrow(*id)))?);
+            }
+        }
+        Ok(snapshots)
     }
 
     /// Takes a snapshot of every actor.
@@ -330,6 +391,7 @@ impl Cluster {
             central_bank,
             institutions,
             wallets,
+            escrows: self.escrow_snapshots().await?,
             deposited: self.blueprint.deposited(),
         })
     }
@@ -345,6 +407,8 @@ impl Cluster {
 
     /// Stops the node's arbiters and flushes the durable journal.
     pub fn shutdown(&self) {
+        // The spawner holds the node: drop it, and start no escrow from now on.
+        self.node.network().set_spawner(None);
         self.node.shutdown();
         if let Some(j) = &self.durable {
             j.close();

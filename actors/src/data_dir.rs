@@ -199,10 +199,19 @@ pub fn offline_snapshot(dir: &DataDir) -> Result<crate::ClusterSnapshot, crate::
         let factory: Factory<_> = Arc::new(blueprint.wallet(id, blueprint.wallet_keys(id)));
         wallets.push(recover(&journal, &factory)?.snapshot());
     }
+    // Every escrow that ever froze coins is held by its issuer; the others hold no value.
+    let mut escrow_ids: Vec<u64> = institutions.iter().flat_map(|i| i.escrow_holds.keys().copied()).collect();
+    escrow_ids.sort_unstable();
+    let mut escrows = Vec::with_capacity(escrow_ids.len());
+    for id in escrow_ids {
+        let factory: Factory<_> = Arc::new(blueprint.escrow(id));
+        escrows.push(recover(&journal, &factory)?.snapshot());
+    }
     Ok(crate::ClusterSnapshot {
         central_bank,
         institutions,
         wallets,
+        escrows,
         deposited: blueprint.deposited(),
     })
 }

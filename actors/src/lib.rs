@@ -12,6 +12,8 @@
 //! - [`audit`]: checks the money invariants of DESIGN.md §4 over a cluster snapshot.
 //! - `planted` (feature `planted-bugs` only): deliberately wrong behaviours the chaos
 //!   harness must catch, switched on at run time.
+//! - [`escrow`]: escrow pre-payment, one actor per contract (deposit, verified claims,
+//!   refund on release or expiry), hosted beside the institution that issued the frozen coins.
 //! - [`reconciler`]: reconciliation of transaction records between institutions and the
 //!   reconciliation platform over a hash chain (record → shard → batch hashes, drill-down).
 
@@ -20,6 +22,7 @@ pub mod blueprint;
 pub mod central_bank;
 pub mod cluster;
 pub mod data_dir;
+pub mod escrow;
 pub mod institution;
 #[cfg(feature = "planted-bugs")]
 pub mod planted;

@@ -2,6 +2,11 @@
 
 use crate::coin::Coin;
 use crate::error::{fixed, required, ProtocolError};
+use crate::escrow::EscrowMessage;
+use crate::negotiate::NegotiationMessage;
+use crate::update::UpdateMessage;
+use crate::merge::MergeMessage;
+use crate::offline::OfflineMessage;
 use crate::ids::{Amount, CoinId, InstitutionId, SagaId, WalletId};
 use crate::pay::{AbortReason, SagaKind, SagaState, SignedAuthorization};
 use crate::pb;
@@ -28,6 +33,9 @@ pub enum Address {
     /// A reconciler: an institution's (the id is the institution id) or the reconciliation
     /// platform's ([`RECONCILIATION_PLATFORM`]).
     Reconciler(u64),
+    /// An escrow contract; the id's top 16 bits name its hosting institution
+    /// ([`crate::escrow::host_of`]).
+    Escrow(u64),
 }
 
 /// The id of the reconciliation platform's reconciler: `Address::Reconciler(RECONCILIATION_PLATFORM)`.
@@ -43,6 +51,12 @@ impl fmt::Display for Address {
             Address::External(n) => write!(f, "external-{n}"),
             Address::Reconciler(RECONCILIATION_PLATFORM) => f.write_str("reconciler-platform"),
             Address::Reconciler(i) => write!(f, "reconciler-inst-{i}"),
+            Address::Escrow(id) => write!(
+                f,
+                "escrow-{}-{}",
+                crate::escrow::host_of(*id).0,
+                id & ((1 << crate::escrow::CONTRACT_SERIAL_BITS) - 1)
+            ),
         }
     }
 }
@@ -55,6 +69,7 @@ impl Address {
             Address::Wallet(w) => (pb::AddressKind::Wallet, w.0),
             Address::External(n) => (pb::AddressKind::External, n),
             Address::Reconciler(n) => (pb::AddressKind::Reconciler, n),
+            Address::Escrow(n) => (pb::AddressKind::Escrow, n),
         };
         pb::Address {
             kind: kind as i32,
@@ -94,6 +109,7 @@ impl Address {
                     )))
                 }
             }
+            Ok(pb::AddressKind::Escrow) => Ok(Address::Escrow(p.id)),
             Ok(pb::AddressKind::Unspecified) | Err(_) => {
                 Err(invalid(format!("unknown address kind {}", p.kind)))
             }
@@ -233,6 +249,22 @@ pub enum Payload {
         /// The batch.
         batch_id: BatchId,
     },
+    /// Escrow pre-payment (wallets, escrow contract, issuer, merchant's institution).
+    Escrow(EscrowMessage),
+    /// The wallet update saga (wallet and its institution).
+    WalletUpdate(UpdateMessage),
+    /// Proximity payment negotiation (wallet to wallet).
+    Negotiation(NegotiationMessage),
+    /// The merge saga (wallet, its institution, the coins' issuers).
+    Merge(MergeMessage),
+    /// Split, offline redemption and offline sync (wallets, institutions, issuers).
+    Offline(OfflineMessage),
+    /// Institution → central bank: move this much of my reserve from backing to free (coins
+    /// withdrawn to accounts).
+    ReleaseBacking {
+        /// How much.
+        amount: Amount,
+    },
 }
 
 impl Payload {
@@ -269,6 +301,12 @@ impl Payload {
             Payload::RecordHashesReply(_) => "record_hashes_reply",
             Payload::ReconcileReport(_) => "reconcile_report",
             Payload::ReconcileReportAck { .. } => "reconcile_report_ack",
+            Payload::Escrow(m) => m.name(),
+            Payload::WalletUpdate(m) => m.name(),
+            Payload::Negotiation(m) => m.name(),
+            Payload::Merge(m) => m.name(),
+            Payload::Offline(m) => m.name(),
+            Payload::ReleaseBacking { .. } => "release_backing",
         }
     }
 }
@@ -323,6 +361,17 @@ fn kind_to_pb(kind: SagaKind) -> i32 {
     match kind {
         SagaKind::Pay => pb::SagaKind::Pay as i32,
         SagaKind::Exchange => pb::SagaKind::Exchange as i32,
+        SagaKind::EscrowDeposit => pb::SagaKind::EscrowDeposit as i32,
+        SagaKind::EscrowClaim => pb::SagaKind::EscrowClaim as i32,
+        SagaKind::EscrowRelease => pb::SagaKind::EscrowRelease as i32,
+        SagaKind::EscrowExpiry => pb::SagaKind::EscrowExpiry as i32,
+        SagaKind::WalletUpdate => pb::SagaKind::WalletUpdate as i32,
+        SagaKind::Negotiation => pb::SagaKind::Negotiation as i32,
+        SagaKind::Merge => pb::SagaKind::Merge as i32,
+        SagaKind::Split => pb::SagaKind::Split as i32,
+        SagaKind::OfflinePay => pb::SagaKind::OfflinePay as i32,
+        SagaKind::OfflineRedeem => pb::SagaKind::OfflineRedeem as i32,
+        SagaKind::OfflineSync => pb::SagaKind::OfflineSync as i32,
     }
 }
 
@@ -330,6 +379,17 @@ fn kind_from_pb(v: i32) -> Result<SagaKind, ProtocolError> {
     match pb::SagaKind::try_from(v) {
         Ok(pb::SagaKind::Pay) => Ok(SagaKind::Pay),
         Ok(pb::SagaKind::Exchange) => Ok(SagaKind::Exchange),
+        Ok(pb::SagaKind::EscrowDeposit) => Ok(SagaKind::EscrowDeposit),
+        Ok(pb::SagaKind::EscrowClaim) => Ok(SagaKind::EscrowClaim),
+        Ok(pb::SagaKind::EscrowRelease) => Ok(SagaKind::EscrowRelease),
+        Ok(pb::SagaKind::EscrowExpiry) => Ok(SagaKind::EscrowExpiry),
+        Ok(pb::SagaKind::WalletUpdate) => Ok(SagaKind::WalletUpdate),
+        Ok(pb::SagaKind::Negotiation) => Ok(SagaKind::Negotiation),
+        Ok(pb::SagaKind::Merge) => Ok(SagaKind::Merge),
+        Ok(pb::SagaKind::Split) => Ok(SagaKind::Split),
+        Ok(pb::SagaKind::OfflinePay) => Ok(SagaKind::OfflinePay),
+        Ok(pb::SagaKind::OfflineRedeem) => Ok(SagaKind::OfflineRedeem),
+        Ok(pb::SagaKind::OfflineSync) => Ok(SagaKind::OfflineSync),
         _ => Err(ProtocolError::Invalid {
             field: "saga_outcome.kind",
             why: format!("unknown saga kind {v}"),
@@ -466,6 +526,14 @@ impl Envelope {
                     batch_id: batch_id.0,
                 })
             }
+            Payload::Escrow(m) => P::Escrow(m.into()),
+            Payload::WalletUpdate(m) => P::WalletUpdate(m.into()),
+            Payload::Negotiation(m) => P::Negotiation(m.into()),
+            Payload::Merge(m) => P::Merge(m.into()),
+            Payload::Offline(m) => P::Offline(m.into()),
+            Payload::ReleaseBacking { amount } => {
+                P::ReleaseBacking(pb::ReleaseBacking { amount: amount.0 })
+            }
         };
         pb::Envelope {
             message_id: self.message_id,
@@ -583,6 +651,14 @@ impl TryFrom<pb::Envelope> for Envelope {
             P::ReconcileReport(m) => Payload::ReconcileReport(m.try_into()?),
             P::ReconcileReportAck(m) => Payload::ReconcileReportAck {
                 batch_id: BatchId(m.batch_id),
+            },
+            P::Escrow(m) => Payload::Escrow(m.try_into()?),
+            P::WalletUpdate(m) => Payload::WalletUpdate(m.try_into()?),
+            P::Negotiation(m) => Payload::Negotiation(m.try_into()?),
+            P::Merge(m) => Payload::Merge(m.try_into()?),
+            P::Offline(m) => Payload::Offline(m.try_into()?),
+            P::ReleaseBacking(m) => Payload::ReleaseBacking {
+                amount: Amount(m.amount),
             },
         };
         let trace = p.trace.map(|t| TraceContext {

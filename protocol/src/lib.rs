@@ -15,20 +15,35 @@
 //!   [`Address`]es and its [`Payload`], with `encode` / `decode`.
 //! - [`reconcile`]: transaction records and the messages of reconciliation (batch hashes
 //!   posted to the hash chain, the shard and record drill-down, the report).
+//! - [`escrow`]: escrow pre-payment — the payer's signed terms, contract ids and the messages
+//!   between wallets, the escrow contract and the institutions.
+//! - [`update`]: wallet update — versioned wallet parameters, the signed withdraw and the
+//!   update saga's messages.
+//! - [`negotiate`]: proximity payment negotiation — capabilities and [`negotiate()`], the
+//!   rule that agrees the features two wallets both support.
+//! - [`merge`]: the merge saga's signed authorization (coins of several issuers into one).
+//! - [`offline`]: split and offline payment — the split authorization, signed transfer
+//!   records, trust chains and the attribution of an offline double spend.
 
 pub mod canonical;
 pub mod coin;
 pub mod crypto;
 pub mod envelope;
 mod error;
+pub mod escrow;
 pub mod ids;
+pub mod merge;
+pub mod negotiate;
+pub mod offline;
 pub mod pay;
 mod pb;
 pub mod reconcile;
+pub mod update;
 
 pub use coin::{Coin, CoinBody};
 pub use crypto::{KeyStore, PublicKey, Signature, SoftKeyStore};
 pub use envelope::{Address, Envelope, Payload, TraceContext, RECONCILIATION_PLATFORM};
 pub use error::ProtocolError;
 pub use ids::{Amount, CoinId, InstitutionId, SagaId, WalletId};
+pub use negotiate::negotiate;
 pub use pay::{AbortReason, PaymentAuthorization, SagaKind, SagaState, SignedAuthorization};

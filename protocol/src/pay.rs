@@ -158,6 +158,28 @@ pub enum SagaKind {
     Pay,
     /// Exchange of account money into coins.
     Exchange,
+    /// Coins frozen in an escrow for a merchant.
+    EscrowDeposit,
+    /// A merchant's claim paid out of an escrow.
+    EscrowClaim,
+    /// The payer released an escrow: what remained is refunded.
+    EscrowRelease,
+    /// An escrow expired: what remained is refunded.
+    EscrowExpiry,
+    /// A wallet withdrew its coins, synced and applied new parameters.
+    WalletUpdate,
+    /// Two wallets negotiated the features of a proximity payment.
+    Negotiation,
+    /// Coins of several issuers merged into one coin of the wallet's institution.
+    Merge,
+    /// One coin split into two at its issuer.
+    Split,
+    /// A payer signed an offline transfer and handed the trust chain over (no network).
+    OfflinePay,
+    /// A trust chain redeemed at its coin's issuer.
+    OfflineRedeem,
+    /// A wallet uploaded its offline records and redeemed the chains it held.
+    OfflineSync,
 }
 
 impl SagaKind {
@@ -166,6 +188,17 @@ impl SagaKind {
         match self {
             SagaKind::Pay => "pay",
             SagaKind::Exchange => "exchange",
+            SagaKind::EscrowDeposit => "escrow_deposit",
+            SagaKind::EscrowClaim => "escrow_claim",
+            SagaKind::EscrowRelease => "escrow_release",
+            SagaKind::EscrowExpiry => "escrow_expiry",
+            SagaKind::WalletUpdate => "wallet_update",
+            SagaKind::Negotiation => "negotiation",
+            SagaKind::Merge => "merge",
+            SagaKind::Split => "split",
+            SagaKind::OfflinePay => "offline_pay",
+            SagaKind::OfflineRedeem => "offline_redeem",
+            SagaKind::OfflineSync => "offline_sync",
         }
     }
 }
@@ -226,11 +259,35 @@ pub enum AbortReason {
     AlreadyCommitted,
     /// The wallet already has an operation of this kind in flight.
     Busy,
+    /// An escrow claim above what remains of the escrow's cap.
+    CapExceeded,
+    /// The claim id was already used by another claim, or the escrow is fully claimed.
+    AlreadyClaimed,
+    /// The payer already released the escrow.
+    AlreadyReleased,
+    /// The request comes from neither the escrow's merchant (a claim) nor its payer (a release).
+    WrongParty,
+    /// The escrow holds no frozen deposit (not yet, or its deposit was refused).
+    EscrowNotOpen,
+    /// The two wallets share no protocol version.
+    NoCommonVersion,
+    /// The two wallets share no signature scheme.
+    NoCommonScheme,
+    /// The amount is above what one of the wallets accepts.
+    AmountAboveMax,
+    /// One of the wallets does not support offline payments.
+    OfflineUnsupported,
+    /// A merge that names no coin.
+    EmptyRequest,
+    /// An offline claim that would spend more than its coin holds: an offline double spend.
+    OfflineDoubleSpend,
+    /// An offline payment above what the wallet may still pay offline before it syncs.
+    OfflineLimit,
 }
 
 impl AbortReason {
     /// Every reason, in a stable order (for reports).
-    pub const ALL: [AbortReason; 20] = [
+    pub const ALL: [AbortReason; 32] = [
         AbortReason::InsufficientFunds,
         AbortReason::InvalidAmount,
         AbortReason::CoinUnknown,
@@ -251,6 +308,18 @@ impl AbortReason {
         AbortReason::InsufficientReserve,
         AbortReason::AlreadyCommitted,
         AbortReason::Busy,
+        AbortReason::CapExceeded,
+        AbortReason::AlreadyClaimed,
+        AbortReason::AlreadyReleased,
+        AbortReason::WrongParty,
+        AbortReason::EscrowNotOpen,
+        AbortReason::NoCommonVersion,
+        AbortReason::NoCommonScheme,
+        AbortReason::AmountAboveMax,
+        AbortReason::OfflineUnsupported,
+        AbortReason::EmptyRequest,
+        AbortReason::OfflineDoubleSpend,
+        AbortReason::OfflineLimit,
     ];
 
     /// The snake_case name used in reports, JSON and metrics labels.
@@ -276,6 +345,18 @@ impl AbortReason {
             AbortReason::InsufficientReserve => "insufficient_reserve",
             AbortReason::AlreadyCommitted => "already_committed",
             AbortReason::Busy => "busy",
+            AbortReason::CapExceeded => "cap_exceeded",
+            AbortReason::AlreadyClaimed => "already_claimed",
+            AbortReason::AlreadyReleased => "already_released",
+            AbortReason::WrongParty => "wrong_party",
+            AbortReason::EscrowNotOpen => "escrow_not_open",
+            AbortReason::NoCommonVersion => "no_common_version",
+            AbortReason::NoCommonScheme => "no_common_scheme",
+            AbortReason::AmountAboveMax => "amount_above_max",
+            AbortReason::OfflineUnsupported => "offline_unsupported",
+            AbortReason::EmptyRequest => "empty_request",
+            AbortReason::OfflineDoubleSpend => "offline_double_spend",
+            AbortReason::OfflineLimit => "offline_limit",
         }
     }
 
@@ -301,6 +382,18 @@ impl AbortReason {
             AbortReason::InsufficientReserve => pb::AbortReason::InsufficientReserve,
             AbortReason::AlreadyCommitted => pb::AbortReason::AlreadyCommitted,
             AbortReason::Busy => pb::AbortReason::Busy,
+            AbortReason::CapExceeded => pb::AbortReason::CapExceeded,
+            AbortReason::AlreadyClaimed => pb::AbortReason::AlreadyClaimed,
+            AbortReason::AlreadyReleased => pb::AbortReason::AlreadyReleased,
+            AbortReason::WrongParty => pb::AbortReason::WrongParty,
+            AbortReason::EscrowNotOpen => pb::AbortReason::EscrowNotOpen,
+            AbortReason::NoCommonVersion => pb::AbortReason::NoCommonVersion,
+            AbortReason::NoCommonScheme => pb::AbortReason::NoCommonScheme,
+            AbortReason::AmountAboveMax => pb::AbortReason::AmountAboveMax,
+            AbortReason::OfflineUnsupported => pb::AbortReason::OfflineUnsupported,
+            AbortReason::EmptyRequest => pb::AbortReason::EmptyRequest,
+            AbortReason::OfflineDoubleSpend => pb::AbortReason::OfflineDoubleSpend,
+            AbortReason::OfflineLimit => pb::AbortReason::OfflineLimit,
         };
         r as i32
     }
@@ -333,6 +426,18 @@ impl AbortReason {
             pb::AbortReason::InsufficientReserve => AbortReason::InsufficientReserve,
             pb::AbortReason::AlreadyCommitted => AbortReason::AlreadyCommitted,
             pb::AbortReason::Busy => AbortReason::Busy,
+            pb::AbortReason::CapExceeded => AbortReason::CapExceeded,
+            pb::AbortReason::AlreadyClaimed => AbortReason::AlreadyClaimed,
+            pb::AbortReason::AlreadyReleased => AbortReason::AlreadyReleased,
+            pb::AbortReason::WrongParty => AbortReason::WrongParty,
+            pb::AbortReason::EscrowNotOpen => AbortReason::EscrowNotOpen,
+            pb::AbortReason::NoCommonVersion => AbortReason::NoCommonVersion,
+            pb::AbortReason::NoCommonScheme => AbortReason::NoCommonScheme,
+            pb::AbortReason::AmountAboveMax => AbortReason::AmountAboveMax,
+            pb::AbortReason::OfflineUnsupported => AbortReason::OfflineUnsupported,
+            pb::AbortReason::EmptyRequest => AbortReason::EmptyRequest,
+            pb::AbortReason::OfflineDoubleSpend => AbortReason::OfflineDoubleSpend,
+            pb::AbortReason::OfflineLimit => AbortReason::OfflineLimit,
         })
     }
 }

@@ -75,6 +75,15 @@ struct RawLimits {
     coin_inputs_max: usize,
     outcome_timeout_ms: u64,
     dedup_retention_ms: u64,
+    /// Optional so that the config of a data directory made before offline payments still
+    /// loads (with the default).
+    #[serde(default = "default_offline_limit_fen")]
+    offline_limit_fen: u64,
+}
+
+/// `limits.offline_limit_fen` when a config does not name it: 500.00.
+fn default_offline_limit_fen() -> u64 {
+    50_000
 }
 
 /// Raw `[workload]` table.
@@ -171,6 +180,9 @@ pub struct LimitsConfig {
     /// How long a finished step's recorded answer is kept for deduplication. Longer than any
     /// retry window: a retry of a step whose record was pruned would be answered afresh.
     pub dedup_retention_ms: u64,
+    /// The most a wallet may pay offline before it syncs (uploads its offline records):
+    /// bounds the value an offline double spend can put at risk.
+    pub offline_limit_fen: u64,
 }
 
 /// The `specie run` workload.
@@ -221,6 +233,8 @@ pub const ARBITERS_MAX: usize = 256;
 pub const JOURNAL_BATCH_ENTRIES_MAX: usize = 1 << 20;
 /// Longest a group commit may wait for more entries.
 pub const JOURNAL_BATCH_WAIT_US_MAX: u64 = 1_000_000;
+/// Largest `limits.offline_limit_fen` (100,000.00): offline exposure stays bounded.
+pub const OFFLINE_LIMIT_FEN_MAX: u64 = 10_000_000;
 /// Smallest mailbox capacity (actix's default).
 pub const MAILBOX_CAPACITY_MIN: usize = 16;
 
@@ -355,6 +369,12 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
             ),
         ));
     }
+    if l.offline_limit_fen == 0 || l.offline_limit_fen > OFFLINE_LIMIT_FEN_MAX {
+        return Err(invalid(
+            "limits.offline_limit_fen",
+            format!("must be 1 to {OFFLINE_LIMIT_FEN_MAX}, is {}", l.offline_limit_fen),
+        ));
+    }
     let max = specie_protocol::pay::AUTHORIZATION_COINS_MAX;
     if l.coin_inputs_max == 0 || l.coin_inputs_max > max {
         return Err(invalid(
@@ -464,6 +484,7 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
             coin_inputs_max: l.coin_inputs_max,
             outcome_timeout_ms: l.outcome_timeout_ms,
             dedup_retention_ms: l.dedup_retention_ms,
+            offline_limit_fen: l.offline_limit_fen,
         },
         workload: WorkloadConfig {
             in_flight_max: w.in_flight_max,
@@ -517,6 +538,20 @@ mod tests {
         let text = LOCAL.replace("strategy = \"one_for_one\"", "strategy = \"one_for_some\"");
         let err = Config::parse(&text, "x.toml").unwrap_err().to_string();
         assert!(err.contains("supervision.strategy") && err.contains("one_for_some"), "{err}");
+    }
+
+    #[test]
+    fn the_offline_limit_is_validated_and_defaults_when_absent() {
+        let c = Config::parse(LOCAL, "local.toml").expect("valid");
+        assert!(c.limits.offline_limit_fen > 0);
+        let zero = LOCAL.replace(
+            &format!("offline_limit_fen = {}", c.limits.offline_limit_fen),
+            "offline_limit_fen = 0",
+        );
+        let err = Config::parse(&zero, "x.toml").unwrap_err().to_string();
+        assert!(err.contains("limits.offline_limit_fen"), "{err}");
+        let absent = LOCAL.replace(&format!("offline_limit_fen = {}", c.limits.offline_limit_fen), "");
+        assert_eq!(Config::parse(&absent, "x.toml").expect("valid").limits.offline_limit_fen, 50_000);
     }
 
     #[test]

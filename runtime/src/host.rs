@@ -67,6 +67,7 @@ pub fn actor_kind(address: Address) -> &'static str {
         Address::Wallet(_) => "wallet",
         Address::External(_) => "external",
         Address::Reconciler(_) => "reconciler",
+        Address::Escrow(_) => "escrow",
     }
 }
 

@@ -76,8 +76,16 @@ struct Counters {
     undeliverable: AtomicU64,
 }
 
+/// Starts the actor of an address that has no mailbox yet and returns its mailbox, or `None`
+/// when no actor should live there. Actors created on demand (escrow contracts) start on their
+/// first delivery this way, and after a process restart they recover from the journal the same
+/// way.
+pub type Spawner = Arc<dyn Fn(Address) -> Option<Recipient<Deliver>> + Send + Sync>;
+
 struct Inner {
     directory: DashMap<Address, Recipient<Deliver>>,
+    /// Starts actors on demand; `None` until a cluster installs one.
+    spawner: RwLock<Option<Spawner>>,
     fault: RwLock<Arc<dyn FaultHook>>,
     next_message_id: AtomicU64,
     counters: Counters,
@@ -120,6 +128,7 @@ impl Network {
         Network {
             inner: Arc::new(Inner {
                 directory: DashMap::new(),
+                spawner: RwLock::new(None),
                 fault: RwLock::new(Arc::new(NoFaults)),
                 next_message_id: AtomicU64::new(1),
                 counters: Counters::default(),
@@ -130,6 +139,30 @@ impl Network {
     /// Installs the fault hook (the chaos harness plugs in here).
     pub fn set_fault_hook(&self, hook: Arc<dyn FaultHook>) {
         *self.inner.fault.write() = hook;
+    }
+
+    /// Installs (or, with `None`, removes) the spawner of on-demand actors. Remove it before
+    /// dropping a node: the spawner usually holds the node.
+    pub fn set_spawner(&self, spawner: Option<Spawner>) {
+        *self.inner.spawner.write() = spawner;
+    }
+
+    /// The mailbox of `to`, starting its actor through the spawner when it has none yet. The
+    /// directory entry is taken before the spawner runs, so concurrent deliveries start one
+    /// actor, not two.
+    fn mailbox(&self, to: Address) -> Option<Recipient<Deliver>> {
+        if let Some(mailbox) = self.inner.directory.get(&to) {
+            return Some(mailbox.value().clone());
+        }
+        let spawner = self.inner.spawner.read().clone()?;
+        match self.inner.directory.entry(to) {
+            dashmap::mapref::entry::Entry::Occupied(e) => Some(e.get().clone()),
+            dashmap::mapref::entry::Entry::Vacant(v) => {
+                let mailbox = spawner(to)?;
+                v.insert(mailbox.clone());
+                Some(mailbox)
+            }
+        }
     }
 
     /// Binds an address to a local mailbox.
@@ -181,7 +214,7 @@ impl Network {
     /// Puts raw bytes into the mailbox of `to`. The receiving host decodes and validates them.
     /// Used by [`Network::send`] and by tests that feed malformed input.
     pub fn deliver_bytes(&self, to: Address, bytes: Bytes) {
-        let Some(mailbox) = self.inner.directory.get(&to).map(|r| r.value().clone()) else {
+        let Some(mailbox) = self.mailbox(to) else {
             self.inner.counters.undeliverable.fetch_add(1, Ordering::Relaxed);
             return;
         };

@@ -61,6 +61,13 @@ pub enum ReserveChange {
         /// How much.
         amount: Amount,
     },
+    /// Backing of an institution becomes free reserve (coins withdrawn to accounts).
+    Release {
+        /// Whose reserve.
+        institution: InstitutionId,
+        /// How much.
+        amount: Amount,
+    },
 }
 
 /// Local commands (genesis).
@@ -148,6 +155,19 @@ impl CentralBank {
                 }
                 let free = self.reserves.get(&institution).map_or(Amount::ZERO, |r| r.free);
                 if free < amount {
+                    return Err(AbortReason::InsufficientReserve);
+                }
+                Ok(())
+            }
+            ReserveChange::Release {
+                institution,
+                amount,
+            } => {
+                if amount.is_zero() {
+                    return Err(AbortReason::InvalidAmount);
+                }
+                let backing = self.reserves.get(&institution).map_or(Amount::ZERO, |r| r.backing);
+                if backing < amount {
                     return Err(AbortReason::InsufficientReserve);
                 }
                 Ok(())
@@ -247,6 +267,14 @@ impl StateMachine for CentralBank {
                             r.free = r.free.checked_sub(amount).expect("checked");
                             r.backing = r.backing.checked_add(amount).expect("supply fits u64");
                         }
+                        ReserveChange::Release {
+                            institution,
+                            amount,
+                        } => {
+                            let r = self.reserves.get_mut(&institution).expect("checked");
+                            r.backing = r.backing.checked_sub(amount).expect("checked");
+                            r.free = r.free.checked_add(amount).expect("supply fits u64");
+                        }
                     }
                 }
                 self.applied.insert(saga, (change, outcome, at_ms));
@@ -268,6 +296,10 @@ impl StateMachine for CentralBank {
                 ReserveChange::Move { from, to, amount }
             }
             Payload::ReserveBacking { amount } => ReserveChange::Back {
+                institution: sender,
+                amount,
+            },
+            Payload::ReleaseBacking { amount } => ReserveChange::Release {
                 institution: sender,
                 amount,
             },
@@ -423,6 +455,23 @@ mod tests {
         assert!(!applied.contains(&SagaId::from_u128(7)) && applied.contains(&SagaId::from_u128(8)));
         // Reserves are not deduplication state: both changes stand.
         assert_eq!(cb.snapshot().reserves[&InstitutionId(0)].backing, Amount(20));
+    }
+
+    #[test]
+    fn a_release_turns_backing_into_free_reserve_once_per_saga() {
+        let mut cb = funded();
+        let mut out = Effects::default();
+        cb.on_envelope(envelope(0, 1, Payload::ReserveBacking { amount: Amount(600) }), 0, &mut out);
+        for _ in 0..3 {
+            let mut out = Effects::default();
+            cb.on_envelope(envelope(0, 2, Payload::ReleaseBacking { amount: Amount(250) }), 0, &mut out);
+            assert_eq!(ack(&out), Ok(()));
+        }
+        assert_eq!(cb.snapshot().reserves[&InstitutionId(0)], Reserve { backing: Amount(350), free: Amount(650) });
+        let mut out = Effects::default();
+        cb.on_envelope(envelope(0, 3, Payload::ReleaseBacking { amount: Amount(351) }), 0, &mut out);
+        assert_eq!(ack(&out), Err(AbortReason::InsufficientReserve), "no more than the backing");
+        assert_eq!(cb.snapshot().reserves[&InstitutionId(0)].backing, Amount(350));
     }
 
     #[test]

@@ -8,9 +8,25 @@
 mod state;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod sagas_fixture;
+#[cfg(test)]
+mod merge_tests;
+#[cfg(test)]
+mod offline_tests;
 
 pub use state::{
     Account, CoinRecord, CoinState, ExchangeState, Institution, InstitutionCommand,
     InstitutionEvent, InstitutionLimits, InstitutionSnapshot, InstitutionTimer, PayStep,
     PaySummary,
+};
+// Escrow pre-payment (issuer and merchant's institution) and the wallet update platform.
+pub use state::{
+    AppliedSettlement, EscrowIssuerEvent, HoldState, HoldSummary, IssuerEscrows, PayoutSummary, Platform,
+    PlatformEvent, WithdrawState, WithdrawalSummary,
+};
+// Merge, split and offline payment (coordinator, issuer and ledger).
+pub use state::{
+    merge_backing_key, settlement_saga, ClaimState, ClaimSummary, LedgerSummary, MergeEvent, MergeStep,
+    MergeSummary, OfflineEvent, RedeemStep, RedemptionSummary, SagaBookSnapshot, SplitSummary, SyncSummary,
 };

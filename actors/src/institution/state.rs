@@ -26,6 +26,22 @@ use specie_runtime::{Effects, Notice, StateMachine};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
+// Escrow pre-payment and the wallet update platform: child modules, so that their rules read
+// the register and accounts as `check_lock` does.
+#[path = "escrow.rs"]
+mod escrow;
+#[path = "update.rs"]
+mod update;
+pub use escrow::{AppliedSettlement, EscrowIssuerEvent, HoldState, HoldSummary, IssuerEscrows, PayoutSummary};
+pub use update::{Platform, PlatformEvent, WithdrawState, WithdrawalSummary};
+// Merge, split and offline payment: child modules too, for the same reason.
+#[path = "sagas.rs"]
+mod sagas;
+pub use sagas::{
+    merge_backing_key, settlement_saga, ClaimState, ClaimSummary, LedgerSummary, MergeEvent, MergeStep,
+    MergeSummary, OfflineEvent, RedeemStep, RedemptionSummary, SagaBookSnapshot, SplitSummary, SyncSummary,
+};
+
 /// Settings of an institution, from the validated config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstitutionLimits {
@@ -61,6 +77,9 @@ pub enum CoinState {
     Locked(SagaId),
     /// Retired by a committed saga.
     Spent(SagaId),
+    /// Frozen in escrow contract `id` (DESIGN.md §3.4): not spendable by its owner; retired by
+    /// the escrow's settlements.
+    Frozen(u64),
 }
 
 /// A register entry.
@@ -329,6 +348,14 @@ pub enum InstitutionEvent {
         /// Why.
         reason: AbortReason,
     },
+    /// Escrow pre-payment: the issuer's and the merchant's institution's steps.
+    Escrow(EscrowIssuerEvent),
+    /// Wallet update: the platform's steps.
+    Update(PlatformEvent),
+    /// The merge saga's coordinator steps.
+    Merge(MergeEvent),
+    /// Split, the offline ledger, redemption and offline sync.
+    Offline(OfflineEvent),
 }
 
 /// Timers of an institution.
@@ -366,6 +393,8 @@ pub enum InstitutionCommand {
         /// Initial deposit.
         deposit: Amount,
     },
+    /// Publish new wallet parameters (the platform's operator); only a newer version counts.
+    PublishWalletParams(specie_protocol::update::WalletParams),
 }
 
 /// A pay saga as the audit sees it.
@@ -396,6 +425,16 @@ pub struct InstitutionSnapshot {
     pub exchanges: HashMap<SagaId, (WalletId, Amount, ExchangeState)>,
     /// Issued coins their owners have not acknowledged yet (still being redelivered).
     pub coins_in_delivery: usize,
+    /// Escrow deposits this institution holds frozen, by contract.
+    pub escrow_holds: HashMap<u64, HoldSummary>,
+    /// Escrow claims this institution paid out as the merchant's institution, by claim saga.
+    pub payouts: HashMap<SagaId, PayoutSummary>,
+    /// Withdraws of wallet updates, by update saga.
+    pub withdrawals: HashMap<SagaId, WithdrawalSummary>,
+    /// The wallet parameters version the platform publishes.
+    pub params_version: u32,
+    /// Merges coordinated here, splits and offline ledgers kept as issuer, redemptions.
+    pub sagas: SagaBookSnapshot,
 }
 
 /// An institution's state.
@@ -421,6 +460,12 @@ pub struct Institution {
     /// Acknowledgements received since the last redelivery tick; journaled (as
     /// `CoinsDelivered`) at the next tick. Lost in a crash, which only costs a redelivery.
     acked: HashSet<CoinId>,
+    /// Escrow deposits held as issuer and claims paid as the merchant's institution.
+    escrows: IssuerEscrows,
+    /// Wallet parameters and withdraws (the wallet update platform).
+    platform: Platform,
+    /// Merges, splits, offline ledgers and redemptions (`sagas.rs`).
+    sagas: sagas::SagaBook,
 }
 
 impl std::fmt::Debug for Institution {
@@ -446,6 +491,9 @@ struct Checkpoint {
     pays: HashMap<SagaId, PaySaga>,
     exchanges: HashMap<SagaId, Exchange>,
     undelivered: BTreeMap<CoinId, u64>,
+    escrows: IssuerEscrows,
+    platform: Platform,
+    sagas: sagas::SagaBook,
 }
 
 /// The most coins one redelivery tick resends.
@@ -472,6 +520,9 @@ impl Institution {
             wallet_of_key: HashMap::new(),
             undelivered: BTreeMap::new(),
             acked: HashSet::new(),
+            escrows: IssuerEscrows::default(),
+            platform: Platform::default(),
+            sagas: sagas::SagaBook::default(),
         }
     }
 
@@ -596,6 +647,8 @@ impl Institution {
                 CoinState::Locked(_) if crate::planted::active(crate::planted::Bug::SkipLockCheck) => {}
                 CoinState::Locked(_) => return Err(AbortReason::CoinLocked),
                 CoinState::Spent(_) => return Err(AbortReason::CoinSpent),
+                // A frozen coin belongs to its escrow until the escrow settles it.
+                CoinState::Frozen(_) => return Err(AbortReason::CoinLocked),
             }
         }
         let total = Amount::sum(records.iter().map(|r| r.coin.value())).ok_or(AbortReason::InvalidAmount)?;
@@ -1104,6 +1157,7 @@ impl Institution {
             metrics::counter!("specie_dedup_pruned_total").increment(expired.len() as u64);
             self.record(InstitutionEvent::DedupPruned { sagas: expired }, out);
         }
+        self.prune_sagas(now_ms, out);
         let due = now_ms.saturating_sub(self.limits.retry_interval_ms);
         let resend: Vec<CoinId> = self
             .undelivered
@@ -1384,10 +1438,15 @@ impl StateMachine for Institution {
                 let account = self.accounts.get_mut(&wallet).expect("exchange checked the account");
                 account.balance = account.balance.checked_add(amount).expect("refund fits");
             }
+            InstitutionEvent::Escrow(event) => self.apply_escrow(event),
+            InstitutionEvent::Update(event) => self.apply_update(event),
+            InstitutionEvent::Merge(event) => self.apply_merge(event),
+            InstitutionEvent::Offline(event) => self.apply_offline(event),
         }
     }
 
     fn on_start(&mut self, now_ms: u64, out: &mut Out) {
+        self.wake_escrows(out);
         out.timer(self.limits.retry_interval_max_ms, InstitutionTimer::Redeliver);
         // Re-drive everything in flight from its last persisted step, in saga order so that
         // a deterministic simulation arms the same timers in the same order every time.
@@ -1413,9 +1472,14 @@ impl StateMachine for Institution {
                 out.timer(0, InstitutionTimer::ExchangeRetry { saga: *saga, attempt: 0 });
             }
         }
+        self.on_sagas_start(now_ms, out);
     }
 
     fn on_envelope(&mut self, envelope: Envelope, now_ms: u64, out: &mut Out) {
+        if self.routes_to_sagas(&envelope) {
+            // Merge, split and offline messages, and the shared steps of their sagas.
+            return self.on_saga_envelope(envelope, now_ms, out);
+        }
         let (from, saga) = (envelope.from, envelope.saga_id);
         match envelope.payload {
             Payload::BalanceQuery { amount } => self.on_balance_query(from, saga, amount, out),
@@ -1448,6 +1512,12 @@ impl StateMachine for Institution {
                     self.record(InstitutionEvent::PayIssuerDone { saga }, out);
                 }
             }
+            Payload::ReserveAck(ack) if from == Address::CentralBank && self.is_payout(&saga) => {
+                self.on_payout_backing(saga, ack, out)
+            }
+            Payload::ReserveAck(ack) if from == Address::CentralBank && self.is_withdrawal(&saga) => {
+                self.on_withdraw_backing(saga, ack, out)
+            }
             Payload::ReserveAck(ack) if from == Address::CentralBank => {
                 if let Some(p) = self.pays.get(&saga) {
                     match (ack, p.step) {
@@ -1473,6 +1543,8 @@ impl StateMachine for Institution {
                 }
             }
             Payload::ExchangeRequest { amount } => self.on_exchange_request(from, saga, amount, out),
+            Payload::Escrow(message) => self.on_escrow_message(from, saga, message, now_ms, out),
+            Payload::WalletUpdate(message) => self.on_update_message(from, saga, message, out),
             other => {
                 metrics::counter!("specie_envelopes_rejected_total", "reason" => "unexpected").increment(1);
                 let _ = other;
@@ -1484,6 +1556,7 @@ impl StateMachine for Institution {
         match key {
             InstitutionTimer::Redeliver => self.on_redeliver(now_ms, out),
             InstitutionTimer::ExchangeRetry { saga, attempt } => self.on_exchange_timer(saga, attempt, out),
+            key if self.owns_saga_timer(&key) => self.on_saga_timer(key, out),
             other => self.on_pay_timer(other, out),
         }
     }
@@ -1495,6 +1568,7 @@ impl StateMachine for Institution {
             InstitutionCommand::OpenAccount { wallet, key, deposit } => {
                 self.record(InstitutionEvent::AccountOpened { wallet, key, deposit }, out)
             }
+            InstitutionCommand::PublishWalletParams(params) => self.publish_params(params, out),
         }
     }
 
@@ -1507,6 +1581,9 @@ impl StateMachine for Institution {
             pays: self.pays.clone(),
             exchanges: self.exchanges.clone(),
             undelivered: self.undelivered.clone(),
+            escrows: self.escrows.clone(),
+            platform: self.platform.clone(),
+            sagas: self.sagas.clone(),
         };
         Some(postcard::to_stdvec(&checkpoint).expect("state serializes"))
     }
@@ -1527,6 +1604,10 @@ impl StateMachine for Institution {
         self.pays = c.pays;
         self.exchanges = c.exchanges;
         self.undelivered = c.undelivered;
+        self.escrows = c.escrows;
+        self.platform = c.platform;
+        self.sagas = c.sagas;
+        self.on_sagas_restored();
         self.acked.clear();
         Ok(())
     }
@@ -1558,6 +1639,11 @@ impl StateMachine for Institution {
                 .iter()
                 .map(|(saga, x)| (*saga, (x.wallet, x.amount, x.state)))
                 .collect(),
+            escrow_holds: self.escrows.hold_summaries(),
+            payouts: self.escrows.payout_summaries(),
+            withdrawals: self.platform.withdrawal_summaries(),
+            params_version: self.platform.params().version,
+            sagas: self.sagas_snapshot(),
         }
     }
 }

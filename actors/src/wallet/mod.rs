@@ -6,3 +6,13 @@ mod state;
 mod tests;
 
 pub use state::{Wallet, WalletCommand, WalletEvent, WalletLimits, WalletSnapshot, WalletTimer};
+// Escrow pre-payment, wallet update and proximity negotiation.
+pub use state::{
+    EscrowCommand, EscrowOp, EscrowWalletEvent, NegotiateCommand, NegotiateOp, NegotiationEvent, UpdateCommand,
+    UpdateEvent, UpdateOp, UpdateStep, AGREEMENTS_MAX,
+};
+// Merge, split and offline payment.
+pub use state::{
+    OfflineCommand, OfflineSettings, OfflineSnapshot, OfflineSource, SagaOp, SagaWalletEvent, CHAINS_HELD_MAX,
+    DOUBLE_SPEND_REPORTS_MAX,
+};

@@ -16,8 +16,27 @@ use specie_protocol::{
     SoftKeyStore, WalletId,
 };
 use specie_runtime::{Effects, Notice, StateMachine};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
+
+// Escrow pre-payment, wallet update and proximity negotiation: child modules, so that their
+// steps use the wallet's coins, operations and key store as the pay saga's do.
+#[path = "escrow.rs"]
+mod escrow;
+#[path = "negotiate.rs"]
+mod negotiate;
+#[path = "update.rs"]
+mod update;
+pub use escrow::{EscrowCommand, EscrowOp, EscrowWalletEvent};
+pub use negotiate::{NegotiateCommand, NegotiateOp, NegotiationEvent, AGREEMENTS_MAX};
+pub use update::{UpdateCommand, UpdateEvent, UpdateOp, UpdateStep};
+// Merge, split and offline payment: child modules too, for the same reason.
+#[path = "sagas.rs"]
+mod sagas;
+pub use sagas::{
+    OfflineCommand, OfflineSettings, OfflineSnapshot, OfflineSource, SagaOp, SagaWalletEvent, CHAINS_HELD_MAX,
+    DOUBLE_SPEND_REPORTS_MAX,
+};
 
 /// Settings of a wallet, from the validated config.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +88,12 @@ pub enum WalletOp {
         /// Amount.
         amount: Amount,
     },
+    /// An escrow deposit, claim or release.
+    Escrow(EscrowOp),
+    /// Updating the wallet.
+    Update(UpdateOp),
+    /// Negotiating a proximity payment.
+    Negotiate(NegotiateOp),
 }
 
 impl WalletOp {
@@ -76,6 +101,9 @@ impl WalletOp {
         match self {
             WalletOp::Pay { .. } | WalletOp::Collect { .. } => SagaKind::Pay,
             WalletOp::Exchange { .. } => SagaKind::Exchange,
+            WalletOp::Escrow(op) => op.kind(),
+            WalletOp::Update(_) => SagaKind::WalletUpdate,
+            WalletOp::Negotiate(_) => SagaKind::Negotiation,
         }
     }
 
@@ -83,6 +111,7 @@ impl WalletOp {
         match self {
             WalletOp::Pay { initiator, .. } => *initiator,
             WalletOp::Collect { .. } | WalletOp::Exchange { .. } => true,
+            WalletOp::Escrow(_) | WalletOp::Update(_) | WalletOp::Negotiate(_) => true,
         }
     }
 }
@@ -126,6 +155,14 @@ pub enum WalletEvent {
         /// The coin.
         coin: Coin,
     },
+    /// A step of an escrow operation.
+    Escrow(EscrowWalletEvent),
+    /// A step of an update.
+    Update(UpdateEvent),
+    /// A negotiation's result.
+    Negotiation(NegotiationEvent),
+    /// A step of a merge, split or offline payment.
+    Sagas(SagaWalletEvent),
 }
 
 /// The terms of a merchant's collect request.
@@ -169,6 +206,30 @@ pub enum WalletCommand {
         /// Amount.
         amount: Amount,
     },
+    /// Open, claim from or release an escrow.
+    Escrow(EscrowCommand),
+    /// Update the wallet (withdraw, sync, apply new parameters).
+    Update(UpdateCommand),
+    /// Negotiate a proximity payment with another wallet.
+    Negotiate(NegotiateCommand),
+    /// Merge these coins into one coin of the wallet's institution.
+    Merge {
+        /// New saga id.
+        saga: SagaId,
+        /// The coins (held by the wallet, distinct, at least one).
+        coins: Vec<CoinId>,
+    },
+    /// Split a coin at its issuer into `amount` and the rest.
+    Split {
+        /// New saga id.
+        saga: SagaId,
+        /// The coin.
+        coin: CoinId,
+        /// Value of the first part (`0 < amount < coin value`).
+        amount: Amount,
+    },
+    /// Pay offline, take a chain, redeem chains, sync.
+    Offline(OfflineCommand),
 }
 
 /// Timers of a wallet.
@@ -193,6 +254,10 @@ pub struct WalletSnapshot {
     pub coins: Vec<Coin>,
     /// Operations in flight.
     pub pending: usize,
+    /// The wallet parameters version it runs.
+    pub params_version: u32,
+    /// Offline payments: limit, chains held, double spends detected.
+    pub offline: OfflineSnapshot,
 }
 
 /// A wallet's state.
@@ -214,6 +279,14 @@ pub struct Wallet {
     now_ms: u64,
     /// When to look for records past their retention next (not state).
     next_prune_ms: u64,
+    /// The parameters it runs with (versioned by its institution, applied by updates).
+    params: specie_protocol::update::WalletParams,
+    /// The account balance its institution last reported (wallet update).
+    account_balance: Option<Amount>,
+    /// Features agreed with peers, oldest first (at most [`AGREEMENTS_MAX`]).
+    agreements: VecDeque<(WalletId, specie_protocol::negotiate::AgreedFeatures)>,
+    /// Merges, splits and offline payments (`sagas.rs`).
+    sagas: sagas::WalletSagas,
 }
 
 impl std::fmt::Debug for Wallet {
@@ -248,6 +321,10 @@ impl Wallet {
             spent: HashMap::new(),
             now_ms: 0,
             next_prune_ms: 0,
+            params: specie_protocol::update::WalletParams::shipped(),
+            account_balance: None,
+            agreements: VecDeque::new(),
+            sagas: sagas::WalletSagas::default(),
         }
     }
 
@@ -272,6 +349,7 @@ impl Wallet {
         let Some(op) = self.ops.get(&saga) else { return };
         let spent = match (op, result) {
             (WalletOp::Pay { signed: Some(s), .. }, Ok(())) => s.authorization.coin_ids.clone(),
+            (WalletOp::Escrow(op), Ok(())) => op.spent_coins(),
             _ => Vec::new(),
         };
         let (kind, reports) = (op.kind(), op.reports());
@@ -316,7 +394,8 @@ impl Wallet {
         };
         let (amount, chosen) = (*amount, chosen.clone());
         self.record(WalletEvent::OpStarted { saga, op }, out);
-        match chosen {
+        // While coins split offline are still active at their issuer, choose coins here.
+        match chosen.or_else(|| self.offline_safe_selection(amount)) {
             Some(coin_ids) => self.sign_and_send(saga, coin_ids, now_ms, out),
             None => out.send(self.envelope(
                 saga,
@@ -468,6 +547,9 @@ impl Wallet {
         Some(match self.ops.get(&saga)? {
             WalletOp::Pay { payee_institution, .. } => Address::Institution(*payee_institution),
             WalletOp::Collect { .. } | WalletOp::Exchange { .. } => Address::Institution(self.institution),
+            WalletOp::Escrow(op) => op.coordinator(),
+            WalletOp::Update(_) => Address::Institution(self.institution),
+            WalletOp::Negotiate(op) => Address::Wallet(op.peer),
         })
     }
 
@@ -476,14 +558,17 @@ impl Wallet {
             .issuers
             .get(&coin.body.issuer)
             .is_some_and(|key| coin.verify(key).is_ok());
-        if !genuine || coin.body.owner != self.keys.public_key() || from != Address::Institution(coin.body.issuer) {
+        // A coin comes from its issuer, or from the wallet's own institution (which may
+        // deliver coins of other issuers).
+        let sender_ok = from == Address::Institution(coin.body.issuer) || from == Address::Institution(self.institution);
+        if !genuine || coin.body.owner != self.keys.public_key() || !sender_ok {
             metrics::counter!("specie_coins_rejected_total").increment(1);
             return;
         }
         // Acknowledge every genuine delivery, repeated ones too: the issuer resends until it
         // hears back.
         out.send(self.envelope(coin.body.origin_saga, from, 0, Payload::CoinAck { coin_ids: vec![coin.id] }));
-        if self.coins.contains_key(&coin.id) || self.spent.contains_key(&coin.id) {
+        if self.coins.contains_key(&coin.id) || self.spent.contains_key(&coin.id) || self.sagas.spent_offline(&coin.id) {
             return; // duplicate delivery, or a coin already spent
         }
         self.record(WalletEvent::CoinReceived { coin }, out);
@@ -580,6 +665,10 @@ impl StateMachine for Wallet {
             WalletEvent::CoinReceived { coin } => {
                 self.coins.insert(coin.id, coin.clone());
             }
+            WalletEvent::Escrow(event) => self.apply_escrow(event),
+            WalletEvent::Update(event) => self.apply_update(event),
+            WalletEvent::Negotiation(event) => self.apply_negotiation(event),
+            WalletEvent::Sagas(event) => self.apply_sagas(event),
         }
     }
 
@@ -590,13 +679,24 @@ impl StateMachine for Wallet {
         for saga in sagas {
             out.timer(self.limits.outcome_timeout_ms, WalletTimer { saga, attempt: 1 });
         }
+        self.on_sagas_start(out);
     }
 
     fn on_envelope(&mut self, envelope: Envelope, now_ms: u64, out: &mut Out) {
         self.now_ms = now_ms;
+        if self.routes_to_sagas(&envelope) {
+            // Merge, split and offline messages, and the outcomes of their sagas.
+            return self.on_saga_envelope(envelope, now_ms, out);
+        }
         let (from, saga) = (envelope.from, envelope.saga_id);
         match envelope.payload {
+            Payload::BalanceReply { coin_ids, .. } if self.is_escrow_choosing(&saga) => {
+                self.on_escrow_coins(saga, coin_ids, out)
+            }
             Payload::BalanceReply { coin_ids, .. } => self.on_balance_reply(saga, coin_ids, now_ms, out),
+            Payload::Escrow(message) => self.on_escrow_message(from, saga, message, out),
+            Payload::WalletUpdate(message) => self.on_update_message(from, saga, message, now_ms, out),
+            Payload::Negotiation(message) => self.on_negotiation(from, saga, message, out),
             Payload::CollectRequest {
                 amount,
                 payee,
@@ -649,6 +749,9 @@ impl StateMachine for Wallet {
 
     fn on_timer(&mut self, key: WalletTimer, now_ms: u64, out: &mut Out) {
         self.now_ms = now_ms;
+        if self.owns_saga_timer(&key) {
+            return self.on_saga_timer(key, out);
+        }
         let WalletTimer { saga, attempt } = key;
         let Some(op) = self.ops.get(&saga) else { return };
         let own = Address::Institution(self.institution);
@@ -663,6 +766,9 @@ impl StateMachine for Wallet {
             WalletOp::Exchange { amount } => {
                 self.envelope(saga, own, attempt, Payload::ExchangeRequest { amount: *amount })
             }
+            WalletOp::Escrow(op) => self.escrow_request(saga, op, attempt),
+            WalletOp::Update(op) => self.update_request(saga, op, attempt),
+            WalletOp::Negotiate(op) => self.negotiation_request(saga, op, attempt),
         };
         out.send(chase);
         out.timer(self.limits.outcome_timeout_ms, WalletTimer { saga, attempt: attempt + 1 });
@@ -749,16 +855,27 @@ impl StateMachine for Wallet {
                 ));
                 out.timer(self.limits.outcome_timeout_ms, WalletTimer { saga, attempt: 1 });
             }
+            WalletCommand::Escrow(command) => self.on_escrow_command(command, out),
+            WalletCommand::Update(command) => self.on_update_command(command, out),
+            WalletCommand::Negotiate(command) => self.on_negotiate_command(command, out),
+            WalletCommand::Merge { saga, coins } => self.on_merge_command(saga, coins, now_ms, out),
+            WalletCommand::Split { saga, coin, amount } => self.on_split_command(saga, coin, amount, now_ms, out),
+            WalletCommand::Offline(command) => self.on_offline_command(command, now_ms, out),
         }
     }
 
     fn checkpoint(&self) -> Option<Vec<u8>> {
-        let checkpoint = (&self.coins, &self.ops, &self.finished, &self.spent);
+        let profile = (&self.params, &self.account_balance, &self.agreements);
+        let checkpoint = (&self.coins, &self.ops, &self.finished, &self.spent, profile, self.sagas_checkpoint());
         Some(postcard::to_stdvec(&checkpoint).expect("state serializes"))
     }
 
     fn restore(&mut self, bytes: &[u8]) -> Result<(), String> {
-        (self.coins, self.ops, self.finished, self.spent) = postcard::from_bytes(bytes).map_err(|e| e.to_string())?;
+        let (profile, sagas);
+        (self.coins, self.ops, self.finished, self.spent, profile, sagas) =
+            postcard::from_bytes(bytes).map_err(|e| e.to_string())?;
+        (self.params, self.account_balance, self.agreements) = profile;
+        self.restore_sagas(sagas);
         Ok(())
     }
 
@@ -768,7 +885,9 @@ impl StateMachine for Wallet {
             institution: self.institution,
             key: self.keys.public_key(),
             coins: self.coins.values().cloned().collect(),
-            pending: self.ops.len(),
+            pending: self.ops.len() + self.sagas_pending(),
+            params_version: self.params.version,
+            offline: self.offline_snapshot(),
         }
     }
 }
