@@ -91,7 +91,12 @@ fn planted(name: Option<&str>) -> Result<Option<&'static str>> {
         .into_iter()
         .find(|k| *k == name)
         .map(Some)
-        .ok_or_else(|| anyhow!("unknown planted bug `{name}`; one of {}", planted_bugs().join(", ")))
+        .ok_or_else(|| {
+            anyhow!(
+                "unknown planted bug `{name}`; one of {}",
+                planted_bugs().join(", ")
+            )
+        })
 }
 
 fn load(path: &Path) -> Result<Scenario> {
@@ -121,9 +126,11 @@ fn write_report(dir: &Path, r: &RunResult) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let stem = format!("{}-seed-{}", r.scenario, r.seed);
     let html = dir.join(format!("{stem}.html"));
-    std::fs::write(&html, report::html(r)).with_context(|| format!("writing {}", html.display()))?;
+    std::fs::write(&html, report::html(r))
+        .with_context(|| format!("writing {}", html.display()))?;
     let history = dir.join(format!("{stem}.history.jsonl"));
-    std::fs::write(&history, r.history.to_jsonl()).with_context(|| format!("writing {}", history.display()))?;
+    std::fs::write(&history, r.history.to_jsonl())
+        .with_context(|| format!("writing {}", history.display()))?;
     Ok(())
 }
 
@@ -169,7 +176,13 @@ fn run_cmd(args: &RunArgs) -> Result<bool> {
         if progress {
             eprint!("\r\x1b[2K[{}/{}] seed {seed}…", i + 1, seeds.len());
         }
-        let r = simulate(&scenario, &RunOptions { seed: *seed, planted });
+        let r = simulate(
+            &scenario,
+            &RunOptions {
+                seed: *seed,
+                planted,
+            },
+        );
         if let Some(dir) = &args.report {
             write_report(dir, &r)?;
         }
@@ -201,7 +214,12 @@ fn run_cmd(args: &RunArgs) -> Result<bool> {
             sim / wall.max(1e-9)
         );
         for r in results.iter().filter(|r| !r.ok()) {
-            println!("  seed {:<6} FAILED {}: replay with  {}", r.seed, r.failed().join(", "), report::replay_command(r));
+            println!(
+                "  seed {:<6} FAILED {}: replay with  {}",
+                r.seed,
+                r.failed().join(", "),
+                report::replay_command(r)
+            );
         }
     }
     if let Some(path) = &args.json {
@@ -227,7 +245,10 @@ fn shrink_cmd(args: &ShrinkArgs) -> Result<bool> {
     };
     let s = shrink(&scenario, &options, limits);
     if s.original.ok() {
-        println!("specie chaos shrink — {} with seed {} passes: nothing to shrink", scenario.name, args.seed);
+        println!(
+            "specie chaos shrink — {} with seed {} passes: nothing to shrink",
+            scenario.name, args.seed
+        );
         return Ok(true);
     }
     println!(
@@ -240,8 +261,12 @@ fn shrink_cmd(args: &ShrinkArgs) -> Result<bool> {
         bail!("the explicit schedule did not reproduce the failure");
     };
     let out = args.out.clone().unwrap_or_else(|| {
-        let stem = args.scenario.file_stem().map_or("scenario".into(), |s| s.to_string_lossy().to_string());
-        args.scenario.with_file_name(format!("{stem}-shrunk-seed-{}.toml", args.seed))
+        let stem = args
+            .scenario
+            .file_stem()
+            .map_or("scenario".into(), |s| s.to_string_lossy().to_string());
+        args.scenario
+            .with_file_name(format!("{stem}-shrunk-seed-{}.toml", args.seed))
     });
     let header = format!(
         "# Minimal scenario written by `specie chaos shrink` from {} with seed {}{}.\n# It fails the same way; replay it with:\n#   specie chaos replay {} --seed {}{}\n\n",
@@ -252,21 +277,37 @@ fn shrink_cmd(args: &ShrinkArgs) -> Result<bool> {
         args.seed,
         options.planted.map(|p| format!(" --planted-bug {p}")).unwrap_or_default(),
     );
-    std::fs::write(&out, header + &minimal.to_toml()).with_context(|| format!("writing {}", out.display()))?;
+    std::fs::write(&out, header + &minimal.to_toml())
+        .with_context(|| format!("writing {}", out.display()))?;
     println!(
         "  faults        {} → {} after {} runs{}",
         s.faults_before,
         minimal.faults.len(),
         s.runs,
-        if s.truncated { " (stopped at the run limit)" } else { "" }
+        if s.truncated {
+            " (stopped at the run limit)"
+        } else {
+            ""
+        }
     );
     for f in &minimal.faults {
-        println!("    {} at {:.3} s for {:.3} s", f.kind.name(), f.start_ms as f64 / 1000.0, f.duration_ms as f64 / 1000.0);
+        println!(
+            "    {} at {:.3} s for {:.3} s",
+            f.kind.name(),
+            f.start_ms as f64 / 1000.0,
+            f.duration_ms as f64 / 1000.0
+        );
     }
     if let Some(r) = &s.minimal {
         println!("  still fails    {}", r.failed().join(", "));
         if let Some(v) = &r.violation {
-            println!("  violation     {} at {:.3} s ({}): {}", v.invariant, v.at_ms as f64 / 1000.0, v.phase, v.facts);
+            println!(
+                "  violation     {} at {:.3} s ({}): {}",
+                v.invariant,
+                v.at_ms as f64 / 1000.0,
+                v.phase,
+                v.facts
+            );
         }
     }
     println!("  wrote         {}", out.display());
@@ -274,7 +315,10 @@ fn shrink_cmd(args: &ShrinkArgs) -> Result<bool> {
         "  replay        specie chaos replay {} --seed {}{}",
         out.display(),
         args.seed,
-        options.planted.map(|p| format!(" --planted-bug {p}")).unwrap_or_default()
+        options
+            .planted
+            .map(|p| format!(" --planted-bug {p}"))
+            .unwrap_or_default()
     );
     // The run failed: shrinking it is a success of the tool, not of the system.
     Ok(false)

@@ -10,6 +10,7 @@ mod chaos_cmd;
 mod reconcile;
 mod report;
 mod run;
+mod workload_sagas;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};

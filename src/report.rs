@@ -71,6 +71,12 @@ pub struct RunReport {
     pub wall_s: f64,
     /// Failures writing the acknowledgement log.
     pub ack_log_errors: Vec<String>,
+    /// `--workload`: "pay" or "mixed".
+    pub workload: &'static str,
+    /// Proximity negotiations (mixed workload): (agreed, refused).
+    pub negotiation: Option<(u64, u64)>,
+    /// Offline double spends the issuers detected (mixed workload).
+    pub offline_double_spends_detected: Option<u64>,
 }
 
 fn ms(us: u64) -> f64 {
@@ -110,8 +116,20 @@ impl RunReport {
             run_number: 1,
             wall_s: 0.0,
             ack_log_errors: Vec::new(),
+            workload: "pay",
+            negotiation: None,
+            offline_double_spends_detected: None,
         }
     }
+
+    /// Lists these kinds in `by_kind` even when none of them finished (a mixed run reports
+    /// every kind it drives).
+    pub fn declare_kinds(&mut self, kinds: &[&'static str]) {
+        for kind in kinds {
+            self.by_kind.entry(kind).or_insert_with(KindStats::new);
+        }
+    }
+
 
     /// Records one finished operation.
     pub fn record(&mut self, kind: &'static str, result: Result<(), AbortReason>, latency: Duration) {
@@ -206,6 +224,9 @@ impl RunReport {
             "aborted_by_reason": self.aborted_by_reason,
             "by_kind": by_kind,
             "planted_refusals": planted,
+            "workload": self.workload,
+            "negotiation": self.negotiation.map(|(agreed, refused)| json!({"agreed": agreed, "refused": refused})),
+            "offline_double_spends_detected": self.offline_double_spends_detected,
             "invariants": invariants,
             "in_flight": self.audit.as_ref().map_or(0, |a| a.in_flight),
             "unfinished": self.unfinished,
@@ -261,7 +282,8 @@ impl RunReport {
             (true, false) => format!("\x1b[31m{text}\x1b[0m"),
         };
         let h = &self.all.latency_us;
-        println!("specie run — seed {}, {} institutions, {} wallets", self.seed, self.institutions, self.wallets);
+        let workload = if self.workload == "pay" { String::new() } else { format!(", {} workload", self.workload) };
+        println!("specie run — seed {}, {} institutions, {} wallets{workload}", self.seed, self.institutions, self.wallets);
         println!("  genesis       {:.2} s (accounts opened, coins exchanged)", self.genesis_s);
         println!(
             "  sagas         {} committed, {} aborted in {:.2} s — {:.0} committed/s",
@@ -288,6 +310,12 @@ impl RunReport {
         if !self.aborted_by_reason.is_empty() {
             let reasons: Vec<String> = self.aborted_by_reason.iter().map(|(r, n)| format!("{r} {n}")).collect();
             println!("  aborted by    {}", reasons.join(", "));
+        }
+        if let Some((agreed, refused)) = self.negotiation {
+            println!("  negotiation   {agreed} agreed, {refused} refused");
+        }
+        if let Some(n) = self.offline_double_spends_detected {
+            println!("  offline       {n} double spends detected and attributed");
         }
         for (name, p) in &self.planted {
             let ok = p.refused_as_expected == p.planted;

@@ -23,6 +23,12 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+// `--workload mixed`: every saga together (a child module, so that it shares this driver's
+// model of the balances and its busy wallets).
+#[path = "workload_mixed.rs"]
+mod workload_mixed;
+pub use workload_mixed::Workload;
+
 /// Arguments of `specie run`.
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -46,6 +52,10 @@ pub struct RunArgs {
     /// is acknowledged (for `specie audit --acks`).
     #[arg(long)]
     pub ack_log: Option<PathBuf>,
+    /// What to drive: `pay` (payments only) or `mixed` (every saga, in the proportions of the
+    /// config's `[workload.mix]`).
+    #[arg(long, value_enum, default_value_t = Workload::Pay)]
+    pub workload: Workload,
 }
 
 /// How long to wait, after the workload stops, for operations still in flight.
@@ -100,6 +110,8 @@ struct Driver<'a> {
     /// Where acknowledged commits are logged as they happen.
     ack_log: Option<std::fs::File>,
     report: RunReport,
+    /// The rest of a mixed workload (`None` for payments only).
+    mixed: Option<workload_mixed::Mixed>,
 }
 
 impl<'a> Driver<'a> {
@@ -134,8 +146,16 @@ impl<'a> Driver<'a> {
         self.pending.insert(saga, p);
     }
 
+    /// Operations in flight, the mixed workload's included.
+    fn in_flight(&self) -> usize {
+        self.pending.len() + self.mixed.as_ref().map_or(0, |m| m.in_flight())
+    }
+
     /// Starts one operation; returns false when no idle wallet was found this time.
     async fn start_one(&mut self) -> Result<bool> {
+        if let Some(started) = workload_mixed::start_one(self).await? {
+            return Ok(started);
+        }
         let Some(payer) = self.pick_idle() else {
             return Ok(false);
         };
@@ -239,6 +259,9 @@ impl<'a> Driver<'a> {
     }
 
     fn settle(&mut self, notice: Notice) {
+        if workload_mixed::settle(self, &notice) {
+            return;
+        }
         let Some(p) = self.pending.get(&notice.saga_id) else { return };
         if p.reporter != notice.source {
             return;
@@ -366,7 +389,11 @@ async fn drive(
         spent: VecDeque::new(),
         ack_log,
         report: RunReport::new(seed, &config),
+        mixed: workload_mixed::Mixed::new(args.workload, seed ^ run_number),
     };
+    if driver.mixed.is_some() {
+        driver.report.declare_kinds(&workload_mixed::MIXED_KINDS);
+    }
     driver.report.genesis_s = genesis_s;
     driver.report.durable = durable;
     driver.report.run_number = run_number;
@@ -374,7 +401,8 @@ async fn drive(
     let t0 = Instant::now();
     let mut last_progress = Instant::now();
     while t0.elapsed() < duration {
-        while driver.pending.len() < config.workload.in_flight_max {
+        workload_mixed::flush(&mut driver).await?;
+        while driver.in_flight() < config.workload.in_flight_max {
             if !driver.start_one().await? {
                 break;
             }
@@ -399,14 +427,16 @@ async fn drive(
                 args.duration,
                 r.committed(),
                 r.aborted(),
-                driver.pending.len(),
+                driver.in_flight(),
                 r.committed() as f64 / elapsed
             );
         }
     }
     let workload_s = t0.elapsed().as_secs_f64();
     let drain_deadline = Instant::now() + DRAIN_TIMEOUT;
-    while !driver.pending.is_empty() && Instant::now() < drain_deadline {
+    workload_mixed::stop(&mut driver);
+    while driver.in_flight() > 0 && Instant::now() < drain_deadline {
+        workload_mixed::flush(&mut driver).await?;
         if let Ok(Some(notice)) = tokio::time::timeout(Duration::from_millis(50), notices.recv()).await {
             driver.settle(notice);
         }
@@ -427,9 +457,11 @@ async fn drive(
     }
     let quiet = cluster.quiesce(Duration::from_secs(30)).await;
     let audit = cluster.audit().await?;
-    let mut report = driver.report;
+    let unfinished = driver.in_flight();
+    let mut report = std::mem::replace(&mut driver.report, RunReport::new(seed, &config));
+    workload_mixed::conclude(&driver, &mut report).await?;
     report.duration_s = workload_s;
-    report.unfinished = driver.pending.len();
+    report.unfinished = unfinished;
     report.quiescent = quiet;
     report.network = cluster.node().network().stats();
     report.journal = cluster.node().journal().stats();

@@ -94,7 +94,10 @@ pub struct Input<'a> {
 fn describe(op: &Op) -> String {
     let v = &op.value;
     match op.f {
-        OpKind::Exchange => format!("op {} (exchange saga {}, wallet-{}, {} fen)", op.id, op.saga, v.payer, v.amount),
+        OpKind::Exchange => format!(
+            "op {} (exchange saga {}, wallet-{}, {} fen)",
+            op.id, op.saga, v.payer, v.amount
+        ),
         f => format!(
             "op {} ({} saga {}, wallet-{} → wallet-{}, {} fen, coordinator {})",
             op.id,
@@ -130,7 +133,11 @@ impl Facts {
             return Finding::Ok(ok_note);
         }
         let more = self.count - self.shown.len();
-        let tail = if more > 0 { format!("; and {more} more") } else { String::new() };
+        let tail = if more > 0 {
+            format!("; and {more} more")
+        } else {
+            String::new()
+        };
         Finding::Violated(format!("{}{tail}", self.shown.join("; ")))
     }
 }
@@ -138,8 +145,15 @@ impl Facts {
 fn audit_finding(input: &Input<'_>, name: &str, history: Facts) -> Finding {
     let mut facts = history;
     for (phase, at, report) in input.audits {
-        if let Some((_, specie_actors::Check::Violated(check))) = report.invariants().into_iter().find(|(n, c)| *n == name && !c.is_ok()) {
-            facts.add(format!("at {:.3} s ({phase}): {check}", *at as f64 / 1000.0));
+        if let Some((_, specie_actors::Check::Violated(check))) = report
+            .invariants()
+            .into_iter()
+            .find(|(n, c)| *n == name && !c.is_ok())
+        {
+            facts.add(format!(
+                "at {:.3} s ({phase}): {check}",
+                *at as f64 / 1000.0
+            ));
             break;
         }
     }
@@ -167,25 +181,48 @@ pub fn check_all(input: &Input<'_>) -> (Verdicts, Probes) {
             let other = &ops[pair as usize];
             let ok = |o: &Op| matches!(o.done, Some((OpType::Ok, _, _)));
             if ok(op) && ok(other) {
-                double.add(format!("{} and {} spend the same coin and both committed", describe(op), describe(other)));
+                double.add(format!(
+                    "{} and {} spend the same coin and both committed",
+                    describe(op),
+                    describe(other)
+                ));
             }
         }
     }
-    out.push(("conservation", audit_finding(input, "conservation", Facts::default())));
+    out.push((
+        "conservation",
+        audit_finding(input, "conservation", Facts::default()),
+    ));
     out.push(("backing", audit_finding(input, "backing", Facts::default())));
-    out.push(("no_double_spend", audit_finding(input, "no_double_spend", double)));
-    out.push(("atomicity", audit_finding(input, "atomicity", Facts::default())));
+    out.push((
+        "no_double_spend",
+        audit_finding(input, "no_double_spend", double),
+    ));
+    out.push((
+        "atomicity",
+        audit_finding(input, "atomicity", Facts::default()),
+    ));
 
     let mut refusals = Facts::default();
     let mut refused = 0;
     for op in ops.iter().filter(|o| o.f.must_fail()) {
         match (&op.done, input.reads[op.id as usize]) {
-            (Some((OpType::Ok, at, _)), _) => refusals.add(format!("{} committed at {:.3} s; it must be refused", describe(op), *at as f64 / 1000.0)),
-            (_, FinalRead::Committed) => refusals.add(format!("{} is committed at its coordinator; it must be refused", describe(op))),
+            (Some((OpType::Ok, at, _)), _) => refusals.add(format!(
+                "{} committed at {:.3} s; it must be refused",
+                describe(op),
+                *at as f64 / 1000.0
+            )),
+            (_, FinalRead::Committed) => refusals.add(format!(
+                "{} is committed at its coordinator; it must be refused",
+                describe(op)
+            )),
             _ => refused += 1,
         }
     }
-    out.push(("refusals", refusals.finding(format!("{refused} planted requests refused"))));
+    out.push((
+        "refusals",
+        refusals.finding(format!("{refused} planted requests refused")),
+    ));
 
     if input.stopped {
         let why = match input.violation {
@@ -225,36 +262,66 @@ pub fn check_all(input: &Input<'_>) -> (Verdicts, Probes) {
                 _ => {}
             }
         }
-        out.push(("no_lost_acknowledgement", lost.finding(format!("{oks} ok and {fails} fail checked against the final reads"))));
+        out.push((
+            "no_lost_acknowledgement",
+            lost.finding(format!(
+                "{oks} ok and {fails} fail checked against the final reads"
+            )),
+        ));
 
         let mut info = Facts::default();
         let (mut infos, mut committed) = (0, 0);
-        for op in ops.iter().filter(|o| matches!(o.done, Some((OpType::Info, _, _)))) {
+        for op in ops
+            .iter()
+            .filter(|o| matches!(o.done, Some((OpType::Info, _, _))))
+        {
             infos += 1;
             let read = input.reads[op.id as usize];
             match read {
-                FinalRead::InProgress => info.add(format!("{} is still in progress at its coordinator", describe(op))),
+                FinalRead::InProgress => info.add(format!(
+                    "{} is still in progress at its coordinator",
+                    describe(op)
+                )),
                 FinalRead::Committed => committed += 1,
                 FinalRead::Aborted(_) | FinalRead::Unknown => {}
             }
-            let late = input.late.get(&(op.id as usize)).map(Vec::as_slice).unwrap_or(&[]);
+            let late = input
+                .late
+                .get(&(op.id as usize))
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
             if let Some(first) = late.first() {
                 if late.iter().any(|r| r != first) {
-                    info.add(format!("{} was announced both ways after the client gave up", describe(op)));
+                    info.add(format!(
+                        "{} was announced both ways after the client gave up",
+                        describe(op)
+                    ));
                 }
                 if first.is_ok() != (read == FinalRead::Committed) {
-                    info.add(format!("{} was announced {} late, but its coordinator's final state is {read:?}", describe(op), result_name(*first)));
+                    info.add(format!(
+                        "{} was announced {} late, but its coordinator's final state is {read:?}",
+                        describe(op),
+                        result_name(*first)
+                    ));
                 }
             }
         }
-        out.push(("info_resolved", info.finding(format!("{infos} info resolved: {committed} committed, {} did not", infos - committed))));
+        out.push((
+            "info_resolved",
+            info.finding(format!(
+                "{infos} info resolved: {committed} committed, {} did not",
+                infos - committed
+            )),
+        ));
 
         let mut term = Facts::default();
         let mut took = Vec::new();
         for (phase, r) in input.termination {
             match r {
                 Ok(ms) => took.push(format!("{phase} {:.1} s", *ms as f64 / 1000.0)),
-                Err(facts) => term.add(format!("not every saga ended within the bound after {phase}: {facts}")),
+                Err(facts) => term.add(format!(
+                    "not every saga ended within the bound after {phase}: {facts}"
+                )),
             }
         }
         out.push(("termination", term.finding(took.join(", "))));
@@ -263,8 +330,16 @@ pub fn check_all(input: &Input<'_>) -> (Verdicts, Probes) {
     out.push((
         "idempotency",
         match input.violation.filter(|v| v.invariant == "idempotency") {
-            Some(v) => Finding::Violated(format!("at {:.3} s ({}): {}", v.at_ms as f64 / 1000.0, v.phase, v.facts)),
-            None => Finding::Ok(format!("{} duplicate deliveries injected", input.duplicates)),
+            Some(v) => Finding::Violated(format!(
+                "at {:.3} s ({}): {}",
+                v.at_ms as f64 / 1000.0,
+                v.phase,
+                v.facts
+            )),
+            None => Finding::Ok(format!(
+                "{} duplicate deliveries injected",
+                input.duplicates
+            )),
         },
     ));
 
@@ -272,7 +347,10 @@ pub fn check_all(input: &Input<'_>) -> (Verdicts, Probes) {
 
     let (finding, steady) = steady_state(input);
     out.push(("steady_state", finding));
-    out.push(("escrow", Finding::Skipped("no escrow saga in this build".into())));
+    out.push((
+        "escrow",
+        Finding::Skipped("no escrow saga in this build".into()),
+    ));
 
     // Any other invariant named by the violation that stopped the run.
     if let Some(v) = input.violation {
@@ -280,7 +358,12 @@ pub fn check_all(input: &Input<'_>) -> (Verdicts, Probes) {
             out.push(("termination", Finding::Violated(v.facts.clone())));
         } else if let Some((_, f)) = out.iter_mut().find(|(n, _)| *n == v.invariant) {
             if f.is_ok() {
-                *f = Finding::Violated(format!("at {:.3} s ({}): {}", v.at_ms as f64 / 1000.0, v.phase, v.facts));
+                *f = Finding::Violated(format!(
+                    "at {:.3} s ({}): {}",
+                    v.at_ms as f64 / 1000.0,
+                    v.phase,
+                    v.facts
+                ));
             }
         }
     }
@@ -300,7 +383,10 @@ fn supervision(input: &Input<'_>) -> Finding {
     let mut most = 0;
     for (a, times) in &by_actor {
         for (i, t) in times.iter().enumerate() {
-            let within = times[..=i].iter().filter(|u| t - **u <= s.restart_window_ms).count();
+            let within = times[..=i]
+                .iter()
+                .filter(|u| t - **u <= s.restart_window_ms)
+                .count();
             most = most.max(within);
             if within as u32 > s.restart_intensity_max {
                 facts.add(format!(
@@ -336,7 +422,11 @@ fn probe(ops: &[Op], from: u64, to: u64) -> (f64, u64, usize) {
         .collect();
     latencies.sort_unstable();
     let committed = latencies.len();
-    let percent = if window.is_empty() { 100.0 } else { 100.0 * committed as f64 / window.len() as f64 };
+    let percent = if window.is_empty() {
+        100.0
+    } else {
+        100.0 * committed as f64 / window.len() as f64
+    };
     let p99 = if latencies.is_empty() {
         0
     } else {
@@ -350,18 +440,26 @@ fn steady_state(input: &Input<'_>) -> (Finding, Probes) {
     let mut probes = Vec::new();
     let mut facts = Facts::default();
     for (name, label) in [("warmup", "before the faults"), ("after", "after healing")] {
-        let Some((_, from, to)) = input.phases.iter().find(|(n, _, _)| *n == name) else { continue };
+        let Some((_, from, to)) = input.phases.iter().find(|(n, _, _)| *n == name) else {
+            continue;
+        };
         let (percent, p99, n) = probe(input.ops, *from, *to);
         probes.push((name, percent, p99, n));
         if percent < h.committed_percent_min {
             facts.add(format!("{label}: {percent:.1}% of {n} honest operations committed, the hypothesis needs {:.1}%", h.committed_percent_min));
         }
         if p99 > h.p99_latency_max_ms {
-            facts.add(format!("{label}: p99 latency {p99} ms, the hypothesis allows {} ms", h.p99_latency_max_ms));
+            facts.add(format!(
+                "{label}: p99 latency {p99} ms, the hypothesis allows {} ms",
+                h.p99_latency_max_ms
+            ));
         }
     }
     if probes.is_empty() {
-        return (Finding::Skipped("the run stopped before the warm-up ended".into()), probes);
+        return (
+            Finding::Skipped("the run stopped before the warm-up ended".into()),
+            probes,
+        );
     }
     let note = probes
         .iter()

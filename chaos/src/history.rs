@@ -58,7 +58,10 @@ impl OpKind {
 
     /// Operations that must be refused.
     pub fn must_fail(self) -> bool {
-        matches!(self, OpKind::Insufficient | OpKind::DoubleSpend | OpKind::Forged)
+        matches!(
+            self,
+            OpKind::Insufficient | OpKind::DoubleSpend | OpKind::Forged
+        )
     }
 
     /// Honest operations, whose commit rate is part of the steady state.
@@ -154,7 +157,12 @@ mod tests {
             f: OpKind::Pay,
             op: 0,
             saga: "00".into(),
-            value: OpValue { payer: 1, payee: 2, amount: 300, pair: None },
+            value: OpValue {
+                payer: 1,
+                payee: 2,
+                amount: 300,
+                pair: None,
+            },
             error: error.map(str::to_string),
         };
         let mut a = History::default();
@@ -164,6 +172,8 @@ mod tests {
         a.push(entry(9, OpType::Ok, None));
         b.push(entry(9, OpType::Fail, Some("timeout")));
         assert_ne!(a.digest(), b.digest());
-        assert!(a.to_jsonl().starts_with("{\"index\":0,\"time_ms\":5,\"process\":\"wallet-1\",\"type\":\"invoke\",\"f\":\"pay\""));
+        assert!(a.to_jsonl().starts_with(
+            "{\"index\":0,\"time_ms\":5,\"process\":\"wallet-1\",\"type\":\"invoke\",\"f\":\"pay\""
+        ));
     }
 }

@@ -153,7 +153,14 @@ impl<S: SimMachine> Hosted<S> {
 
     /// Runs one step and takes its effects in: journal appends, held messages, timers.
     /// `clock_ms` is the actor's clock (skew included), `now` the simulation's time.
-    pub fn step(&mut self, input: In<S>, clock_ms: u64, now: u64, commit_delay_ms: u64, early_ack: bool) -> Absorbed {
+    pub fn step(
+        &mut self,
+        input: In<S>,
+        clock_ms: u64,
+        now: u64,
+        commit_delay_ms: u64,
+        early_ack: bool,
+    ) -> Absorbed {
         let mut out = Effects::default();
         match input {
             In::Envelope(e) => self.state.on_envelope(e, clock_ms, &mut out),
@@ -162,14 +169,21 @@ impl<S: SimMachine> Hosted<S> {
             In::Start => self.state.on_start(clock_ms, &mut out),
         }
         let mut result = Absorbed {
-            timers: out.timers.into_iter().map(|(d, t)| (d, S::wrap(t))).collect(),
+            timers: out
+                .timers
+                .into_iter()
+                .map(|(d, t)| (d, S::wrap(t)))
+                .collect(),
             ..Absorbed::default()
         };
         if !out.events.is_empty() {
             let seq = self.next_seq;
             self.next_seq += 1;
             for e in &out.events {
-                self.pending.push((seq, Bytes::from(postcard::to_stdvec(e).expect("events always serialize"))));
+                self.pending.push((
+                    seq,
+                    Bytes::from(postcard::to_stdvec(e).expect("events always serialize")),
+                ));
             }
             let at = self.last_commit_at.max(now + commit_delay_ms);
             self.last_commit_at = at;
@@ -201,10 +215,15 @@ impl<S: SimMachine> Hosted<S> {
     /// Completes the commit of everything up to `seq`; returns the held steps that may leave.
     pub fn commit(&mut self, seq: u64) -> Vec<Held> {
         let split = self.pending.partition_point(|(s, _)| *s <= seq);
-        self.durable.extend(self.pending.drain(..split).map(|(_, e)| e));
+        self.durable
+            .extend(self.pending.drain(..split).map(|(_, e)| e));
         self.durable_seq = self.durable_seq.max(seq);
         let mut release = Vec::new();
-        while self.outbox.front().is_some_and(|h| h.seq <= self.durable_seq) {
+        while self
+            .outbox
+            .front()
+            .is_some_and(|h| h.seq <= self.durable_seq)
+        {
             release.push(self.outbox.pop_front().expect("front exists"));
         }
         release
@@ -218,8 +237,12 @@ impl<S: SimMachine> Hosted<S> {
         self.last_commit_at = 0;
         let mut state = (self.factory)();
         for (index, bytes) in self.durable.iter().enumerate() {
-            let event: S::Event = postcard::from_bytes(bytes)
-                .unwrap_or_else(|e| panic!("journal entry {index} of {} is unreadable: {e}", state.address()));
+            let event: S::Event = postcard::from_bytes(bytes).unwrap_or_else(|e| {
+                panic!(
+                    "journal entry {index} of {} is unreadable: {e}",
+                    state.address()
+                )
+            });
             state.apply(&event);
         }
         self.state = state;
@@ -239,17 +262,31 @@ impl<S: SimMachine> Hosted<S> {
 /// Any hosted actor.
 pub enum Actor {
     /// The central bank.
-    Bank(Hosted<CentralBank>),
+    Bank(Box<Hosted<CentralBank>>),
     /// An institution.
     Inst(Box<Hosted<Institution>>),
     /// A wallet.
-    Wallet(Hosted<Wallet>),
+    Wallet(Box<Hosted<Wallet>>),
 }
 
 impl Actor {
     /// Runs one step; an input of another actor kind (a stale timer) does nothing.
-    pub fn step(&mut self, input: Input, clock_ms: u64, now: u64, delay: u64, early: bool) -> Absorbed {
-        fn go<S: SimMachine>(h: &mut Hosted<S>, input: Option<In<S>>, clock_ms: u64, now: u64, delay: u64, early: bool) -> Absorbed {
+    pub fn step(
+        &mut self,
+        input: Input,
+        clock_ms: u64,
+        now: u64,
+        delay: u64,
+        early: bool,
+    ) -> Absorbed {
+        fn go<S: SimMachine>(
+            h: &mut Hosted<S>,
+            input: Option<In<S>>,
+            clock_ms: u64,
+            now: u64,
+            delay: u64,
+            early: bool,
+        ) -> Absorbed {
             match input {
                 Some(i) => h.step(i, clock_ms, now, delay, early),
                 None => Absorbed::default(),
@@ -343,7 +380,11 @@ mod tests {
         assert_eq!(b.commit, Some((15, 2)));
         assert_eq!(h.state.snapshot().minted, Amount(200));
         h.crash();
-        assert_eq!(h.state.snapshot().minted, Amount(100), "the second mint was never durable");
+        assert_eq!(
+            h.state.snapshot().minted,
+            Amount(100),
+            "the second mint was never durable"
+        );
         assert_eq!(h.journal_len(), 1);
         assert!(h.settled());
     }

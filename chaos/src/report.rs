@@ -8,8 +8,15 @@ use std::fmt::Write as _;
 
 /// The command that replays a run exactly.
 pub fn replay_command(r: &RunResult) -> String {
-    let planted = r.planted.as_ref().map(|p| format!(" --planted-bug {p}")).unwrap_or_default();
-    format!("specie chaos replay {} --seed {}{planted}", r.origin, r.seed)
+    let planted = r
+        .planted
+        .as_ref()
+        .map(|p| format!(" --planted-bug {p}"))
+        .unwrap_or_default();
+    format!(
+        "specie chaos replay {} --seed {}{planted}",
+        r.origin, r.seed
+    )
 }
 
 fn outcome_counts(r: &RunResult) -> (usize, usize, usize) {
@@ -28,7 +35,11 @@ fn outcome_counts(r: &RunResult) -> (usize, usize, usize) {
 /// The terminal summary of one run.
 pub fn summary(r: &RunResult) -> String {
     let mut s = String::new();
-    let planted = r.planted.as_deref().map(|p| format!(", planted bug {p}")).unwrap_or_default();
+    let planted = r
+        .planted
+        .as_deref()
+        .map(|p| format!(", planted bug {p}"))
+        .unwrap_or_default();
     let _ = writeln!(s, "specie chaos — {}, seed {}{planted}", r.scenario, r.seed);
     let (ok, fail, info) = outcome_counts(r);
     let _ = writeln!(
@@ -39,14 +50,26 @@ pub fn summary(r: &RunResult) -> String {
         r.speed()
     );
     let _ = writeln!(s, "  operations    {} invoked: {ok} ok, {fail} fail, {info} info ({} arrivals found no idle wallet)", r.ops, r.skipped);
-    let phases: Vec<String> = r.phases.iter().map(|(n, a, b)| format!("{n} {:.1}s", (b - a) as f64 / 1000.0)).collect();
+    let phases: Vec<String> = r
+        .phases
+        .iter()
+        .map(|(n, a, b)| format!("{n} {:.1}s", (b - a) as f64 / 1000.0))
+        .collect();
     let _ = writeln!(s, "  phases        {}", phases.join(", "));
-    let faults: Vec<String> = r.faults_injected.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    let faults: Vec<String> = r
+        .faults_injected
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
     let _ = writeln!(
         s,
         "  faults        {} scheduled; injected: {}",
         r.faults.len(),
-        if faults.is_empty() { "none".to_string() } else { faults.join(", ") }
+        if faults.is_empty() {
+            "none".to_string()
+        } else {
+            faults.join(", ")
+        }
     );
     let n = &r.net;
     let _ = writeln!(
@@ -64,7 +87,14 @@ pub fn summary(r: &RunResult) -> String {
     }
     let _ = writeln!(s, "  history       sha256 {}", r.history_digest());
     if let Some(v) = &r.violation {
-        let _ = writeln!(s, "  VIOLATION     {} at {:.3} s ({}): {}", v.invariant, v.at_ms as f64 / 1000.0, v.phase, v.facts);
+        let _ = writeln!(
+            s,
+            "  VIOLATION     {} at {:.3} s ({}): {}",
+            v.invariant,
+            v.at_ms as f64 / 1000.0,
+            v.phase,
+            v.facts
+        );
     }
     if r.ok() {
         let _ = writeln!(s, "  result        ok");
@@ -148,7 +178,10 @@ pub fn sweep_json(results: &[RunResult]) -> Value {
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 fn fault_color(kind: &str) -> &'static str {
@@ -191,7 +224,9 @@ pub fn html(r: &RunResult) -> String {
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{height}" font-family="sans-serif" font-size="11">"#
     );
     // Phases.
-    let phase_colors = ["#eeeeee", "#e8f4e8", "#fde9e7", "#e7eefd", "#e8f4e8", "#eeeeee"];
+    let phase_colors = [
+        "#eeeeee", "#e8f4e8", "#fde9e7", "#e7eefd", "#e8f4e8", "#eeeeee",
+    ];
     for (i, (name, a, b)) in r.phases.iter().enumerate() {
         let (xa, xb) = (x(*a), x(*b));
         let _ = write!(
@@ -217,7 +252,11 @@ pub fn html(r: &RunResult) -> String {
         t += step_s;
     }
     // Fault lanes.
-    let _ = write!(svg, r#"<text x="4" y="{:.1}" font-weight="bold">faults</text>"#, faults_top - 4.0);
+    let _ = write!(
+        svg,
+        r#"<text x="4" y="{:.1}" font-weight="bold">faults</text>"#,
+        faults_top - 4.0
+    );
     for (i, f) in r.faults.iter().take(lanes).enumerate() {
         let y = faults_top + LANE * i as f64;
         let kind = f.fault.kind.name();
@@ -227,7 +266,14 @@ pub fn html(r: &RunResult) -> String {
             svg,
             r#"<text x="4" y="{:.1}">{}</text><rect x="{xa:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{}"><title>{label}: {:.3}–{:.3} s</title></rect>"#,
             y + 10.0,
-            if label.len() > 36 { format!("{}…", &label[..label.char_indices().nth(34).map_or(label.len(), |(i, _)| i)]) } else { label.clone() },
+            if label.len() > 36 {
+                format!(
+                    "{}…",
+                    &label[..label.char_indices().nth(34).map_or(label.len(), |(i, _)| i)]
+                )
+            } else {
+                label.clone()
+            },
             y + 2.0,
             (xb - xa).max(3.0),
             LANE - 4.0,
@@ -237,10 +283,21 @@ pub fn html(r: &RunResult) -> String {
         );
     }
     if r.faults.len() > lanes {
-        let _ = write!(svg, r#"<text x="4" y="{:.1}">… and {} more faults</text>"#, faults_top + LANE * lanes as f64 + 10.0, r.faults.len() - lanes);
+        let _ = write!(
+            svg,
+            r#"<text x="4" y="{:.1}">… and {} more faults</text>"#,
+            faults_top + LANE * lanes as f64 + 10.0,
+            r.faults.len() - lanes
+        );
     }
     // Outcomes: completion time against latency (log scale).
-    let max_latency = r.completions.iter().map(|c| c.time_ms - c.invoked_ms).max().unwrap_or(1).max(10) as f64;
+    let max_latency = r
+        .completions
+        .iter()
+        .map(|c| c.time_ms - c.invoked_ms)
+        .max()
+        .unwrap_or(1)
+        .max(10) as f64;
     let ly = |ms: u64| {
         let v = ((ms.max(1)) as f64).ln() / max_latency.ln();
         plot_top + PLOT_H - PLOT_H * v.clamp(0.0, 1.0)
@@ -257,7 +314,11 @@ pub fn html(r: &RunResult) -> String {
     for tick in [1u64, 10, 100, 1000, 10_000, 100_000] {
         if (tick as f64) <= max_latency * 1.01 {
             let y = ly(tick);
-            let label = if tick >= 1000 { format!("{} s", tick / 1000) } else { format!("{tick} ms") };
+            let label = if tick >= 1000 {
+                format!("{} s", tick / 1000)
+            } else {
+                format!("{tick} ms")
+            };
             let _ = write!(
                 svg,
                 r##"<line x1="{LEFT}" x2="{:.1}" y1="{y:.1}" y2="{y:.1}" stroke="#dddddd" stroke-width="0.5"/><text x="{:.1}" y="{:.1}" text-anchor="end">{label}</text>"##,
@@ -274,11 +335,24 @@ pub fn html(r: &RunResult) -> String {
             _ => ("#444444", "s"),
         };
         let (cx, cy) = (x(c.time_ms), ly(c.time_ms - c.invoked_ms));
-        let title = format!("{} {:?} after {} ms", c.f.name(), c.kind, c.time_ms - c.invoked_ms);
+        let title = format!(
+            "{} {:?} after {} ms",
+            c.f.name(),
+            c.kind,
+            c.time_ms - c.invoked_ms
+        );
         if shape == "c" {
-            let _ = write!(svg, r#"<circle cx="{cx:.1}" cy="{cy:.1}" r="2" fill="{color}" fill-opacity="0.6"><title>{title}</title></circle>"#);
+            let _ = write!(
+                svg,
+                r#"<circle cx="{cx:.1}" cy="{cy:.1}" r="2" fill="{color}" fill-opacity="0.6"><title>{title}</title></circle>"#
+            );
         } else {
-            let _ = write!(svg, r#"<rect x="{:.1}" y="{:.1}" width="5" height="5" fill="{color}"><title>{title}</title></rect>"#, cx - 2.5, cy - 2.5);
+            let _ = write!(
+                svg,
+                r#"<rect x="{:.1}" y="{:.1}" width="5" height="5" fill="{color}"><title>{title}</title></rect>"#,
+                cx - 2.5,
+                cy - 2.5
+            );
         }
     }
     // Committed and failed operations per second.
@@ -292,7 +366,13 @@ pub fn html(r: &RunResult) -> String {
             _ => failed[s] += 1,
         }
     }
-    let peak = ok.iter().zip(&failed).map(|(a, b)| a + b).max().unwrap_or(1).max(1) as f64;
+    let peak = ok
+        .iter()
+        .zip(&failed)
+        .map(|(a, b)| a + b)
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64;
     let _ = write!(
         svg,
         r#"<text x="4" y="{:.1}" font-weight="bold">per second</text><text x="4" y="{:.1}">committed / not (peak {peak})</text>"#,
@@ -330,7 +410,11 @@ pub fn html(r: &RunResult) -> String {
     let mut rows = String::new();
     for (name, finding) in &r.invariants {
         let class = if finding.is_ok() { "ok" } else { "bad" };
-        let _ = write!(rows, r#"<tr><td>{name}</td><td class="{class}">{}</td></tr>"#, esc(&finding.to_string()));
+        let _ = write!(
+            rows,
+            r#"<tr><td>{name}</td><td class="{class}">{}</td></tr>"#,
+            esc(&finding.to_string())
+        );
     }
     let legend = crate::scenario::FaultKind::NAMES
         .iter()

@@ -81,7 +81,9 @@ impl<'de> Deserialize<'de> for RawDuration {
         impl Visitor<'_> for V {
             type Value = RawDuration;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a duration such as \"250ms\", \"2s\" or \"1m\" (or whole milliseconds)")
+                f.write_str(
+                    "a duration such as \"250ms\", \"2s\" or \"1m\" (or whole milliseconds)",
+                )
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawDuration, E> {
                 u64::try_from(v)
@@ -121,7 +123,11 @@ impl<'de> Deserialize<'de> for RawOffset {
                 parse_ms(rest)
                     .filter(|ms| *ms >= 0.0)
                     .map(|ms| RawOffset((sign * ms).round() as i64))
-                    .ok_or_else(|| E::custom(format!("`{v}` is not a signed duration such as \"+1500ms\"")))
+                    .ok_or_else(|| {
+                        E::custom(format!(
+                            "`{v}` is not a signed duration such as \"+1500ms\""
+                        ))
+                    })
             }
         }
         d.deserialize_any(V)
@@ -354,7 +360,13 @@ pub struct Mix {
 impl Mix {
     /// Sum of the weights.
     pub fn total(&self) -> u32 {
-        self.pay + self.collect + self.exchange + self.insufficient + self.double_spend + self.forged + self.conflict
+        self.pay
+            + self.collect
+            + self.exchange
+            + self.insufficient
+            + self.double_spend
+            + self.forged
+            + self.conflict
     }
 }
 
@@ -445,10 +457,16 @@ impl Member {
             return n.parse().ok().map(|i| Member::WalletsOf(InstitutionId(i)));
         }
         if let Some(n) = s.strip_prefix("inst-") {
-            return n.parse().ok().map(|i| Member::Actor(Address::Institution(InstitutionId(i))));
+            return n
+                .parse()
+                .ok()
+                .map(|i| Member::Actor(Address::Institution(InstitutionId(i))));
         }
         if let Some(n) = s.strip_prefix("wallet-") {
-            return n.parse().ok().map(|w| Member::Actor(Address::Wallet(WalletId(w))));
+            return n
+                .parse()
+                .ok()
+                .map(|w| Member::Actor(Address::Wallet(WalletId(w))));
         }
         None
     }
@@ -469,7 +487,9 @@ impl Member {
             (Member::Actor(m), a) => *m == a,
             (Member::Institutions, Address::Institution(_)) => true,
             (Member::Wallets, Address::Wallet(_)) => true,
-            (Member::WalletsOf(i), Address::Wallet(w)) => w.0 % u64::from(institutions) == u64::from(i.0),
+            (Member::WalletsOf(i), Address::Wallet(w)) => {
+                w.0 % u64::from(institutions) == u64::from(i.0)
+            }
             _ => false,
         }
     }
@@ -788,20 +808,29 @@ impl fmt::Display for FieldPath {
 fn line_of(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let column = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
     (line, column)
 }
 
 /// Finds the line of a field: the deepest part of the path present in the file.
 fn locate(text: &str, path: &FieldPath) -> usize {
-    let Ok(doc) = toml_edit::ImDocument::parse(text) else { return 1 };
+    let Ok(doc) = toml_edit::ImDocument::parse(text) else {
+        return 1;
+    };
     let mut best = 1;
     let mut item: &toml_edit::Item = doc.as_item();
     for seg in &path.0 {
         let next = match seg {
             Seg::Key(k) => {
-                let Some(table) = item.as_table_like() else { break };
-                let Some((key, value)) = table.get_key_value(k) else { break };
+                let Some(table) = item.as_table_like() else {
+                    break;
+                };
+                let Some((key, value)) = table.get_key_value(k) else {
+                    break;
+                };
                 if let Some(span) = key.span() {
                     best = line_of(text, span.start).0;
                 }
@@ -833,14 +862,21 @@ fn locate(text: &str, path: &FieldPath) -> usize {
 }
 
 /// Continues [`locate`] inside the table of an array of tables (path `[key, index, ...]`).
-fn locate_in_table(text: &str, table: &toml_edit::Table, path: &FieldPath, mut best: usize) -> usize {
+fn locate_in_table(
+    text: &str,
+    table: &toml_edit::Table,
+    path: &FieldPath,
+    mut best: usize,
+) -> usize {
     let mut current: Option<&dyn toml_edit::TableLike> = Some(table);
     for seg in path.0.iter().skip(2) {
         let Seg::Key(k) = seg else {
             break;
         };
         let Some(t) = current else { break };
-        let Some((key, value)) = t.get_key_value(k) else { break };
+        let Some((key, value)) = t.get_key_value(k) else {
+            break;
+        };
         if let Some(span) = key.span() {
             best = line_of(text, span.start).0;
         }
@@ -907,7 +943,10 @@ impl Scenario {
         s.push_str(&format!("description = {}\n\n", q(&self.description)));
         let c = &self.cluster;
         s.push_str("[cluster]\n");
-        s.push_str(&format!("institutions = {}\nwallets = {}\n", c.institutions, c.wallets));
+        s.push_str(&format!(
+            "institutions = {}\nwallets = {}\n",
+            c.institutions, c.wallets
+        ));
         s.push_str(&format!(
             "account_balance_fen = {}\nexchange_fen = {}\ncoin_denominations_fen = {:?}\n\n",
             c.account_balance_fen, c.exchange_fen, c.coin_denominations_fen
@@ -916,7 +955,10 @@ impl Scenario {
             "[network]\nlatency = \"{}ms\"\njitter = \"{}ms\"\n\n",
             self.network.latency_ms, self.network.jitter_ms
         ));
-        s.push_str(&format!("[journal]\ncommit_latency = \"{}ms\"\n\n", self.journal_commit_ms));
+        s.push_str(&format!(
+            "[journal]\ncommit_latency = \"{}ms\"\n\n",
+            self.journal_commit_ms
+        ));
         let l = &self.limits;
         s.push_str(&format!(
             "[limits]\nsaga_timeout = \"{}ms\"\nretry_interval = \"{}ms\"\nretry_interval_max = \"{}ms\"\nauthorization_ttl = \"{}ms\"\noutcome_timeout = \"{}ms\"\ncoin_inputs_max = {}\n\n",
@@ -976,7 +1018,10 @@ fn fault_toml(f: &FaultSpec) -> String {
     s.push_str(&format!("duration = \"{}ms\"\n", f.duration_ms));
     if let Some(r) = f.repeat {
         match r.times {
-            Some(t) => s.push_str(&format!("repeat = {{ every = \"{}ms\", times = {t} }}\n", r.every_ms)),
+            Some(t) => s.push_str(&format!(
+                "repeat = {{ every = \"{}ms\", times = {t} }}\n",
+                r.every_ms
+            )),
             None => s.push_str(&format!("repeat = {{ every = \"{}ms\" }}\n", r.every_ms)),
         }
     }
@@ -1013,7 +1058,11 @@ fn fault_toml(f: &FaultSpec) -> String {
         Selector::Everyone => {}
         Selector::Actors(actors) => s.push_str(&format!(
             "selector = {{ actors = [{}] }}\n",
-            actors.iter().map(|a| toml_quote(&a.to_string())).collect::<Vec<_>>().join(", ")
+            actors
+                .iter()
+                .map(|a| toml_quote(&a.to_string()))
+                .collect::<Vec<_>>()
+                .join(", ")
         )),
         Selector::Kind { kind, ids, mode } => {
             let mut parts = vec![format!("actor_kind = \"{}\"", kind.name())];
@@ -1042,10 +1091,16 @@ fn validate(raw: RawScenario, ctx: &Ctx<'_>) -> Result<Scenario, ScenarioError> 
     let c = &raw.cluster;
     let cp = root.key("cluster");
     if c.institutions == 0 || c.institutions > INSTITUTIONS_MAX {
-        return Err(ctx.err(&cp.key("institutions"), format!("must be 1 to {INSTITUTIONS_MAX}, is {}", c.institutions)));
+        return Err(ctx.err(
+            &cp.key("institutions"),
+            format!("must be 1 to {INSTITUTIONS_MAX}, is {}", c.institutions),
+        ));
     }
     if c.wallets < 2 || c.wallets > WALLETS_MAX {
-        return Err(ctx.err(&cp.key("wallets"), format!("must be 2 to {WALLETS_MAX}, is {}", c.wallets)));
+        return Err(ctx.err(
+            &cp.key("wallets"),
+            format!("must be 2 to {WALLETS_MAX}, is {}", c.wallets),
+        ));
     }
     let account_balance_fen = c.account_balance_fen.unwrap_or(100_000);
     let exchange_fen = c.exchange_fen.unwrap_or(60_000);
@@ -1069,7 +1124,10 @@ fn validate(raw: RawScenario, ctx: &Ctx<'_>) -> Result<Scenario, ScenarioError> 
         || coin_denominations_fen.contains(&0)
         || coin_denominations_fen.windows(2).any(|w| w[0] <= w[1])
     {
-        return Err(ctx.err(&cp.key("coin_denominations_fen"), "must be positive and strictly decreasing"));
+        return Err(ctx.err(
+            &cp.key("coin_denominations_fen"),
+            "must be positive and strictly decreasing",
+        ));
     }
 
     let np = root.key("network");
@@ -1078,11 +1136,20 @@ fn validate(raw: RawScenario, ctx: &Ctx<'_>) -> Result<Scenario, ScenarioError> 
         jitter_ms: raw.network.jitter.map_or(1, |d| d.0),
     };
     if network.jitter_ms > network.latency_ms {
-        return Err(ctx.err(&np.key("jitter"), format!("({} ms) cannot exceed network.latency ({} ms)", network.jitter_ms, network.latency_ms)));
+        return Err(ctx.err(
+            &np.key("jitter"),
+            format!(
+                "({} ms) cannot exceed network.latency ({} ms)",
+                network.jitter_ms, network.latency_ms
+            ),
+        ));
     }
     let journal_commit_ms = raw.journal.commit_latency.map_or(1, |d| d.0);
     if journal_commit_ms > 60_000 {
-        return Err(ctx.err(&root.key("journal").key("commit_latency"), "must be at most 60 s"));
+        return Err(ctx.err(
+            &root.key("journal").key("commit_latency"),
+            "must be at most 60 s",
+        ));
     }
 
     let lp = root.key("limits");
@@ -1106,14 +1173,23 @@ fn validate(raw: RawScenario, ctx: &Ctx<'_>) -> Result<Scenario, ScenarioError> 
         }
     }
     if limits.retry_interval_max_ms < limits.retry_interval_ms {
-        return Err(ctx.err(&lp.key("retry_interval_max"), "cannot be below limits.retry_interval"));
+        return Err(ctx.err(
+            &lp.key("retry_interval_max"),
+            "cannot be below limits.retry_interval",
+        ));
     }
     if limits.authorization_ttl_ms <= limits.saga_timeout_ms {
-        return Err(ctx.err(&lp.key("authorization_ttl"), "must exceed limits.saga_timeout"));
+        return Err(ctx.err(
+            &lp.key("authorization_ttl"),
+            "must exceed limits.saga_timeout",
+        ));
     }
     let inputs_max = specie_protocol::pay::AUTHORIZATION_COINS_MAX;
     if limits.coin_inputs_max == 0 || limits.coin_inputs_max > inputs_max {
-        return Err(ctx.err(&lp.key("coin_inputs_max"), format!("must be 1 to {inputs_max}, is {}", limits.coin_inputs_max)));
+        return Err(ctx.err(
+            &lp.key("coin_inputs_max"),
+            format!("must be 1 to {inputs_max}, is {}", limits.coin_inputs_max),
+        ));
     }
 
     let sp = root.key("supervision");
@@ -1131,13 +1207,22 @@ fn validate(raw: RawScenario, ctx: &Ctx<'_>) -> Result<Scenario, ScenarioError> 
         return Err(ctx.err(&sp.key("restart_window"), "must be positive"));
     }
     if supervision.restart_backoff_max_ms < supervision.restart_backoff_ms {
-        return Err(ctx.err(&sp.key("restart_backoff_max"), "cannot be below supervision.restart_backoff"));
+        return Err(ctx.err(
+            &sp.key("restart_backoff_max"),
+            "cannot be below supervision.restart_backoff",
+        ));
     }
 
     let wp = root.key("workload");
     let w = &raw.workload;
     if !(w.rate_per_s > 0.0 && w.rate_per_s <= RATE_PER_S_MAX) {
-        return Err(ctx.err(&wp.key("rate_per_s"), format!("must be above 0 and at most {RATE_PER_S_MAX}, is {}", w.rate_per_s)));
+        return Err(ctx.err(
+            &wp.key("rate_per_s"),
+            format!(
+                "must be above 0 and at most {RATE_PER_S_MAX}, is {}",
+                w.rate_per_s
+            ),
+        ));
     }
     let m = &w.mix;
     let mix = Mix {
@@ -1153,13 +1238,20 @@ fn validate(raw: RawScenario, ctx: &Ctx<'_>) -> Result<Scenario, ScenarioError> 
         return Err(ctx.err(&wp.key("mix"), "needs at least one positive weight (pay, collect, exchange, insufficient, double_spend, forged, conflict)"));
     }
     if mix.conflict > 0 && c.institutions < 2 {
-        return Err(ctx.err(&wp.key("mix").key("conflict"), "needs at least 2 institutions (the conflicting payments are coordinated elsewhere)"));
+        return Err(ctx.err(
+            &wp.key("mix").key("conflict"),
+            "needs at least 2 institutions (the conflicting payments are coordinated elsewhere)",
+        ));
     }
     let workload = Workload {
         rate_per_s: w.rate_per_s,
         amount_max_fen: w.amount_max_fen.unwrap_or(20_000),
         client_timeout_ms: w.client_timeout.map_or(15_000, |d| d.0),
-        cross_institution_percent: percent(ctx, &wp.key("cross_institution_percent"), Some(w.cross_institution_percent.unwrap_or(75.0)))?,
+        cross_institution_percent: percent(
+            ctx,
+            &wp.key("cross_institution_percent"),
+            Some(w.cross_institution_percent.unwrap_or(75.0)),
+        )?,
         mix,
     };
     if workload.amount_max_fen == 0 {
@@ -1174,7 +1266,8 @@ fn validate(raw: RawScenario, ctx: &Ctx<'_>) -> Result<Scenario, ScenarioError> 
     // Once the faults stop, a payment whose request was lost can take until its
     // authorization expires, plus the lock timeout, plus a chase, to end: the bound must
     // leave room for that.
-    let settle_ms = limits.authorization_ttl_ms + limits.saga_timeout_ms + 2 * limits.outcome_timeout_ms;
+    let settle_ms =
+        limits.authorization_ttl_ms + limits.saga_timeout_ms + 2 * limits.outcome_timeout_ms;
     let phases = Phases {
         warmup_ms: p.warmup.0,
         faults_ms: p.faults.0,
@@ -1190,13 +1283,19 @@ fn validate(raw: RawScenario, ctx: &Ctx<'_>) -> Result<Scenario, ScenarioError> 
         ("drain_max", phases.drain_max_ms),
     ] {
         if v > PHASE_MS_MAX {
-            return Err(ctx.err(&pp.key(key), format!("must be at most {} s", PHASE_MS_MAX / 1000)));
+            return Err(ctx.err(
+                &pp.key(key),
+                format!("must be at most {} s", PHASE_MS_MAX / 1000),
+            ));
         }
     }
     if phases.faults_ms == 0 {
         return Err(ctx.err(&pp.key("faults"), "must be positive"));
     }
-    for (key, v) in [("converge_max", phases.converge_max_ms), ("drain_max", phases.drain_max_ms)] {
+    for (key, v) in [
+        ("converge_max", phases.converge_max_ms),
+        ("drain_max", phases.drain_max_ms),
+    ] {
         if v < settle_ms {
             return Err(ctx.err(
                 &pp.key(key),
@@ -1209,12 +1308,19 @@ fn validate(raw: RawScenario, ctx: &Ctx<'_>) -> Result<Scenario, ScenarioError> 
 
     let hp = root.key("steady_state");
     let steady_state = SteadyState {
-        committed_percent_min: percent(ctx, &hp.key("committed_percent_min"), raw.steady_state.committed_percent_min)?,
+        committed_percent_min: percent(
+            ctx,
+            &hp.key("committed_percent_min"),
+            raw.steady_state.committed_percent_min,
+        )?,
         p99_latency_max_ms: raw.steady_state.p99_latency_max.map_or(60_000, |d| d.0),
     };
     let audit_interval_ms = raw.schedule.audit_interval.map_or(1_000, |d| d.0);
     if audit_interval_ms == 0 {
-        return Err(ctx.err(&root.key("schedule").key("audit_interval"), "must be positive"));
+        return Err(ctx.err(
+            &root.key("schedule").key("audit_interval"),
+            "must be positive",
+        ));
     }
 
     let mut faults = Vec::with_capacity(raw.fault.len());
@@ -1227,7 +1333,10 @@ fn validate(raw: RawScenario, ctx: &Ctx<'_>) -> Result<Scenario, ScenarioError> 
             r.times.map_or(fit, |t| u64::from(t).min(fit)) as usize
         });
         if instances > FAULT_INSTANCES_MAX {
-            return Err(ctx.err(&fp.key("repeat"), format!("the schedule expands to more than {FAULT_INSTANCES_MAX} faults")));
+            return Err(ctx.err(
+                &fp.key("repeat"),
+                format!("the schedule expands to more than {FAULT_INSTANCES_MAX} faults"),
+            ));
         }
         faults.push(spec);
     }
@@ -1292,14 +1401,30 @@ fn validate_fault(
         other => {
             return Err(ctx.err(
                 &fp.key("kind"),
-                format!("`{other}` is not a fault; one of {}", FaultKind::NAMES.join(", ")),
+                format!(
+                    "`{other}` is not a fault; one of {}",
+                    FaultKind::NAMES.join(", ")
+                ),
             ))
         }
     };
-    for name in ["latency", "jitter", "correlation", "percent", "gap", "groups", "offset", "direction", "selector"] {
+    for name in [
+        "latency",
+        "jitter",
+        "correlation",
+        "percent",
+        "gap",
+        "groups",
+        "offset",
+        "direction",
+        "selector",
+    ] {
         if has(name) && !allowed.contains(&name) {
             let key: &'static str = name;
-            return Err(ctx.err(&fp.key(key), format!("does not apply to a `{}` fault", f.kind)));
+            return Err(ctx.err(
+                &fp.key(key),
+                format!("does not apply to a `{}` fault", f.kind),
+            ));
         }
     }
     let corr = |v: Option<f64>| percent(ctx, &fp.key("correlation"), v);
@@ -1308,7 +1433,12 @@ fn validate_fault(
         None | Some("both") => Direction::Both,
         Some("to") => Direction::To,
         Some("from") => Direction::From,
-        Some(other) => return Err(ctx.err(&fp.key("direction"), format!("must be \"to\", \"from\" or \"both\", is \"{other}\""))),
+        Some(other) => {
+            return Err(ctx.err(
+                &fp.key("direction"),
+                format!("must be \"to\", \"from\" or \"both\", is \"{other}\""),
+            ))
+        }
     };
     let kind = match f.kind.as_str() {
         "delay" => {
@@ -1326,8 +1456,12 @@ fn validate_fault(
             percent: pct(f.percent)?,
             correlation: corr(f.correlation)?,
         },
-        "duplicate" => FaultKind::Duplicate { percent: pct(f.percent)? },
-        "corrupt" => FaultKind::Corrupt { percent: pct(f.percent)? },
+        "duplicate" => FaultKind::Duplicate {
+            percent: pct(f.percent)?,
+        },
+        "corrupt" => FaultKind::Corrupt {
+            percent: pct(f.percent)?,
+        },
         "reorder" => {
             let gap = f.gap.unwrap_or(1);
             if gap == 0 {
@@ -1340,10 +1474,16 @@ fn validate_fault(
         }
         "partition" => {
             let Some(raw_groups) = &f.groups else {
-                return Err(ctx.err(&fp.key("groups"), "is required for a `partition` fault: at least two lists of actors"));
+                return Err(ctx.err(
+                    &fp.key("groups"),
+                    "is required for a `partition` fault: at least two lists of actors",
+                ));
             };
             if raw_groups.len() < 2 {
-                return Err(ctx.err(&fp.key("groups"), format!("needs at least two groups, has {}", raw_groups.len())));
+                return Err(ctx.err(
+                    &fp.key("groups"),
+                    format!("needs at least two groups, has {}", raw_groups.len()),
+                ));
             }
             let mut groups = Vec::new();
             for g in raw_groups {
@@ -1355,7 +1495,8 @@ fn validate_fault(
                             format!("`{name}` is not an actor: use central-bank, inst-N, wallet-N, institutions, wallets or wallets-of-inst-N"),
                         )
                     })?;
-                    check_member(&member, institutions, wallets).map_err(|why| ctx.err(&fp.key("groups"), why))?;
+                    check_member(&member, institutions, wallets)
+                        .map_err(|why| ctx.err(&fp.key("groups"), why))?;
                     members.push(member);
                 }
                 if members.is_empty() {
@@ -1371,26 +1512,38 @@ fn validate_fault(
             let Some(offset) = f.offset else {
                 return Err(ctx.err(&fp.key("offset"), "is required for a `clock_skew` fault"));
             };
-            FaultKind::ClockSkew { offset_ms: offset.0 }
+            FaultKind::ClockSkew {
+                offset_ms: offset.0,
+            }
         }
-        "fsync_error" => FaultKind::FsyncError { percent: pct(f.percent)? },
+        "fsync_error" => FaultKind::FsyncError {
+            percent: pct(f.percent)?,
+        },
         "write_delay" => {
             let Some(latency) = f.latency else {
                 return Err(ctx.err(&fp.key("latency"), "is required for a `write_delay` fault"));
             };
-            FaultKind::WriteDelay { latency_ms: latency.0 }
+            FaultKind::WriteDelay {
+                latency_ms: latency.0,
+            }
         }
         _ => unreachable!("checked above"),
     };
     let duration_ms = f.duration.map_or(0, |d| d.0);
     let needs_duration = !matches!(kind, FaultKind::Kill);
     if needs_duration && duration_ms == 0 {
-        return Err(ctx.err(&fp.key("duration"), format!("is required (and positive) for a `{}` fault", f.kind)));
+        return Err(ctx.err(
+            &fp.key("duration"),
+            format!("is required (and positive) for a `{}` fault", f.kind),
+        ));
     }
     if f.start.0 >= phases.faults_ms {
         return Err(ctx.err(
             &fp.key("start"),
-            format!("({} ms) must fall inside the fault phase (phases.faults = {} ms)", f.start.0, phases.faults_ms),
+            format!(
+                "({} ms) must fall inside the fault phase (phases.faults = {} ms)",
+                f.start.0, phases.faults_ms
+            ),
         ));
     }
     let repeat = match &f.repeat {
@@ -1413,7 +1566,10 @@ fn validate_fault(
         Some(s) => validate_selector(s, &fp.key("selector"), ctx, institutions, wallets)?,
     };
     if matches!(kind, FaultKind::Kill | FaultKind::Pause) && selector == Selector::Everyone {
-        return Err(ctx.err(&fp.key("selector"), format!("is required for a `{}` fault (which actors?)", f.kind)));
+        return Err(ctx.err(
+            &fp.key("selector"),
+            format!("is required for a `{}` fault (which actors?)", f.kind),
+        ));
     }
     Ok(FaultSpec {
         kind,
@@ -1430,11 +1586,13 @@ fn validate_fault(
 fn check_member(m: &Member, institutions: u32, wallets: u64) -> Result<(), String> {
     match m {
         Member::Actor(Address::Institution(i)) | Member::WalletsOf(i) if i.0 >= institutions => {
-            Err(format!("{i} does not exist: the cluster has {institutions} institutions"))
+            Err(format!(
+                "{i} does not exist: the cluster has {institutions} institutions"
+            ))
         }
-        Member::Actor(Address::Wallet(w)) if w.0 >= wallets => {
-            Err(format!("{w} does not exist: the cluster has {wallets} wallets"))
-        }
+        Member::Actor(Address::Wallet(w)) if w.0 >= wallets => Err(format!(
+            "{w} does not exist: the cluster has {wallets} wallets"
+        )),
         _ => Ok(()),
     }
 }
@@ -1448,16 +1606,25 @@ fn validate_selector(
 ) -> Result<Selector, ScenarioError> {
     if let Some(actors) = &s.actors {
         if s.actor_kind.is_some() || s.ids.is_some() || s.mode.is_some() || s.value.is_some() {
-            return Err(ctx.err(&sp.key("actors"), "names exact actors: leave out actor_kind, ids, mode and value"));
+            return Err(ctx.err(
+                &sp.key("actors"),
+                "names exact actors: leave out actor_kind, ids, mode and value",
+            ));
         }
         let mut out = Vec::new();
         for name in actors {
             match Member::parse(name) {
                 Some(m @ Member::Actor(a)) => {
-                    check_member(&m, institutions, wallets).map_err(|why| ctx.err(&sp.key("actors"), why))?;
+                    check_member(&m, institutions, wallets)
+                        .map_err(|why| ctx.err(&sp.key("actors"), why))?;
                     out.push(a);
                 }
-                _ => return Err(ctx.err(&sp.key("actors"), format!("`{name}` is not one actor (central-bank, inst-N, wallet-N)"))),
+                _ => {
+                    return Err(ctx.err(
+                        &sp.key("actors"),
+                        format!("`{name}` is not one actor (central-bank, inst-N, wallet-N)"),
+                    ))
+                }
             }
         }
         if out.is_empty() {
@@ -1473,7 +1640,9 @@ fn validate_selector(
         Some(other) => {
             return Err(ctx.err(
                 &sp.key("actor_kind"),
-                format!("must be \"institution\", \"wallet\", \"central_bank\" or \"any\", is \"{other}\""),
+                format!(
+                "must be \"institution\", \"wallet\", \"central_bank\" or \"any\", is \"{other}\""
+            ),
             ))
         }
     };
@@ -1481,10 +1650,21 @@ fn validate_selector(
         let count = match kind {
             ActorKind::Institution => u64::from(institutions),
             ActorKind::Wallet => wallets,
-            _ => return Err(ctx.err(&sp.key("ids"), "needs actor_kind \"institution\" or \"wallet\"")),
+            _ => {
+                return Err(ctx.err(
+                    &sp.key("ids"),
+                    "needs actor_kind \"institution\" or \"wallet\"",
+                ))
+            }
         };
         if let Some(bad) = ids.iter().find(|id| **id >= count) {
-            return Err(ctx.err(&sp.key("ids"), format!("id {bad} does not exist: there are {count} {}s", kind.name())));
+            return Err(ctx.err(
+                &sp.key("ids"),
+                format!(
+                    "id {bad} does not exist: there are {count} {}s",
+                    kind.name()
+                ),
+            ));
         }
         if ids.is_empty() {
             return Err(ctx.err(&sp.key("ids"), "cannot be empty"));
@@ -1496,23 +1676,35 @@ fn validate_selector(
         Some("fixed") => {
             let v = s.value.unwrap_or(0.0);
             if v < 1.0 || v.fract() != 0.0 {
-                return Err(ctx.err(&sp.key("value"), format!("mode \"fixed\" needs a whole number of actors of at least 1, is {v}")));
+                return Err(ctx.err(
+                    &sp.key("value"),
+                    format!("mode \"fixed\" needs a whole number of actors of at least 1, is {v}"),
+                ));
             }
             Mode::Fixed(v as u64)
         }
         Some("percent") => {
             let v = s.value.unwrap_or(0.0);
             if !(v > 0.0 && v <= 100.0) {
-                return Err(ctx.err(&sp.key("value"), format!("mode \"percent\" needs a percentage above 0 and at most 100, is {v}")));
+                return Err(ctx.err(
+                    &sp.key("value"),
+                    format!("mode \"percent\" needs a percentage above 0 and at most 100, is {v}"),
+                ));
             }
             Mode::Percent(v)
         }
         Some(other) => {
-            return Err(ctx.err(&sp.key("mode"), format!("must be \"one\", \"all\", \"fixed\" or \"percent\", is \"{other}\"")))
+            return Err(ctx.err(
+                &sp.key("mode"),
+                format!("must be \"one\", \"all\", \"fixed\" or \"percent\", is \"{other}\""),
+            ))
         }
     };
     if s.value.is_some() && matches!(mode, Mode::One | Mode::All) {
-        return Err(ctx.err(&sp.key("value"), "applies only to mode \"fixed\" or \"percent\""));
+        return Err(ctx.err(
+            &sp.key("value"),
+            "applies only to mode \"fixed\" or \"percent\"",
+        ));
     }
     Ok(Selector::Kind {
         kind,
@@ -1559,11 +1751,24 @@ percent = 10
     fn a_minimal_scenario_takes_the_defaults_and_round_trips() {
         let s = Scenario::parse(MINIMAL, "m.toml").expect("valid");
         assert_eq!(s.faults.len(), 1);
-        assert_eq!(s.faults[0].kind, FaultKind::Loss { percent: 10.0, correlation: 0.0 });
+        assert_eq!(
+            s.faults[0].kind,
+            FaultKind::Loss {
+                percent: 10.0,
+                correlation: 0.0
+            }
+        );
         assert_eq!(s.faults[0].line, 17);
         assert_eq!(s.limits.saga_timeout_ms, 2_000);
         let again = Scenario::parse(&s.to_toml(), "m.toml").expect("rendered scenario is valid");
-        let strip = |v: &[FaultSpec]| v.iter().map(|f| FaultSpec { line: 0, ..f.clone() }).collect::<Vec<_>>();
+        let strip = |v: &[FaultSpec]| {
+            v.iter()
+                .map(|f| FaultSpec {
+                    line: 0,
+                    ..f.clone()
+                })
+                .collect::<Vec<_>>()
+        };
         assert_eq!(strip(&again.faults), strip(&s.faults));
         assert_eq!(again.workload, s.workload);
         assert_eq!(again.phases, s.phases);

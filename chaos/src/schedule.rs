@@ -58,7 +58,11 @@ impl FaultInstance {
     /// A short description for reports: `loss 20% (inst-0, inst-1)`.
     pub fn label(&self) -> String {
         let what = match &self.kind {
-            FaultKind::Delay { latency_ms, jitter_ms, .. } => format!("delay {latency_ms}±{jitter_ms} ms"),
+            FaultKind::Delay {
+                latency_ms,
+                jitter_ms,
+                ..
+            } => format!("delay {latency_ms}±{jitter_ms} ms"),
             FaultKind::Loss { percent, .. } => format!("loss {percent:.0}%"),
             FaultKind::Duplicate { percent } => format!("duplicate {percent:.0}%"),
             FaultKind::Reorder { percent, .. } => format!("reorder {percent:.0}%"),
@@ -81,7 +85,10 @@ impl FaultInstance {
             None => what,
             Some(t) if t.len() <= 3 => format!(
                 "{what} ({})",
-                t.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+                t.iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             Some(t) => format!("{what} ({} actors)", t.len()),
         }
@@ -113,7 +120,11 @@ pub fn actors(scenario: &Scenario) -> Vec<Address> {
     v
 }
 
-fn resolve(selector: &Selector, all: &[Address], rng: &mut ChaCha8Rng) -> Option<BTreeSet<Address>> {
+fn resolve(
+    selector: &Selector,
+    all: &[Address],
+    rng: &mut ChaCha8Rng,
+) -> Option<BTreeSet<Address>> {
     let (kind, ids, mode) = match selector {
         Selector::Everyone => return None,
         Selector::Actors(a) => return Some(a.iter().copied().collect()),
@@ -125,8 +136,12 @@ fn resolve(selector: &Selector, all: &[Address], rng: &mut ChaCha8Rng) -> Option
         .filter(|a| match (kind, a) {
             (ActorKind::Any, _) => true,
             (ActorKind::CentralBank, Address::CentralBank) => true,
-            (ActorKind::Institution, Address::Institution(i)) => ids.as_ref().is_none_or(|ids| ids.contains(&u64::from(i.0))),
-            (ActorKind::Wallet, Address::Wallet(w)) => ids.as_ref().is_none_or(|ids| ids.contains(&w.0)),
+            (ActorKind::Institution, Address::Institution(i)) => {
+                ids.as_ref().is_none_or(|ids| ids.contains(&u64::from(i.0)))
+            }
+            (ActorKind::Wallet, Address::Wallet(w)) => {
+                ids.as_ref().is_none_or(|ids| ids.contains(&w.0))
+            }
             _ => false,
         })
         .collect();
@@ -260,8 +275,14 @@ percent = 30
     fn repeats_unroll_within_the_phase_and_selectors_pick_actors() {
         let s = Scenario::parse(TEXT, "t.toml").expect("valid");
         let faults = expand(&s, 7);
-        let kills: Vec<_> = faults.iter().filter(|f| f.kind == FaultKind::Kill).collect();
-        assert_eq!(kills.iter().map(|f| f.start_ms).collect::<Vec<_>>(), vec![1000, 4000, 7000]);
+        let kills: Vec<_> = faults
+            .iter()
+            .filter(|f| f.kind == FaultKind::Kill)
+            .collect();
+        assert_eq!(
+            kills.iter().map(|f| f.start_ms).collect::<Vec<_>>(),
+            vec![1000, 4000, 7000]
+        );
         for k in &kills {
             let t = k.targets.as_ref().expect("selected");
             assert_eq!(t.len(), 1);
@@ -276,7 +297,19 @@ percent = 30
         let faults = expand(&s, 3);
         let e = explicit(&s, &faults);
         let again = expand(&Scenario::parse(&e.to_toml(), "e.toml").expect("valid"), 3);
-        let strip = |v: &[FaultInstance]| v.iter().map(|f| (f.stream, f.kind.clone(), f.start_ms, f.end_ms, f.targets.clone())).collect::<Vec<_>>();
+        let strip = |v: &[FaultInstance]| {
+            v.iter()
+                .map(|f| {
+                    (
+                        f.stream,
+                        f.kind.clone(),
+                        f.start_ms,
+                        f.end_ms,
+                        f.targets.clone(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
         assert_eq!(strip(&again), strip(&faults));
     }
 }

@@ -179,7 +179,10 @@ pub fn shrink(scenario: &Scenario, options: &RunOptions, limits: ShrinkLimits) -
         "shrunk from {} with seed {}{}: {} of {} faults remain; replay with --seed {}",
         scenario.origin,
         options.seed,
-        options.planted.map(|p| format!(" and planted bug {p}")).unwrap_or_default(),
+        options
+            .planted
+            .map(|p| format!(" and planted bug {p}"))
+            .unwrap_or_default(),
         current.len(),
         faults_before,
         options.seed

@@ -24,12 +24,14 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use specie_actors::audit::{audit, AuditReport};
 use specie_actors::central_bank::CentralBankCommand;
-use specie_actors::institution::{CoinState, ExchangeState, InstitutionCommand, InstitutionSnapshot, PayStep};
+use specie_actors::institution::{
+    CoinState, ExchangeState, InstitutionCommand, InstitutionSnapshot, PayStep,
+};
 use specie_actors::wallet::WalletCommand;
 use specie_actors::{Blueprint, ClusterSnapshot};
 use specie_protocol::{
-    AbortReason, Address, Amount, CoinId, Envelope, InstitutionId, KeyStore, PaymentAuthorization, Payload, SagaId,
-    SoftKeyStore, WalletId,
+    AbortReason, Address, Amount, CoinId, Envelope, InstitutionId, KeyStore, Payload,
+    PaymentAuthorization, SagaId, SoftKeyStore, WalletId,
 };
 use specie_runtime::config::Config;
 use specie_runtime::supervision::{RestartVerdict, Supervision};
@@ -175,21 +177,48 @@ impl RunResult {
 
     /// The invariants that failed.
     pub fn failed(&self) -> Vec<&'static str> {
-        self.invariants.iter().filter(|(_, f)| !f.is_ok()).map(|(n, _)| *n).collect()
+        self.invariants
+            .iter()
+            .filter(|(_, f)| !f.is_ok())
+            .map(|(n, _)| *n)
+            .collect()
     }
 }
 
 #[derive(Debug)]
 enum Item {
-    Deliver { to: usize, bytes: Bytes },
-    Timer { actor: usize, incarnation: u64, key: AnyTimer },
-    Commit { actor: usize, incarnation: u64, seq: u64 },
-    Restart { actor: usize, incarnation: u64 },
-    Command { actor: usize, input: Box<Input> },
-    Kill { fault: usize },
-    Begin { fault: usize },
+    Deliver {
+        to: usize,
+        bytes: Bytes,
+    },
+    Timer {
+        actor: usize,
+        incarnation: u64,
+        key: AnyTimer,
+    },
+    Commit {
+        actor: usize,
+        incarnation: u64,
+        seq: u64,
+    },
+    Restart {
+        actor: usize,
+        incarnation: u64,
+    },
+    Command {
+        actor: usize,
+        input: Box<Input>,
+    },
+    Kill {
+        fault: usize,
+    },
+    Begin {
+        fault: usize,
+    },
     Arrival,
-    ClientTimeout { op: usize },
+    ClientTimeout {
+        op: usize,
+    },
     Tick,
 }
 
@@ -197,7 +226,10 @@ impl Item {
     fn is_actor_work(&self) -> bool {
         matches!(
             self,
-            Item::Deliver { .. } | Item::Commit { .. } | Item::Restart { .. } | Item::Command { .. }
+            Item::Deliver { .. }
+                | Item::Commit { .. }
+                | Item::Restart { .. }
+                | Item::Command { .. }
         )
     }
 }
@@ -369,9 +401,14 @@ fn index_of(scenario: &Scenario, a: Address) -> Option<usize> {
 /// The runtime config the actors are built from: the embedded default with the scenario's
 /// cluster and limits.
 pub fn runtime_config(s: &Scenario) -> Config {
-    let mut config = Config::parse(include_str!("../../config/local.toml"), "embedded config/local.toml")
-        .expect("the embedded default config is valid");
-    config.cluster.institutions = (0..s.cluster.institutions).map(|i| format!("inst-{i}")).collect();
+    let mut config = Config::parse(
+        include_str!("../../config/local.toml"),
+        "embedded config/local.toml",
+    )
+    .expect("the embedded default config is valid");
+    config.cluster.institutions = (0..s.cluster.institutions)
+        .map(|i| format!("inst-{i}"))
+        .collect();
     config.cluster.wallets = s.cluster.wallets;
     config.genesis.account_balance_fen = s.cluster.account_balance_fen;
     config.genesis.exchange_fen = s.cluster.exchange_fen;
@@ -416,7 +453,10 @@ impl Drop for PlantedGuard {
 /// The names of the planted bugs this build can switch on (empty without the feature).
 pub fn planted_bugs() -> Vec<&'static str> {
     #[cfg(feature = "planted-bugs")]
-    return specie_actors::planted::Bug::ALL.iter().map(|b| b.name()).collect();
+    return specie_actors::planted::Bug::ALL
+        .iter()
+        .map(|b| b.name())
+        .collect();
     #[cfg(not(feature = "planted-bugs"))]
     Vec::new()
 }
@@ -426,7 +466,10 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> RunResult {
     let started = Instant::now();
     let _guard = PlantedGuard::set(options.planted);
     #[cfg(feature = "planted-bugs")]
-    let early_ack = options.planted.and_then(specie_actors::planted::Bug::from_name) == Some(specie_actors::planted::Bug::EarlyAck);
+    let early_ack = options
+        .planted
+        .and_then(specie_actors::planted::Bug::from_name)
+        == Some(specie_actors::planted::Bug::EarlyAck);
     #[cfg(not(feature = "planted-bugs"))]
     let early_ack = false;
     let seed = options.seed;
@@ -435,7 +478,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> RunResult {
     let mut slots = Vec::new();
     slots.push(Slot {
         address: Address::CentralBank,
-        actor: Actor::Bank(Hosted::new(Box::new(blueprint.central_bank()))),
+        actor: Actor::Bank(Box::new(Hosted::new(Box::new(blueprint.central_bank())))),
         up: true,
         incarnation: 0,
     });
@@ -451,7 +494,9 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> RunResult {
         let id = WalletId(w);
         slots.push(Slot {
             address: Address::Wallet(id),
-            actor: Actor::Wallet(Hosted::new(Box::new(blueprint.wallet(id, blueprint.wallet_keys(id))))),
+            actor: Actor::Wallet(Box::new(Hosted::new(Box::new(
+                blueprint.wallet(id, blueprint.wallet_keys(id)),
+            )))),
             up: true,
             incarnation: 0,
         });
@@ -543,56 +588,79 @@ impl World<'_> {
         }
     }
 
-    fn experiment(&mut self, phases: &mut Vec<(&'static str, u64, u64)>) -> Vec<(&'static str, Result<u64, String>)> {
+    fn experiment(
+        &mut self,
+        phases: &mut Vec<(&'static str, u64, u64)>,
+    ) -> Vec<(&'static str, Result<u64, String>)> {
         let s = self.scenario;
         let mut termination = Vec::new();
         self.push(0, Item::Tick);
         // Every actor starts (and arms its periodic timers), as a host does when it starts.
         for actor in 0..self.slots.len() {
-            self.push(0, Item::Command { actor, input: Box::new(Input::Start) });
+            self.push(
+                0,
+                Item::Command {
+                    actor,
+                    input: Box::new(Input::Start),
+                },
+            );
         }
         // Genesis: mint, open accounts, exchange part of each deposit into coins.
         for i in 0..s.cluster.institutions {
             let amount = self.blueprint.genesis_mint(i as usize);
-            self.push(0, Item::Command {
-                actor: 0,
-                input: Box::new(Input::Bank(CentralBankCommand::Mint {
-                    institution: InstitutionId(i),
-                    amount,
-                })),
-            });
+            self.push(
+                0,
+                Item::Command {
+                    actor: 0,
+                    input: Box::new(Input::Bank(CentralBankCommand::Mint {
+                        institution: InstitutionId(i),
+                        amount,
+                    })),
+                },
+            );
         }
         for w in 0..s.cluster.wallets {
             let id = WalletId(w);
             let inst = self.blueprint.institution_of(id);
             let key = self.blueprint.wallet_keys(id).public_key();
-            self.push(0, Item::Command {
-                actor: 1 + inst.0 as usize,
-                input: Box::new(Input::Inst(InstitutionCommand::OpenAccount {
-                    wallet: id,
-                    key,
-                    deposit: Amount(s.cluster.account_balance_fen),
-                })),
-            });
+            self.push(
+                0,
+                Item::Command {
+                    actor: 1 + inst.0 as usize,
+                    input: Box::new(Input::Inst(InstitutionCommand::OpenAccount {
+                        wallet: id,
+                        key,
+                        deposit: Amount(s.cluster.account_balance_fen),
+                    })),
+                },
+            );
         }
         if s.cluster.exchange_fen > 0 {
             for w in 0..s.cluster.wallets {
                 let saga = SagaId::from_u128(u128::from(self.seed) << 64 | u128::from(w) | 1 << 63);
                 self.driver.genesis_pending.insert(saga);
                 let actor = index_of(s, Address::Wallet(WalletId(w))).expect("wallet exists");
-                self.push(1, Item::Command {
-                    actor,
-                    input: Box::new(Input::Wallet(WalletCommand::Exchange {
-                        saga,
-                        amount: Amount(s.cluster.exchange_fen),
-                    })),
-                });
+                self.push(
+                    1,
+                    Item::Command {
+                        actor,
+                        input: Box::new(Input::Wallet(WalletCommand::Exchange {
+                            saga,
+                            amount: Amount(s.cluster.exchange_fen),
+                        })),
+                    },
+                );
             }
         }
-        let quiet = self.run_until(GENESIS_MAX_MS, &|w| w.driver.genesis_pending.is_empty() && w.quiescent());
+        let quiet = self.run_until(GENESIS_MAX_MS, &|w| {
+            w.driver.genesis_pending.is_empty() && w.quiescent()
+        });
         phases.push(("genesis", 0, self.now));
         if !quiet {
-            self.violate("termination", format!("genesis did not finish within {} s", GENESIS_MAX_MS / 1000));
+            self.violate(
+                "termination",
+                format!("genesis did not finish within {} s", GENESIS_MAX_MS / 1000),
+            );
             return termination;
         }
         self.audit_now(true);
@@ -625,7 +693,9 @@ impl World<'_> {
             let fault = self.faults.len();
             match placed.fault.kind {
                 FaultKind::Kill => self.push(placed.start_ms, Item::Kill { fault }),
-                FaultKind::Pause | FaultKind::ClockSkew { .. } => self.push(placed.start_ms, Item::Begin { fault }),
+                FaultKind::Pause | FaultKind::ClockSkew { .. } => {
+                    self.push(placed.start_ms, Item::Begin { fault })
+                }
                 _ => {}
             }
             self.faults.push(Active {
@@ -651,7 +721,14 @@ impl World<'_> {
         if self.stopped() {
             return termination;
         }
-        termination.push(("converge", if quiet { Ok(self.now - heal) } else { Err(self.unfinished()) }));
+        termination.push((
+            "converge",
+            if quiet {
+                Ok(self.now - heal)
+            } else {
+                Err(self.unfinished())
+            },
+        ));
         if quiet {
             self.audit_now(true);
         }
@@ -679,7 +756,14 @@ impl World<'_> {
         if self.stopped() {
             return termination;
         }
-        termination.push(("drain", if quiet { Ok(self.now - d0) } else { Err(self.unfinished()) }));
+        termination.push((
+            "drain",
+            if quiet {
+                Ok(self.now - d0)
+            } else {
+                Err(self.unfinished())
+            },
+        ));
         self.audit_now(quiet);
         termination
     }
@@ -694,7 +778,11 @@ impl World<'_> {
     fn paused_until(&self, actor: Address) -> Option<u64> {
         self.faults
             .iter()
-            .filter(|f| matches!(f.placed.fault.kind, FaultKind::Pause) && f.live(self.now) && f.placed.fault.targets(actor))
+            .filter(|f| {
+                matches!(f.placed.fault.kind, FaultKind::Pause)
+                    && f.live(self.now)
+                    && f.placed.fault.targets(actor)
+            })
             .map(|f| f.placed.end_ms)
             .max()
     }
@@ -748,7 +836,10 @@ impl World<'_> {
                 // Pauses and clock offsets act on their actors for their whole duration:
                 // counted once per actor when they begin.
                 let f = &self.faults[fault].placed.fault;
-                let (name, n) = (f.kind.name(), f.targets.as_ref().map_or(self.slots.len(), |t| t.len()));
+                let (name, n) = (
+                    f.kind.name(),
+                    f.targets.as_ref().map_or(self.slots.len(), |t| t.len()),
+                );
                 *self.injected.entry(name).or_default() += n as u64;
             }
             Item::Kill { fault } => {
@@ -763,24 +854,29 @@ impl World<'_> {
                     }
                 }
             }
-            item @ (Item::Deliver { .. } | Item::Timer { .. } | Item::Commit { .. } | Item::Restart { .. } | Item::Command { .. }) => {
-                self.actor_item(item)
-            }
+            item @ (Item::Deliver { .. }
+            | Item::Timer { .. }
+            | Item::Commit { .. }
+            | Item::Restart { .. }
+            | Item::Command { .. }) => self.actor_item(item),
         }
     }
 
     fn actor_item(&mut self, item: Item) {
         let actor = match &item {
             Item::Deliver { to, .. } => *to,
-            Item::Timer { actor, .. } | Item::Commit { actor, .. } | Item::Restart { actor, .. } | Item::Command { actor, .. } => *actor,
+            Item::Timer { actor, .. }
+            | Item::Commit { actor, .. }
+            | Item::Restart { actor, .. }
+            | Item::Command { actor, .. } => *actor,
             _ => unreachable!("actor items only"),
         };
         let address = self.slots[actor].address;
         let incarnation = self.slots[actor].incarnation;
         let stale = match &item {
-            Item::Timer { incarnation: i, .. } | Item::Commit { incarnation: i, .. } | Item::Restart { incarnation: i, .. } => {
-                *i != incarnation
-            }
+            Item::Timer { incarnation: i, .. }
+            | Item::Commit { incarnation: i, .. }
+            | Item::Restart { incarnation: i, .. } => *i != incarnation,
             _ => false,
         };
         if stale {
@@ -819,7 +915,10 @@ impl World<'_> {
                 let mut fail = false;
                 for f in self.faults.iter_mut() {
                     if let FaultKind::FsyncError { percent } = f.placed.fault.kind {
-                        if f.live(self.now) && f.placed.fault.targets(address) && f.rng.gen::<f64>() * 100.0 < percent {
+                        if f.live(self.now)
+                            && f.placed.fault.targets(address)
+                            && f.rng.gen::<f64>() * 100.0 < percent
+                        {
                             fail = true;
                         }
                     }
@@ -842,17 +941,33 @@ impl World<'_> {
         let clock = self.clock_of(address);
         let delay = self.commit_delay(address);
         let (now, early) = (self.now, self.early_ack);
-        let absorbed = self.slots[actor].actor.step(input, clock, now, delay, early);
+        let absorbed = self.slots[actor]
+            .actor
+            .step(input, clock, now, delay, early);
         self.absorb(actor, absorbed);
     }
 
     fn absorb(&mut self, actor: usize, a: Absorbed) {
         let incarnation = self.slots[actor].incarnation;
         for (delay, key) in a.timers {
-            self.push(self.now + delay, Item::Timer { actor, incarnation, key });
+            self.push(
+                self.now + delay,
+                Item::Timer {
+                    actor,
+                    incarnation,
+                    key,
+                },
+            );
         }
         if let Some((at, seq)) = a.commit {
-            self.push(at, Item::Commit { actor, incarnation, seq });
+            self.push(
+                at,
+                Item::Commit {
+                    actor,
+                    incarnation,
+                    seq,
+                },
+            );
         }
         self.release(a.release);
     }
@@ -875,7 +990,10 @@ impl World<'_> {
         slot.incarnation += 1;
         let (address, incarnation) = (slot.address, slot.incarnation);
         self.restarts.push((self.now, address));
-        match self.supervision.on_restart(address, self.base + Duration::from_millis(self.now)) {
+        match self
+            .supervision
+            .on_restart(address, self.base + Duration::from_millis(self.now))
+        {
             RestartVerdict::Restart(backoff) => {
                 let at = (self.now + backoff.as_millis() as u64).max(hold_until);
                 self.push(at, Item::Restart { actor, incarnation });
@@ -903,8 +1021,14 @@ impl World<'_> {
                 if !f.live(now) {
                     continue;
                 }
-                let group_of = |a: Address| groups.iter().position(|g| g.iter().any(|m| m.contains(a, institutions)));
-                let (Some(gf), Some(gt)) = (group_of(from), group_of(to)) else { continue };
+                let group_of = |a: Address| {
+                    groups
+                        .iter()
+                        .position(|g| g.iter().any(|m| m.contains(a, institutions)))
+                };
+                let (Some(gf), Some(gt)) = (group_of(from), group_of(to)) else {
+                    continue;
+                };
                 let blocked = gf != gt
                     && match direction {
                         crate::scenario::Direction::Both => true,
@@ -925,8 +1049,13 @@ impl World<'_> {
                 continue;
             }
             match f.placed.fault.kind {
-                FaultKind::Loss { percent, correlation } => lost |= f.decide(percent, correlation),
-                FaultKind::Duplicate { percent } if f.rng.gen::<f64>() * 100.0 < percent => copies = 2,
+                FaultKind::Loss {
+                    percent,
+                    correlation,
+                } => lost |= f.decide(percent, correlation),
+                FaultKind::Duplicate { percent } if f.rng.gen::<f64>() * 100.0 < percent => {
+                    copies = 2
+                }
                 _ => {}
             }
         }
@@ -955,7 +1084,9 @@ impl World<'_> {
                     continue;
                 }
                 match f.placed.fault.kind {
-                    FaultKind::Corrupt { percent } if f.rng.gen::<f64>() * 100.0 < percent && !b.is_empty() => {
+                    FaultKind::Corrupt { percent }
+                        if f.rng.gen::<f64>() * 100.0 < percent && !b.is_empty() =>
+                    {
                         let bit = f.rng.gen_range(0..b.len() * 8);
                         b[bit / 8] ^= 1 << (bit % 8);
                         corrupted = true;
@@ -1002,10 +1133,13 @@ impl World<'_> {
                     continue;
                 }
             }
-            self.push(now + delay, Item::Deliver {
-                to: to_index,
-                bytes: Bytes::from(b),
-            });
+            self.push(
+                now + delay,
+                Item::Deliver {
+                    to: to_index,
+                    bytes: Bytes::from(b),
+                },
+            );
         }
     }
 
@@ -1030,7 +1164,9 @@ impl World<'_> {
     fn pick_idle(&mut self, with_coins: bool) -> Option<WalletId> {
         for _ in 0..PICK_TRIES_MAX {
             let w = WalletId(self.work_rng.gen_range(0..self.wallet_count()));
-            if self.available(w) && (!with_coins || self.wallet(w).is_some_and(|h| !h.state.balance().is_zero())) {
+            if self.available(w)
+                && (!with_coins || self.wallet(w).is_some_and(|h| !h.state.balance().is_zero()))
+            {
                 return Some(w);
             }
         }
@@ -1038,7 +1174,9 @@ impl World<'_> {
     }
 
     fn pick_payee(&mut self, payer: WalletId, cross: Option<bool>) -> WalletId {
-        let cross = cross.unwrap_or_else(|| self.work_rng.gen::<f64>() * 100.0 < self.scenario.workload.cross_institution_percent);
+        let cross = cross.unwrap_or_else(|| {
+            self.work_rng.gen::<f64>() * 100.0 < self.scenario.workload.cross_institution_percent
+        });
         let single = self.scenario.cluster.institutions == 1;
         loop {
             let c = WalletId(self.work_rng.gen_range(0..self.wallet_count()));
@@ -1054,7 +1192,16 @@ impl World<'_> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn invoke(&mut self, f: OpKind, saga: SagaId, process: String, value: OpValue, reporter: Address, coordinator: InstitutionId, busy: Vec<u64>) -> usize {
+    fn invoke(
+        &mut self,
+        f: OpKind,
+        saga: SagaId,
+        process: String,
+        value: OpValue,
+        reporter: Address,
+        coordinator: InstitutionId,
+        busy: Vec<u64>,
+    ) -> usize {
         let id = self.driver.ops.len();
         self.driver.history.push(Entry {
             index: 0,
@@ -1090,10 +1237,13 @@ impl World<'_> {
 
     fn submit(&mut self, wallet: WalletId, command: WalletCommand) {
         let actor = index_of(self.scenario, Address::Wallet(wallet)).expect("wallet exists");
-        self.push(self.now, Item::Command {
-            actor,
-            input: Box::new(Input::Wallet(command)),
-        });
+        self.push(
+            self.now,
+            Item::Command {
+                actor,
+                input: Box::new(Input::Wallet(command)),
+            },
+        );
     }
 
     fn start_op(&mut self) {
@@ -1124,7 +1274,9 @@ impl World<'_> {
         let amount_max = self.scenario.workload.amount_max_fen;
         match f {
             OpKind::Pay | OpKind::Collect | OpKind::Insufficient => {
-                let Some(payer) = self.pick_idle(f != OpKind::Insufficient) else { return false };
+                let Some(payer) = self.pick_idle(f != OpKind::Insufficient) else {
+                    return false;
+                };
                 let payee = self.pick_payee(payer, None);
                 let balance = self.wallet(payer).map_or(0, |h| h.state.balance().0);
                 let amount = if f == OpKind::Insufficient {
@@ -1144,22 +1296,50 @@ impl World<'_> {
                     if !self.available(payee) {
                         return false;
                     }
-                    self.invoke(f, saga, payee.to_string(), value, Address::Wallet(payee), coordinator, vec![payer.0, payee.0]);
-                    self.submit(payee, WalletCommand::Collect { saga, payer, amount: Amount(amount) });
-                } else {
-                    self.invoke(f, saga, payer.to_string(), value, Address::Wallet(payer), coordinator, vec![payer.0]);
-                    self.submit(payer, WalletCommand::Pay {
+                    self.invoke(
+                        f,
                         saga,
+                        payee.to_string(),
+                        value,
+                        Address::Wallet(payee),
+                        coordinator,
+                        vec![payer.0, payee.0],
+                    );
+                    self.submit(
                         payee,
-                        payee_institution: coordinator,
-                        amount: Amount(amount),
-                        coins: None,
-                    });
+                        WalletCommand::Collect {
+                            saga,
+                            payer,
+                            amount: Amount(amount),
+                        },
+                    );
+                } else {
+                    self.invoke(
+                        f,
+                        saga,
+                        payer.to_string(),
+                        value,
+                        Address::Wallet(payer),
+                        coordinator,
+                        vec![payer.0],
+                    );
+                    self.submit(
+                        payer,
+                        WalletCommand::Pay {
+                            saga,
+                            payee,
+                            payee_institution: coordinator,
+                            amount: Amount(amount),
+                            coins: None,
+                        },
+                    );
                 }
                 true
             }
             OpKind::Exchange => {
-                let Some(w) = self.pick_idle(false) else { return false };
+                let Some(w) = self.pick_idle(false) else {
+                    return false;
+                };
                 let amount = self.work_rng.gen_range(1..=amount_max);
                 let saga = self.saga();
                 let value = OpValue {
@@ -1169,12 +1349,33 @@ impl World<'_> {
                     pair: None,
                 };
                 let coordinator = self.blueprint.institution_of(w);
-                self.invoke(f, saga, w.to_string(), value, Address::Wallet(w), coordinator, vec![w.0]);
-                self.submit(w, WalletCommand::Exchange { saga, amount: Amount(amount) });
+                self.invoke(
+                    f,
+                    saga,
+                    w.to_string(),
+                    value,
+                    Address::Wallet(w),
+                    coordinator,
+                    vec![w.0],
+                );
+                self.submit(
+                    w,
+                    WalletCommand::Exchange {
+                        saga,
+                        amount: Amount(amount),
+                    },
+                );
                 true
             }
             OpKind::DoubleSpend => {
-                let Some(index) = self.driver.spent.iter().position(|(w, _)| self.available(*w)) else { return false };
+                let Some(index) = self
+                    .driver
+                    .spent
+                    .iter()
+                    .position(|(w, _)| self.available(*w))
+                else {
+                    return false;
+                };
                 let (spender, coins) = self.driver.spent.remove(index).expect("index in range");
                 let payee = self.pick_payee(spender, None);
                 let saga = self.saga();
@@ -1185,19 +1386,32 @@ impl World<'_> {
                     amount: 1,
                     pair: None,
                 };
-                self.invoke(f, saga, spender.to_string(), value, Address::Wallet(spender), coordinator, vec![spender.0]);
-                self.submit(spender, WalletCommand::Pay {
+                self.invoke(
+                    f,
                     saga,
-                    payee,
-                    payee_institution: coordinator,
-                    amount: Amount(1),
-                    coins: Some(coins),
-                });
+                    spender.to_string(),
+                    value,
+                    Address::Wallet(spender),
+                    coordinator,
+                    vec![spender.0],
+                );
+                self.submit(
+                    spender,
+                    WalletCommand::Pay {
+                        saga,
+                        payee,
+                        payee_institution: coordinator,
+                        amount: Amount(1),
+                        coins: Some(coins),
+                    },
+                );
                 true
             }
             OpKind::Forged => {
                 // A thief names a victim's key and coins but can only sign with its own key.
-                let Some((victim, coins)) = self.driver.spent.front().cloned() else { return false };
+                let Some((victim, coins)) = self.driver.spent.front().cloned() else {
+                    return false;
+                };
                 let payee = self.pick_payee(victim, None);
                 let coordinator = self.blueprint.institution_of(payee);
                 let thief = SoftKeyStore::from_seed(self.work_rng.gen());
@@ -1220,7 +1434,15 @@ impl World<'_> {
                     amount: 1,
                     pair: None,
                 };
-                self.invoke(f, saga, "forger".into(), value, Address::Institution(coordinator), coordinator, vec![]);
+                self.invoke(
+                    f,
+                    saga,
+                    "forger".into(),
+                    value,
+                    Address::Institution(coordinator),
+                    coordinator,
+                    vec![],
+                );
                 self.send(Envelope {
                     message_id: 0,
                     saga_id: saga,
@@ -1235,8 +1457,16 @@ impl World<'_> {
             OpKind::Conflict => {
                 // Two payments of the same coin at once, coordinated by two other
                 // institutions: the issuer may lock it for one of them only.
-                let Some(payer) = self.pick_idle(true) else { return false };
-                let Some(coin) = self.wallet(payer).and_then(|h| h.state.snapshot().coins.into_iter().max_by_key(|c| (c.value(), c.id))) else {
+                let Some(payer) = self.pick_idle(true) else {
+                    return false;
+                };
+                let Some(coin) = self.wallet(payer).and_then(|h| {
+                    h.state
+                        .snapshot()
+                        .coins
+                        .into_iter()
+                        .max_by_key(|c| (c.value(), c.id))
+                }) else {
                     return false;
                 };
                 let home = self.blueprint.institution_of(payer);
@@ -1256,14 +1486,25 @@ impl World<'_> {
                         amount,
                         pair: Some(base + 1 - k as u64),
                     };
-                    self.invoke(f, sagas[k], payer.to_string(), value, Address::Wallet(payer), coordinator, vec![payer.0]);
-                    self.submit(payer, WalletCommand::Pay {
-                        saga: sagas[k],
-                        payee,
-                        payee_institution: coordinator,
-                        amount: Amount(amount),
-                        coins: Some(vec![coin.id]),
-                    });
+                    self.invoke(
+                        f,
+                        sagas[k],
+                        payer.to_string(),
+                        value,
+                        Address::Wallet(payer),
+                        coordinator,
+                        vec![payer.0],
+                    );
+                    self.submit(
+                        payer,
+                        WalletCommand::Pay {
+                            saga: sagas[k],
+                            payee,
+                            payee_institution: coordinator,
+                            amount: Amount(amount),
+                            coins: Some(vec![coin.id]),
+                        },
+                    );
                 }
                 true
             }
@@ -1273,7 +1514,14 @@ impl World<'_> {
     fn complete(&mut self, op: usize, kind: OpType, error: Option<String>) {
         let o = &mut self.driver.ops[op];
         o.done = Some((kind, self.now, error.clone()));
-        let (f, id, saga, process, value, invoked) = (o.f, o.id, o.saga, o.process.clone(), o.value.clone(), o.invoked_ms);
+        let (f, id, saga, process, value, invoked) = (
+            o.f,
+            o.id,
+            o.saga,
+            o.process.clone(),
+            o.value.clone(),
+            o.invoked_ms,
+        );
         for w in std::mem::take(&mut o.busy) {
             if let Some(n) = self.driver.busy.get_mut(&w) {
                 *n -= 1;
@@ -1317,7 +1565,13 @@ impl World<'_> {
         let disagree = seen.iter().find(|(_, r)| *r != result).copied();
         seen.push((n.source, result));
         if twice {
-            self.violate("idempotency", format!("{} announced the outcome of saga {} twice", n.source, n.saga_id));
+            self.violate(
+                "idempotency",
+                format!(
+                    "{} announced the outcome of saga {} twice",
+                    n.source, n.saga_id
+                ),
+            );
         }
         if let Some((other, r)) = disagree {
             self.violate(
@@ -1337,11 +1591,16 @@ impl World<'_> {
                 match result {
                     Ok(()) => {
                         let o = &self.driver.ops[op];
-                        if matches!(o.f, OpKind::Pay | OpKind::Conflict) && !n.outcome.spent_coin_ids.is_empty() {
+                        if matches!(o.f, OpKind::Pay | OpKind::Conflict)
+                            && !n.outcome.spent_coin_ids.is_empty()
+                        {
                             if self.driver.spent.len() == SPENT_MEMORY_MAX {
                                 self.driver.spent.pop_front();
                             }
-                            self.driver.spent.push_back((WalletId(o.value.payer), n.outcome.spent_coin_ids.clone()));
+                            self.driver.spent.push_back((
+                                WalletId(o.value.payer),
+                                n.outcome.spent_coin_ids.clone(),
+                            ));
                         }
                         self.complete(op, OpType::Ok, None);
                     }
@@ -1350,7 +1609,12 @@ impl World<'_> {
             }
             return;
         }
-        if let Some(op) = self.driver.ops.iter().position(|o| o.saga == n.saga_id && o.reporter == n.source) {
+        if let Some(op) = self
+            .driver
+            .ops
+            .iter()
+            .position(|o| o.saga == n.saga_id && o.reporter == n.source)
+        {
             self.driver.late.entry(op).or_default().push(result);
         }
     }
@@ -1370,7 +1634,9 @@ impl World<'_> {
             _ => unreachable!("slot 0 is the central bank"),
         };
         let k = self.scenario.cluster.institutions as usize;
-        let institutions = (0..k).map(|i| self.institution(i).state.snapshot()).collect();
+        let institutions = (0..k)
+            .map(|i| self.institution(i).state.snapshot())
+            .collect();
         let wallets = self.slots[1 + k..]
             .iter()
             .map(|s| match &s.actor {
@@ -1400,7 +1666,10 @@ impl World<'_> {
         let mut owned: BTreeMap<specie_protocol::PublicKey, usize> = BTreeMap::new();
         for inst in &snap.institutions {
             if inst.pays.values().any(|p| !p.step.is_terminal())
-                || inst.exchanges.values().any(|(_, _, st)| *st == ExchangeState::Pending)
+                || inst
+                    .exchanges
+                    .values()
+                    .any(|(_, _, st)| *st == ExchangeState::Pending)
             {
                 return false;
             }
@@ -1410,7 +1679,9 @@ impl World<'_> {
                 }
             }
         }
-        snap.wallets.iter().all(|w| owned.get(&w.key).copied().unwrap_or(0) == w.coins.len())
+        snap.wallets
+            .iter()
+            .all(|w| owned.get(&w.key).copied().unwrap_or(0) == w.coins.len())
     }
 
     /// What is still unfinished, for a termination finding.
@@ -1418,30 +1689,54 @@ impl World<'_> {
         let snap = self.snapshot();
         let mut facts = Vec::new();
         for inst in &snap.institutions {
-            let mut pays: Vec<_> = inst.pays.iter().filter(|(_, p)| !p.step.is_terminal()).collect();
+            let mut pays: Vec<_> = inst
+                .pays
+                .iter()
+                .filter(|(_, p)| !p.step.is_terminal())
+                .collect();
             pays.sort_by_key(|(s, _)| **s);
             for (saga, p) in pays.iter().take(3) {
-                facts.push(format!("saga {saga} at coordinator {} is {:?}", inst.id, p.step));
+                facts.push(format!(
+                    "saga {saga} at coordinator {} is {:?}",
+                    inst.id, p.step
+                ));
             }
         }
         for w in snap.wallets.iter().filter(|w| w.pending > 0).take(3) {
             facts.push(format!("{} has {} operations in flight", w.id, w.pending));
         }
-        let down: Vec<String> = self.slots.iter().filter(|s| !s.up).map(|s| s.address.to_string()).collect();
+        let down: Vec<String> = self
+            .slots
+            .iter()
+            .filter(|s| !s.up)
+            .map(|s| s.address.to_string())
+            .collect();
         if !down.is_empty() {
             facts.push(format!("down: {}", down.join(", ")));
         }
         if facts.is_empty() && self.actor_work > 0 {
-            facts.push(format!("{} envelopes, commits or restarts still pending", self.actor_work));
+            facts.push(format!(
+                "{} envelopes, commits or restarts still pending",
+                self.actor_work
+            ));
         }
         if facts.is_empty() {
             let mut owned: BTreeMap<specie_protocol::PublicKey, usize> = BTreeMap::new();
             for inst in &snap.institutions {
-                for r in inst.coins.values().filter(|r| !matches!(r.state, CoinState::Spent(_))) {
+                for r in inst
+                    .coins
+                    .values()
+                    .filter(|r| !matches!(r.state, CoinState::Spent(_)))
+                {
                     *owned.entry(r.coin.body.owner).or_default() += 1;
                 }
             }
-            for w in snap.wallets.iter().filter(|w| owned.get(&w.key).copied().unwrap_or(0) != w.coins.len()).take(3) {
+            for w in snap
+                .wallets
+                .iter()
+                .filter(|w| owned.get(&w.key).copied().unwrap_or(0) != w.coins.len())
+                .take(3)
+            {
                 facts.push(format!(
                     "{} holds {} coins, the registers say it owns {} (coins still on their way)",
                     w.id,
@@ -1462,7 +1757,11 @@ impl World<'_> {
                 .find(|(_, c)| !c.is_ok())
                 .map(|(n, c)| (n, c.to_string()))
                 .expect("a failed audit names an invariant");
-            let label = if quiescent { "quiescent audit" } else { "audit by recorded decisions" };
+            let label = if quiescent {
+                "quiescent audit"
+            } else {
+                "audit by recorded decisions"
+            };
             self.violate(name, format!("{label}: {check}"));
         }
         self.audits.push((self.phase, self.now, report));
@@ -1496,15 +1795,26 @@ impl World<'_> {
         // The client gives up on whatever is still open.
         let open: Vec<usize> = self.driver.open.values().copied().collect();
         for op in open {
-            self.complete(op, OpType::Info, Some("no outcome by the end of the run".into()));
+            self.complete(
+                op,
+                OpType::Info,
+                Some("no outcome by the end of the run".into()),
+            );
         }
         let snaps: Vec<InstitutionSnapshot> = (0..self.scenario.cluster.institutions as usize)
             .map(|i| self.institution(i).state.snapshot())
             .collect();
-        let reads: Vec<FinalRead> = self.driver.ops.iter().map(|op| self.final_read(&snaps, op)).collect();
+        let reads: Vec<FinalRead> = self
+            .driver
+            .ops
+            .iter()
+            .map(|op| self.final_read(&snaps, op))
+            .collect();
         let mut restarts: BTreeMap<&'static str, u64> = BTreeMap::new();
         for (_, a) in &self.restarts {
-            *restarts.entry(specie_runtime::host::actor_kind(*a)).or_default() += 1;
+            *restarts
+                .entry(specie_runtime::host::actor_kind(*a))
+                .or_default() += 1;
         }
         let stopped = self.violation.is_some() || !self.escalations.is_empty();
         let input = check::Input {

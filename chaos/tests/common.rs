@@ -6,7 +6,9 @@ use std::path::PathBuf;
 
 /// A shipped scenario from `config/chaos/`.
 pub fn shipped(name: &str) -> Scenario {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config/chaos").join(format!("{name}.toml"));
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../config/chaos")
+        .join(format!("{name}.toml"));
     let mut s = Scenario::load(&path).unwrap_or_else(|e| panic!("{e}"));
     // Name it as a user would on the command line, for replay commands in failures.
     s.origin = format!("config/chaos/{name}.toml");

@@ -22,5 +22,10 @@ fn different_seeds_give_different_histories() {
     let a = run_seed(&s, 1, None);
     let b = run_seed(&s, 2, None);
     assert_ne!(a.history_digest(), b.history_digest());
-    assert!(a.ok() && b.ok(), "{}\n{}", common::explain(&a), common::explain(&b));
+    assert!(
+        a.ok() && b.ok(),
+        "{}\n{}",
+        common::explain(&a),
+        common::explain(&b)
+    );
 }

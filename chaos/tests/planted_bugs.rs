@@ -24,7 +24,10 @@ fn caught(scenario: &str, bug: &'static str) -> RunResult {
         if !r.ok() {
             assert!(r.violation.is_some() || !r.failed().is_empty());
             let replay = specie_chaos::report::replay_command(&r);
-            assert!(replay.contains(&format!("--seed {seed}")) && replay.contains(bug), "{replay}");
+            assert!(
+                replay.contains(&format!("--seed {seed}")) && replay.contains(bug),
+                "{replay}"
+            );
             return r;
         }
     }
@@ -35,7 +38,11 @@ fn caught(scenario: &str, bug: &'static str) -> RunResult {
 fn skip_dedup_is_caught_by_the_lossy_duplicating_network() {
     let r = caught("lossy-duplicating-network", "skip-dedup");
     let failed = r.failed();
-    assert!(failed.contains(&"backing") || failed.contains(&"conservation"), "{}", explain(&r));
+    assert!(
+        failed.contains(&"backing") || failed.contains(&"conservation"),
+        "{}",
+        explain(&r)
+    );
 }
 
 #[test]
@@ -43,7 +50,9 @@ fn skip_lock_check_is_caught_by_partition_heal() {
     let r = caught("partition-heal", "skip-lock-check");
     let failed = r.failed();
     assert!(
-        failed.iter().any(|f| ["no_double_spend", "conservation", "atomicity", "backing"].contains(f)),
+        failed
+            .iter()
+            .any(|f| ["no_double_spend", "conservation", "atomicity", "backing"].contains(f)),
         "{}",
         explain(&r)
     );
@@ -74,14 +83,31 @@ fn a_planted_failure_shrinks_to_a_handful_of_faults() {
         runs_max: 80,
         wall_max: Duration::from_secs(120),
     };
-    let out = shrink(&s, &RunOptions { seed: 1, planted: Some("skip-dedup") }, limits);
+    let out = shrink(
+        &s,
+        &RunOptions {
+            seed: 1,
+            planted: Some("skip-dedup"),
+        },
+        limits,
+    );
     assert!(!out.original.ok());
     let minimal = out.scenario.expect("a minimal scenario");
-    assert!(out.faults_before >= 6, "the original schedule has {} faults", out.faults_before);
-    assert!(minimal.faults.len() <= 3, "shrunk to {} faults: {:?}", minimal.faults.len(), minimal.faults);
+    assert!(
+        out.faults_before >= 6,
+        "the original schedule has {} faults",
+        out.faults_before
+    );
+    assert!(
+        minimal.faults.len() <= 3,
+        "shrunk to {} faults: {:?}",
+        minimal.faults.len(),
+        minimal.faults
+    );
     // The minimal scenario, written and read back, still fails with the same seed.
     let text = minimal.to_toml();
-    let again = specie_chaos::Scenario::parse(&text, "minimal.toml").expect("the written scenario is valid");
+    let again = specie_chaos::Scenario::parse(&text, "minimal.toml")
+        .expect("the written scenario is valid");
     let r = run_seed(&again, 1, Some("skip-dedup"));
     assert!(!r.ok(), "the minimal scenario passes:\n{text}");
 }

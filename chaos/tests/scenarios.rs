@@ -12,9 +12,15 @@ fn passes(name: &str, seeds: &[u64]) {
         let r = run_seed(&s, seed, None);
         assert!(r.ok(), "{name} failed with seed {seed}:\n{}", explain(&r));
         assert!(r.ops > 100, "{name}: only {} operations", r.ops);
-        assert!(r.invariants.iter().any(|(n, f)| *n == "termination" && matches!(f, specie_chaos::Finding::Ok(_))));
+        assert!(r
+            .invariants
+            .iter()
+            .any(|(n, f)| *n == "termination" && matches!(f, specie_chaos::Finding::Ok(_))));
         if !s.faults.is_empty() {
-            assert!(!r.faults_injected.is_empty(), "{name}: no fault acted with seed {seed}");
+            assert!(
+                !r.faults_injected.is_empty(),
+                "{name}: no fault acted with seed {seed}"
+            );
         }
     }
 }
@@ -46,11 +52,22 @@ fn everything_passes() {
 
 #[test]
 fn every_shipped_scenario_round_trips_through_its_explicit_schedule() {
-    for name in ["partition-heal", "lossy-duplicating-network", "crash-restart-storm", "clock-skew-escrow", "everything"] {
+    for name in [
+        "partition-heal",
+        "lossy-duplicating-network",
+        "crash-restart-storm",
+        "clock-skew-escrow",
+        "everything",
+    ] {
         let s = shipped(name);
         let faults = specie_chaos::schedule::expand(&s, 3);
         let explicit = specie_chaos::schedule::explicit(&s, &faults);
-        let again = specie_chaos::Scenario::parse(&explicit.to_toml(), "explicit.toml").unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!(specie_chaos::schedule::expand(&again, 3).len(), faults.len(), "{name}");
+        let again = specie_chaos::Scenario::parse(&explicit.to_toml(), "explicit.toml")
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(
+            specie_chaos::schedule::expand(&again, 3).len(),
+            faults.len(),
+            "{name}"
+        );
     }
 }

@@ -97,6 +97,22 @@ struct RawWorkload {
     insufficient_percent: u32,
     double_spend_percent: u32,
     forged_percent: u32,
+    /// Optional so that the config of a data directory made before the mixed workload still
+    /// loads; absent, it is [`WorkloadMix::DEFAULT`].
+    #[serde(default)]
+    mix: Option<RawMix>,
+}
+
+/// Raw `[workload.mix]` table: every kind must be named.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMix {
+    pay: u32,
+    merge: u32,
+    split: u32,
+    offline_pay: u32,
+    escrow: u32,
+    wallet_update: u32,
 }
 
 /// Raw `[journal]` table.
@@ -202,6 +218,50 @@ pub struct WorkloadConfig {
     pub double_spend_percent: u32,
     /// Share of forged authorizations (must be refused).
     pub forged_percent: u32,
+    /// `[workload.mix]`: what `specie run --workload mixed` drives.
+    pub mix: WorkloadMix,
+}
+
+/// The share of each kind of operation in `specie run --workload mixed`, in percent; the
+/// shares sum to 100. (`--workload pay` drives payments only.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkloadMix {
+    /// Payments (the pay saga, with its planted refusals).
+    pub pay: u32,
+    /// Merges of coins of several issuers.
+    pub merge: u32,
+    /// Online splits of a coin at its issuer.
+    pub split: u32,
+    /// Offline payments with trust chains (each after a proximity negotiation).
+    pub offline_pay: u32,
+    /// Escrow lives: deposit, claims (some that must be refused), release or expiry.
+    pub escrow: u32,
+    /// Wallet updates (withdraw, sync, new parameters, coins out again).
+    pub wallet_update: u32,
+}
+
+impl WorkloadMix {
+    /// The mix when the config names none.
+    pub const DEFAULT: WorkloadMix = WorkloadMix {
+        pay: 40,
+        merge: 10,
+        split: 10,
+        offline_pay: 15,
+        escrow: 15,
+        wallet_update: 10,
+    };
+
+    /// The kinds and their shares, in report order.
+    pub fn shares(&self) -> [(&'static str, u32); 6] {
+        [
+            ("pay", self.pay),
+            ("merge", self.merge),
+            ("split", self.split),
+            ("offline_pay", self.offline_pay),
+            ("escrow", self.escrow),
+            ("wallet_update", self.wallet_update),
+        ]
+    }
 }
 
 /// A validated configuration.
@@ -449,6 +509,25 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
             format!("plus double_spend_percent and forged_percent must be at most 100, is {invalid_share}"),
         ));
     }
+    let mix = match &w.mix {
+        None => WorkloadMix::DEFAULT,
+        Some(m) => WorkloadMix {
+            pay: m.pay,
+            merge: m.merge,
+            split: m.split,
+            offline_pay: m.offline_pay,
+            escrow: m.escrow,
+            wallet_update: m.wallet_update,
+        },
+    };
+    let mix_total: u64 = mix.shares().iter().map(|(_, v)| u64::from(*v)).sum();
+    if mix_total != 100 {
+        let shares: Vec<String> = mix.shares().iter().map(|(k, v)| format!("{k} {v}")).collect();
+        return Err(invalid(
+            "workload.mix",
+            format!("percentages must sum to 100, sum to {mix_total} ({})", shares.join(", ")),
+        ));
+    }
     Ok(Config {
         journal: JournalSettings {
             batch_entries_max: j.batch_entries_max,
@@ -494,6 +573,7 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
             insufficient_percent: w.insufficient_percent,
             double_spend_percent: w.double_spend_percent,
             forged_percent: w.forged_percent,
+            mix,
         },
     })
 }
@@ -509,6 +589,22 @@ mod tests {
         let c = Config::parse(LOCAL, "local.toml").expect("valid");
         assert_eq!(c.cluster.institutions.len(), 4);
         assert_eq!(c.cluster.wallets, 10_000);
+    }
+
+    #[test]
+    fn the_workload_mix_must_name_every_kind_and_sum_to_100() {
+        let c = Config::parse(LOCAL, "local.toml").expect("valid");
+        assert_eq!(c.workload.mix.shares().iter().map(|(_, v)| v).sum::<u32>(), 100);
+        let start = LOCAL.find("[workload.mix]").expect("the default names its mix");
+        let (head, tail) = LOCAL.split_at(start);
+        let tail = tail.replacen("pay = ", "pay = 1", 1);
+        let err = Config::parse(&format!("{head}{tail}"), "x.toml").unwrap_err().to_string();
+        assert!(err.contains("workload.mix") && err.contains("sum to 100"), "{err}");
+        let without_escrow: String = tail.lines().filter(|l| !l.starts_with("escrow")).collect::<Vec<_>>().join("\n");
+        let err = Config::parse(&format!("{head}{without_escrow}"), "x.toml").unwrap_err().to_string();
+        assert!(err.contains("escrow"), "{err}");
+        let absent = &LOCAL[..start];
+        assert_eq!(Config::parse(absent, "x.toml").expect("valid").workload.mix, WorkloadMix::DEFAULT);
     }
 
     #[test]

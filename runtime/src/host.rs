@@ -20,7 +20,7 @@ use crate::supervision::RestartVerdict;
 use actix::prelude::*;
 use bytes::Bytes;
 use specie_protocol::{Address, Envelope};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -126,6 +126,18 @@ pub struct Host<S: StateMachine> {
     group_crash: bool,
     /// Journal entries since the last snapshot (or since the start of the journal).
     entries_since_snapshot: u64,
+    /// Armed timers by (deadline, arming order). One actix timer per host, at the earliest
+    /// deadline, instead of one per timer: actix polls every future an actor has spawned each
+    /// time the actor wakes, so a coordinator with thousands of sagas in flight (each with a
+    /// timeout and a retry timer) would pay for all of them on every message.
+    timers: BTreeMap<(Instant, u64), S::Timer>,
+    /// Arming order, to keep timers with equal deadlines in the order they were armed.
+    timer_seq: u64,
+    /// The one actix timer armed, and its deadline.
+    timer_armed: Option<(Instant, SpawnHandle)>,
+    /// Whether a future waiting for the outbox's front step to become durable is spawned (at
+    /// most one at a time, for the same reason as the timers).
+    durable_waiter: bool,
 }
 
 impl<S: StateMachine> Host<S> {
@@ -144,6 +156,10 @@ impl<S: StateMachine> Host<S> {
             outbox: VecDeque::new(),
             restart: None,
             group_crash: false,
+            timers: BTreeMap::new(),
+            timer_seq: 0,
+            timer_armed: None,
+            durable_waiter: false,
         })
     }
 
@@ -191,13 +207,13 @@ impl<S: StateMachine> Host<S> {
                 self.take_snapshot();
             }
         }
-        for (delay_ms, key) in out.timers {
-            ctx.run_later(Duration::from_millis(delay_ms), move |host, ctx| {
-                let mut out = Effects::default();
-                let now = host.node.clock().now_ms();
-                host.state.on_timer(key, now, &mut out);
-                host.perform(out, ctx);
-            });
+        if !out.timers.is_empty() {
+            let now = Instant::now();
+            for (delay_ms, key) in out.timers {
+                self.timer_seq += 1;
+                self.timers.insert((now + Duration::from_millis(delay_ms), self.timer_seq), key);
+            }
+            self.arm_timer(ctx);
         }
         if out.sends.is_empty() && out.notices.is_empty() {
             return;
@@ -211,13 +227,67 @@ impl<S: StateMachine> Host<S> {
             self.release(held);
             return;
         }
-        let seq = held.seq;
         self.outbox.push_back(held);
-        let durable = self.node.journal().wait_durable(seq);
-        ctx.spawn(durable.into_actor(self).map(|result, host, _ctx| match result {
-            Ok(()) => host.flush(),
-            Err(e) => host.node.escalate(format!("{}: {e}", host.address)),
+        self.wait_for_outbox(ctx);
+    }
+
+    /// Makes sure the outbox's front step is being waited for: one waiter at a time, for the
+    /// front (the earliest step, which must be released first); when it resolves, everything
+    /// durable by then is released and the next front is waited for.
+    fn wait_for_outbox(&mut self, ctx: &mut Context<Self>) {
+        if self.durable_waiter {
+            return;
+        }
+        let Some(front) = self.outbox.front() else { return };
+        self.durable_waiter = true;
+        let durable = self.node.journal().wait_durable(front.seq);
+        ctx.spawn(durable.into_actor(self).map(|result, host, ctx| {
+            host.durable_waiter = false;
+            match result {
+                Ok(()) => {
+                    host.flush();
+                    host.wait_for_outbox(ctx);
+                }
+                Err(e) => host.node.escalate(format!("{}: {e}", host.address)),
+            }
         }));
+    }
+
+    /// Arms the host's one actix timer for the earliest deadline, unless it already is.
+    fn arm_timer(&mut self, ctx: &mut Context<Self>) {
+        let Some(&(deadline, _)) = self.timers.keys().next() else { return };
+        if let Some((armed, handle)) = self.timer_armed {
+            if armed <= deadline {
+                return;
+            }
+            ctx.cancel_future(handle);
+        }
+        let delay = deadline.saturating_duration_since(Instant::now());
+        let handle = ctx.run_later(delay, |host, ctx| {
+            host.timer_armed = None;
+            host.fire_timers(ctx);
+        });
+        self.timer_armed = Some((deadline, handle));
+    }
+
+    /// Fires every timer that is due, in deadline order, then re-arms for the next one.
+    fn fire_timers(&mut self, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        while let Some(entry) = self.timers.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let key = entry.remove();
+            let mut out = Effects::default();
+            let now_ms = self.node.clock().now_ms();
+            self.state.on_timer(key, now_ms, &mut out);
+            self.perform(out, ctx);
+            if ctx.state() != ActorState::Running {
+                // The step crashed the actor: its timers die with it (the restart re-arms them).
+                return;
+            }
+        }
+        self.arm_timer(ctx);
     }
 
     /// Replaces the entries so far with a snapshot of the state, when the machine takes
@@ -267,6 +337,11 @@ impl<S: StateMachine> Actor for Host<S> {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        // A restart drops every future of the old context: the timers (the state machine
+        // re-arms what it still needs in `on_start`) and the durable waiter.
+        self.timers.clear();
+        self.timer_armed = None;
+        self.durable_waiter = false;
         ctx.set_mailbox_capacity(self.node.mailbox_capacity());
         self.node.network().register(self.address, ctx.address().recipient());
         let Some(backoff) = self.restart.take() else {
@@ -288,6 +363,7 @@ impl<S: StateMachine> Actor for Host<S> {
                     host.entries_since_snapshot = entries;
                     // Every held step is durable now (recovery waited for the last append).
                     host.flush();
+                    host.wait_for_outbox(ctx);
                     host.start_machine(ctx);
                 }
                 Err(e) => host.node.escalate(format!("{} cannot recover from its journal: {e}", host.address)),

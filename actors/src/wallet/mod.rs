@@ -4,6 +4,8 @@
 mod state;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod sagas_tests;
 
 pub use state::{Wallet, WalletCommand, WalletEvent, WalletLimits, WalletSnapshot, WalletTimer};
 // Escrow pre-payment, wallet update and proximity negotiation.

@@ -127,8 +127,7 @@ impl Wallet {
 
     /// The offline records not yet synced, encoded (for an upload that carries them opaquely,
     /// such as the wallet update's).
-    #[allow(dead_code)]
-    pub(super) fn offline_records_encoded(&self) -> Vec<Vec<u8>> {
+    pub(in super::super) fn offline_records_encoded(&self) -> Vec<Vec<u8>> {
         self.upload_batch().iter().map(SignedTransfer::to_bytes).collect()
     }
 

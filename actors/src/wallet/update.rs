@@ -110,11 +110,11 @@ impl Wallet {
         &self.params
     }
 
-    /// Offline transfer records not yet synced with the platform. Hook: this wallet keeps
-    /// none yet (offline payments keep their records in their own state); an update uploads
-    /// what this returns.
+    /// Offline transfer records not yet synced with the platform (at most one message's
+    /// worth), encoded: the update uploads them so the platform holds them before the wallet
+    /// changes. Redeeming the chains they belong to stays the offline sync's work.
     fn offline_records_unsynced(&self) -> Vec<Vec<u8>> {
-        Vec::new()
+        self.offline_records_encoded()
     }
 
     /// Starts (or retries) an update.
