@@ -108,7 +108,7 @@ enum Op {
     /// The escrow's expiry notice.
     Expiry { contract: u64 },
     /// A wallet update.
-    Update { wallet: WalletId, exchange_after: u64 },
+    Update { wallet: WalletId, version_before: u32 },
     /// The exchange after an update.
     Exchange { wallet: WalletId },
     /// A proximity negotiation before an offline payment.
@@ -146,6 +146,9 @@ pub struct Mixed {
     /// Agreed negotiations whose offline payment starts at the next flush: (payer, payee,
     /// agreed amount). Both wallets stay held.
     agreed_offline: Vec<(WalletId, WalletId, u64)>,
+    /// Updated wallets that take coins out again at the next flush (held busy), with the
+    /// parameters version they ran before.
+    exchanges_due: Vec<(WalletId, u32)>,
 }
 
 impl Mixed {
@@ -165,13 +168,18 @@ impl Mixed {
             stopped: false,
             sagas: Default::default(),
             agreed_offline: Vec::new(),
+            exchanges_due: Vec::new(),
         })
     }
 
     /// Operations in flight. A live escrow always has a step (or its expiry) pending; a
     /// wallet waiting to be read back counts until it is free.
     pub fn in_flight(&self) -> usize {
-        self.pending.len() + self.to_refresh.len() + self.sagas.in_flight() + self.agreed_offline.len()
+        self.pending.len()
+            + self.to_refresh.len()
+            + self.sagas.in_flight()
+            + self.agreed_offline.len()
+            + self.exchanges_due.len()
     }
 }
 
@@ -209,6 +217,7 @@ mod sagas_hook {
             amount_max_fen: d.config.workload.amount_max_fen,
         };
         let mixed = d.mixed.as_mut().expect("a mixed run");
+        mixed.sagas.flush(d.cluster).await?;
         let agreed: Vec<(WalletId, WalletId, u64)> = std::mem::take(&mut mixed.agreed_offline);
         for (payer, payee, amount) in agreed {
             let ctx = Ctx {
@@ -465,22 +474,19 @@ async fn start_update(d: &mut Driver<'_>) -> Result<bool> {
     let saga = d.saga();
     d.busy.insert(wallet);
     mixed(d).updates += 1;
-    // Take out again what the update puts in the account (the model's coins).
-    let exchange_after = d.balance[wallet.0 as usize];
-    track(d, saga, Address::Wallet(wallet), Op::Update { wallet, exchange_after });
+    let version_before = d.cluster.wallet_snapshot(wallet).await?.params_version;
+    track(d, saga, Address::Wallet(wallet), Op::Update { wallet, version_before });
     d.cluster.submit(wallet, WalletCommand::Update(UpdateCommand { saga })).await?;
     Ok(true)
 }
 
 fn settle_update(d: &mut Driver<'_>, p: Pending, result: Result<(), AbortReason>) {
     match p.op {
-        Op::Update { wallet, exchange_after } => {
+        Op::Update { wallet, version_before } => {
             d.report.record("wallet_update", result, p.started.elapsed());
-            if result.is_ok() && exchange_after > 0 {
-                let saga = d.saga();
-                track(d, saga, Address::Wallet(wallet), Op::Exchange { wallet });
-                let command = WalletCommand::Exchange { saga, amount: Amount(exchange_after) };
-                mixed(d).outbox.push((wallet, command));
+            if result.is_ok() {
+                // Coins out again, once the flush has read the account the update reported.
+                mixed(d).exchanges_due.push((wallet, version_before));
             } else {
                 mixed(d).updates -= 1;
                 mixed(d).to_refresh.push(wallet);
@@ -597,7 +603,30 @@ pub(super) async fn flush(d: &mut Driver<'_>) -> Result<()> {
         d.cluster.submit(wallet, command).await?;
     }
     sagas_hook::offline(d).await?;
+    exchange_after_updates(d).await?;
     refresh(d).await
+}
+
+/// Updated wallets exchange coins out again: as much as the genesis gave them in coins, within
+/// the account balance the update's instruction reported. A wallet that was up to date (its
+/// version did not change) withdrew nothing and takes nothing out.
+async fn exchange_after_updates(d: &mut Driver<'_>) -> Result<()> {
+    let due = std::mem::take(&mut mixed(d).exchanges_due);
+    for (wallet, version_before) in due {
+        let snapshot = d.cluster.wallet_snapshot(wallet).await?;
+        let applied = snapshot.params_version != version_before;
+        let account = snapshot.account_balance.filter(|_| applied).unwrap_or(Amount::ZERO);
+        let amount = account.0.min(d.config.genesis.exchange_fen);
+        if amount == 0 {
+            mixed(d).updates -= 1;
+            mixed(d).to_refresh.push(wallet);
+            continue;
+        }
+        let saga = d.saga();
+        track(d, saga, Address::Wallet(wallet), Op::Exchange { wallet });
+        d.cluster.submit(wallet, WalletCommand::Exchange { saga, amount: Amount(amount) }).await?;
+    }
+    Ok(())
 }
 
 /// Reads back the coins of wallets whose operations ended, then frees them.

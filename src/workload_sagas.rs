@@ -17,7 +17,9 @@
 //!   that redemption as an offline double spend and attribute it.
 //!
 //! The balance model moves only on committed offline payments (merges and splits keep a
-//! wallet's value); a wallet is held busy until every step it takes part in has ended.
+//! wallet's value); a wallet is held busy until every step it takes part in has ended. The
+//! payer of an offline payment is held until the payee's redemption ended and its own sync
+//! after it: until then a coin it split offline may still be active at its issuer.
 
 use crate::report::RunReport;
 use anyhow::Result;
@@ -26,7 +28,9 @@ use rand_chacha::ChaCha8Rng;
 use specie_actors::wallet::{OfflineCommand, WalletCommand};
 use specie_actors::Cluster;
 use specie_protocol::merge::{CoinRef, MergeAuthorization, MergeMessage};
-use specie_protocol::{AbortReason, Address, Amount, CoinId, Envelope, Payload, SagaId, SagaKind, WalletId};
+use specie_protocol::{
+    AbortReason, Address, Amount, CoinId, Envelope, Payload, SagaId, SagaKind, WalletId,
+};
 use specie_runtime::Notice;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Instant;
@@ -72,6 +76,8 @@ struct Op {
     /// An offline payment: payer, payee, amount, and the coin it was split from (with its
     /// value), for the model and for planting double spends.
     offline: Option<(WalletId, WalletId, Amount, CoinId, Amount)>,
+    /// A wallet that syncs once this operation ends (the payer of an offline payment).
+    then_sync: Option<WalletId>,
 }
 
 /// The merge, split and offline operations in flight.
@@ -80,6 +86,8 @@ pub struct SagaWorkload {
     pending: HashMap<SagaId, Op>,
     /// Coins paid offline whose payee redeemed its chain: (payer, coin, value).
     cheats: VecDeque<(WalletId, CoinId, Amount)>,
+    /// Commands decided while settling a notice, submitted at the next flush.
+    outbox: Vec<(WalletId, WalletCommand)>,
 }
 
 /// Bounds of an offline payment's amount, from the config.
@@ -92,9 +100,9 @@ pub struct OfflineBounds {
 }
 
 impl SagaWorkload {
-    /// Operations waiting for their outcome.
+    /// Operations waiting for their outcome (or to be submitted).
     pub fn in_flight(&self) -> usize {
-        self.pending.len()
+        self.pending.len() + self.outbox.len()
     }
 
     fn hold(&mut self, ctx: &mut Ctx<'_>, saga: SagaId, op: Op) {
@@ -118,7 +126,9 @@ impl SagaWorkload {
         if ctx.rng.gen_range(0..100) < PLANTED_MERGE_PERCENT {
             return self.plant_merge(ctx).await;
         }
-        let Some(wallet) = Self::idle(&mut ctx, None) else { return Ok(false) };
+        let Some(wallet) = Self::idle(&mut ctx, None) else {
+            return Ok(false);
+        };
         let home = ctx.cluster.institution_of(wallet);
         let mut coins = ctx.cluster.wallet_snapshot(wallet).await?.coins;
         if coins.len() < 2 {
@@ -139,6 +149,7 @@ impl SagaWorkload {
             busy: vec![wallet],
             planted: None,
             offline: None,
+            then_sync: None,
         };
         self.hold(&mut ctx, saga, op);
         ctx.cluster.submit(wallet, command).await?;
@@ -147,8 +158,12 @@ impl SagaWorkload {
 
     /// A client that bypasses the wallet signs, with `me`'s key, a merge of `other`'s coins.
     async fn plant_merge(&mut self, mut ctx: Ctx<'_>) -> Result<bool> {
-        let Some(me) = Self::idle(&mut ctx, None) else { return Ok(false) };
-        let Some(other) = Self::idle(&mut ctx, Some(me)) else { return Ok(false) };
+        let Some(me) = Self::idle(&mut ctx, None) else {
+            return Ok(false);
+        };
+        let Some(other) = Self::idle(&mut ctx, Some(me)) else {
+            return Ok(false);
+        };
         let theirs = ctx.cluster.wallet_snapshot(other).await?.coins;
         if theirs.is_empty() {
             return Ok(false);
@@ -163,7 +178,8 @@ impl SagaWorkload {
                 issuer: c.body.issuer,
             })
             .collect();
-        let total = Amount::sum(theirs.iter().take(MERGE_COINS_MAX).map(|c| c.value())).expect("supply fits u64");
+        let total = Amount::sum(theirs.iter().take(MERGE_COINS_MAX).map(|c| c.value()))
+            .expect("supply fits u64");
         let signed = MergeAuthorization {
             saga_id: saga,
             wallet: me,
@@ -181,6 +197,7 @@ impl SagaWorkload {
             busy: Vec::new(),
             planted: Some(("merge_not_owned", AbortReason::CoinNotOwned)),
             offline: None,
+            then_sync: None,
         };
         self.hold(&mut ctx, saga, op);
         ctx.cluster.inject(Envelope {
@@ -197,9 +214,15 @@ impl SagaWorkload {
 
     /// Starts a split of a wallet's largest coin at its issuer.
     pub async fn start_split(&mut self, mut ctx: Ctx<'_>) -> Result<bool> {
-        let Some(wallet) = Self::idle(&mut ctx, None) else { return Ok(false) };
+        let Some(wallet) = Self::idle(&mut ctx, None) else {
+            return Ok(false);
+        };
         let coins = ctx.cluster.wallet_snapshot(wallet).await?.coins;
-        let Some(coin) = coins.iter().filter(|c| c.value().0 >= 2).max_by_key(|c| (c.value(), c.id)) else {
+        let Some(coin) = coins
+            .iter()
+            .filter(|c| c.value().0 >= 2)
+            .max_by_key(|c| (c.value(), c.id))
+        else {
             return Ok(false);
         };
         let amount = Amount(ctx.rng.gen_range(1..coin.value().0));
@@ -216,6 +239,7 @@ impl SagaWorkload {
             busy: vec![wallet],
             planted: None,
             offline: None,
+            then_sync: None,
         };
         self.hold(&mut ctx, saga, op);
         ctx.cluster.submit(wallet, command).await?;
@@ -226,7 +250,14 @@ impl SagaWorkload {
     /// held busy by the negotiation; this takes them over), or, sometimes, a planted offline
     /// double spend to the same payee instead. The hand-over happens here; the payee's
     /// redemption and the payer's sync follow.
-    pub async fn start_offline_pay(&mut self, mut ctx: Ctx<'_>, payer: WalletId, payee: WalletId, agreed: u64, bounds: OfflineBounds) -> Result<()> {
+    pub async fn start_offline_pay(
+        &mut self,
+        mut ctx: Ctx<'_>,
+        payer: WalletId,
+        payee: WalletId,
+        agreed: u64,
+        bounds: OfflineBounds,
+    ) -> Result<()> {
         ctx.busy.remove(&payer);
         ctx.busy.remove(&payee);
         if ctx.rng.gen_range(0..100) < PLANTED_DOUBLE_SPEND_PERCENT {
@@ -236,7 +267,9 @@ impl SagaWorkload {
                 return self.plant_double_spend(ctx, cheat, payee).await;
             }
         }
-        let top = (ctx.balance[payer.0 as usize] / 3).min(bounds.offline_limit_fen / 4).min(bounds.amount_max_fen);
+        let top = (ctx.balance[payer.0 as usize] / 3)
+            .min(bounds.offline_limit_fen / 4)
+            .min(bounds.amount_max_fen);
         if top == 0 {
             return Ok(());
         }
@@ -247,27 +280,29 @@ impl SagaWorkload {
             Ok(chain) => chain,
             Err(reason) => {
                 // Refused by the payer (no single coin covers it, say): nothing moved.
-                ctx.report.record("offline_pay", Err(reason), started.elapsed());
+                ctx.report
+                    .record("offline_pay", Err(reason), started.elapsed());
                 return Ok(());
             }
         };
-        let (redeem, sync) = (SagaId::from_u128(ctx.rng.gen()), SagaId::from_u128(ctx.rng.gen()));
+        let redeem = SagaId::from_u128(ctx.rng.gen());
         let op = Op {
             kind: Some("offline_pay"),
             started,
             reporter: Address::Wallet(payee),
-            busy: vec![payee],
+            busy: vec![payee, payer],
             planted: None,
             offline: Some((payer, payee, amount, chain.coin.id, chain.coin.value())),
+            then_sync: Some(payer),
         };
         self.hold(&mut ctx, redeem, op);
-        self.hold(&mut ctx, sync, Self::sync_op(payer));
         let redeem_command = OfflineCommand::Redeem {
             saga: redeem,
             chain: chain.id(),
         };
-        ctx.cluster.submit(payee, WalletCommand::Offline(redeem_command)).await?;
-        ctx.cluster.submit(payer, WalletCommand::Offline(OfflineCommand::Sync { saga: sync })).await?;
+        ctx.cluster
+            .submit(payee, WalletCommand::Offline(redeem_command))
+            .await?;
         Ok(())
     }
 
@@ -279,42 +314,64 @@ impl SagaWorkload {
             busy: vec![wallet],
             planted: None,
             offline: None,
+            then_sync: None,
         }
+    }
+
+    /// Submits the commands decided while settling notices (the syncs that follow offline
+    /// payments).
+    pub async fn flush(&mut self, cluster: &Cluster) -> Result<()> {
+        for (wallet, command) in std::mem::take(&mut self.outbox) {
+            cluster.submit(wallet, command).await?;
+        }
+        Ok(())
     }
 
     /// `cheat` signs away, to an idle payee, the whole of a coin it already paid offline
     /// and whose payee redeemed its part: the issuer must refuse the redemption.
-    async fn plant_double_spend(&mut self, mut ctx: Ctx<'_>, (cheat, coin, value): (WalletId, CoinId, Amount), payee: WalletId) -> Result<()> {
+    async fn plant_double_spend(
+        &mut self,
+        mut ctx: Ctx<'_>,
+        (cheat, coin, value): (WalletId, CoinId, Amount),
+        payee: WalletId,
+    ) -> Result<()> {
         let saga = SagaId::from_u128(ctx.rng.gen());
         let started = Instant::now();
-        let Ok(chain) = ctx.cluster.offline_double_spend(saga, cheat, payee, value, coin).await? else {
+        let Ok(chain) = ctx
+            .cluster
+            .offline_double_spend(saga, cheat, payee, value, coin)
+            .await?
+        else {
             // The cheat's own offline limit stopped it: nothing was planted.
             return Ok(());
         };
-        let (redeem, sync) = (SagaId::from_u128(ctx.rng.gen()), SagaId::from_u128(ctx.rng.gen()));
+        let redeem = SagaId::from_u128(ctx.rng.gen());
         let op = Op {
             kind: Some("offline_pay"),
             started,
             reporter: Address::Wallet(payee),
-            busy: vec![payee],
+            busy: vec![payee, cheat],
             planted: Some(("offline_double_spend", AbortReason::OfflineDoubleSpend)),
             offline: None,
+            then_sync: Some(cheat),
         };
         self.hold(&mut ctx, redeem, op);
-        self.hold(&mut ctx, sync, Self::sync_op(cheat));
         let redeem_command = OfflineCommand::Redeem {
             saga: redeem,
             chain: chain.id(),
         };
-        ctx.cluster.submit(payee, WalletCommand::Offline(redeem_command)).await?;
-        ctx.cluster.submit(cheat, WalletCommand::Offline(OfflineCommand::Sync { saga: sync })).await?;
+        ctx.cluster
+            .submit(payee, WalletCommand::Offline(redeem_command))
+            .await?;
         Ok(())
     }
 
     /// Settles an operation of this workload from its notice; false when the notice is not
     /// one of them (the driver settles it).
     pub fn settle(&mut self, notice: &Notice, ctx: Ctx<'_>) -> bool {
-        let Some(op) = self.pending.get(&notice.saga_id) else { return false };
+        let Some(op) = self.pending.get(&notice.saga_id) else {
+            return false;
+        };
         if op.reporter != notice.source || notice.outcome.kind == SagaKind::OfflinePay {
             // Another party's notice of the same saga (the payee's hand-over, say).
             return self.pending.contains_key(&notice.saga_id);
@@ -322,6 +379,14 @@ impl SagaWorkload {
         let op = self.pending.remove(&notice.saga_id).expect("present");
         for w in &op.busy {
             ctx.busy.remove(w);
+        }
+        if let Some(wallet) = op.then_sync {
+            // The payer syncs now (uploads its records, redeems its remainder), held until done.
+            let sync = SagaId::from_u128(ctx.rng.gen());
+            ctx.busy.insert(wallet);
+            self.pending.insert(sync, Self::sync_op(wallet));
+            let command = WalletCommand::Offline(OfflineCommand::Sync { saga: sync });
+            self.outbox.push((wallet, command));
         }
         let result = notice.outcome.result;
         let Some(kind) = op.kind else { return true };
@@ -332,15 +397,22 @@ impl SagaWorkload {
             if result == Err(expected) {
                 planted.refused_as_expected += 1;
             } else {
-                planted.other.push(format!("saga {}: {:?}", notice.saga_id, result.map_err(|r| r.name())));
+                planted.other.push(format!(
+                    "saga {}: {:?}",
+                    notice.saga_id,
+                    result.map_err(|r| r.name())
+                ));
             }
         }
         if let (Ok(()), Some((payer, payee, amount, coin, value))) = (result, op.offline) {
             let (payer_i, payee_i) = (payer.0 as usize, payee.0 as usize);
-            ctx.balance[payer_i] = ctx.balance[payer_i].checked_sub(amount.0).unwrap_or_else(|| {
-                ctx.report.model_mismatches += 1;
-                0
-            });
+            ctx.balance[payer_i] =
+                ctx.balance[payer_i]
+                    .checked_sub(amount.0)
+                    .unwrap_or_else(|| {
+                        ctx.report.model_mismatches += 1;
+                        0
+                    });
             ctx.balance[payee_i] += amount.0;
             if self.cheats.len() == CHEAT_CANDIDATES_MAX {
                 self.cheats.pop_front();

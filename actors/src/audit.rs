@@ -10,6 +10,10 @@
 //!   payee coin equals the amount; an aborted saga spent, locked and issued nothing; an
 //!   exchange issued exactly its amount or nothing; an escrow settlement's inputs equal its
 //!   outputs, a withdraw retired exactly what it credited.
+//! - merge, split and offline payment (`audit_sagas.rs`): decided merges are projected like
+//!   payments; what the issuers' offline ledgers still owe to unredeemed chains counts in
+//!   conservation and backing; merges, splits and offline settlements consume coins like
+//!   payments; their outputs equal their inputs.
 //! - escrow (invariant 8): claims within the cap and the cap within the deposit; every frozen
 //!   coin belongs to an open escrow through its issuer's hold; a closed escrow froze nothing
 //!   and refunded exactly what was not claimed (`crate::escrow::audit`). Frozen coins count

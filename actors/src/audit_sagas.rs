@@ -53,7 +53,12 @@ fn total(outs: &[(CoinId, Amount)]) -> u128 {
 }
 
 /// Checks the merge, split and offline sagas; projects decided merges into `coins`.
-pub(super) fn check(s: &ClusterSnapshot, coins: &mut Coins, outputs: &Outputs, quiescent: bool) -> SagasAudit {
+pub(super) fn check(
+    s: &ClusterSnapshot,
+    coins: &mut Coins,
+    outputs: &Outputs,
+    quiescent: bool,
+) -> SagasAudit {
     let mut a = SagasAudit::default();
     let none: &[(CoinId, Amount)] = &[];
 
@@ -81,7 +86,10 @@ pub(super) fn check(s: &ClusterSnapshot, coins: &mut Coins, outputs: &Outputs, q
                         }
                     }
                     for (issuer, locked) in &m.locked {
-                        let moved = backing_done.contains(issuer) || s.central_bank.applied.contains(&merge_backing_key(*saga, *issuer));
+                        let moved = backing_done.contains(issuer)
+                            || s.central_bank
+                                .applied
+                                .contains(&merge_backing_key(*saga, *issuer));
                         if *issuer != inst.id && !moved {
                             *a.backing_shift.entry(*issuer).or_default() -= i128::from(locked.0);
                             *a.backing_shift.entry(inst.id).or_default() += i128::from(locked.0);
@@ -90,20 +98,31 @@ pub(super) fn check(s: &ClusterSnapshot, coins: &mut Coins, outputs: &Outputs, q
                 }
                 MergeStep::Aborted { .. } => {
                     if !outs.is_empty() {
-                        a.atomicity.push(format!("aborted merge {saga} issued {} coins", outs.len()));
+                        a.atomicity
+                            .push(format!("aborted merge {saga} issued {} coins", outs.len()));
                     }
                     for (id, _) in &m.coins {
-                        if let Some((_, _, state @ (CoinState::Locked(by) | CoinState::Spent(by)))) = coins.get(id) {
+                        if let Some((
+                            _,
+                            _,
+                            state @ (CoinState::Locked(by) | CoinState::Spent(by)),
+                        )) = coins.get(id)
+                        {
                             if by == saga {
-                                a.atomicity.push(format!("aborted merge {saga} left coin {id} {state:?}"));
+                                a.atomicity
+                                    .push(format!("aborted merge {saga} left coin {id} {state:?}"));
                             }
                         }
                     }
                 }
                 MergeStep::Locking | MergeStep::Aborting { .. } | MergeStep::Committed { .. } => {}
             }
-            if matches!(m.step, MergeStep::Committing { .. } | MergeStep::Committed { .. }) {
-                a.spenders.insert(*saga, m.coins.iter().map(|(id, _)| *id).collect());
+            if matches!(
+                m.step,
+                MergeStep::Committing { .. } | MergeStep::Committed { .. }
+            ) {
+                a.spenders
+                    .insert(*saga, m.coins.iter().map(|(id, _)| *id).collect());
                 if outs.len() != 1 || total(outs) != u128::from(m.total.0) {
                     a.atomicity.push(format!(
                         "committed merge {saga} of {} fen issued {} coins worth {} fen",
@@ -114,20 +133,32 @@ pub(super) fn check(s: &ClusterSnapshot, coins: &mut Coins, outputs: &Outputs, q
                 }
                 let locked: u128 = m.locked.values().map(|v| u128::from(v.0)).sum();
                 if locked != u128::from(m.total.0) {
-                    a.atomicity.push(format!("committed merge {saga}: issuers locked {locked} fen of {}", m.total.0));
+                    a.atomicity.push(format!(
+                        "committed merge {saga}: issuers locked {locked} fen of {}",
+                        m.total.0
+                    ));
                 }
             }
             if let MergeStep::Committed { .. } = m.step {
                 let mut inputs = 0u128;
                 for (id, _) in &m.coins {
                     match coins.get(id) {
-                        Some((_, v, CoinState::Spent(by))) if by == saga => inputs += u128::from(v.0),
-                        Some((_, _, state)) => a.atomicity.push(format!("committed merge {saga}: input {id} is {state:?}")),
-                        None => a.atomicity.push(format!("committed merge {saga}: input {id} is not registered")),
+                        Some((_, v, CoinState::Spent(by))) if by == saga => {
+                            inputs += u128::from(v.0)
+                        }
+                        Some((_, _, state)) => a
+                            .atomicity
+                            .push(format!("committed merge {saga}: input {id} is {state:?}")),
+                        None => a.atomicity.push(format!(
+                            "committed merge {saga}: input {id} is not registered"
+                        )),
                     }
                 }
                 if inputs != total(outs) {
-                    a.atomicity.push(format!("committed merge {saga}: inputs {inputs} fen, output {} fen", total(outs)));
+                    a.atomicity.push(format!(
+                        "committed merge {saga}: inputs {inputs} fen, output {} fen",
+                        total(outs)
+                    ));
                 }
             }
         }
@@ -151,10 +182,14 @@ pub(super) fn check(s: &ClusterSnapshot, coins: &mut Coins, outputs: &Outputs, q
                                 ));
                             }
                         }
-                        other => a.atomicity.push(format!("split {saga}: its coin {} is {other:?}", x.coin)),
+                        other => a
+                            .atomicity
+                            .push(format!("split {saga}: its coin {} is {other:?}", x.coin)),
                     }
                 }
-                Err(_) if !outs.is_empty() => a.atomicity.push(format!("refused split {saga} issued {} coins", outs.len())),
+                Err(_) if !outs.is_empty() => a
+                    .atomicity
+                    .push(format!("refused split {saga} issued {} coins", outs.len())),
                 Err(_) => {}
             }
         }
@@ -169,7 +204,9 @@ pub(super) fn check(s: &ClusterSnapshot, coins: &mut Coins, outputs: &Outputs, q
             }
             let outs = outputs.get(saga).map_or(none, Vec::as_slice);
             match r.step {
-                RedeemStep::Committed if outs.len() != 1 || total(outs) != u128::from(r.amount.0) => {
+                RedeemStep::Committed
+                    if outs.len() != 1 || total(outs) != u128::from(r.amount.0) =>
+                {
                     a.atomicity.push(format!(
                         "committed redemption {saga} of {} fen issued {} coins worth {} fen",
                         r.amount.0,
@@ -178,7 +215,10 @@ pub(super) fn check(s: &ClusterSnapshot, coins: &mut Coins, outputs: &Outputs, q
                     ));
                 }
                 RedeemStep::Aborted { .. } if !outs.is_empty() => {
-                    a.atomicity.push(format!("aborted redemption {saga} issued {} coins", outs.len()));
+                    a.atomicity.push(format!(
+                        "aborted redemption {saga} issued {} coins",
+                        outs.len()
+                    ));
                 }
                 _ => {}
             }
@@ -190,16 +230,31 @@ pub(super) fn check(s: &ClusterSnapshot, coins: &mut Coins, outputs: &Outputs, q
     for inst in &s.institutions {
         for (coin, l) in &inst.sagas.ledgers {
             if l.paid > l.value {
-                a.atomicity.push(format!("offline ledger of coin {coin} paid {} fen of a {} fen coin", l.paid.0, l.value.0));
+                a.atomicity.push(format!(
+                    "offline ledger of coin {coin} paid {} fen of a {} fen coin",
+                    l.paid.0, l.value.0
+                ));
             }
-            let committed: u128 = l.claims.iter().filter(|c| c.2).map(|c| u128::from(c.1 .0)).sum();
+            let committed: u128 = l
+                .claims
+                .iter()
+                .filter(|c| c.2)
+                .map(|c| u128::from(c.1 .0))
+                .sum();
             if committed != u128::from(l.paid.0) {
-                a.atomicity.push(format!("offline ledger of coin {coin}: claims {committed} fen committed, {} paid", l.paid.0));
+                a.atomicity.push(format!(
+                    "offline ledger of coin {coin}: claims {committed} fen committed, {} paid",
+                    l.paid.0
+                ));
             }
             for (claim, amount, _) in l.claims.iter().filter(|c| c.2) {
                 let outs = outputs.get(claim).map_or(none, Vec::as_slice);
                 if outs.len() != 1 || total(outs) != u128::from(amount.0) {
-                    a.atomicity.push(format!("offline claim {claim} of {} fen was paid {} fen", amount.0, total(outs)));
+                    a.atomicity.push(format!(
+                        "offline claim {claim} of {} fen was paid {} fen",
+                        amount.0,
+                        total(outs)
+                    ));
                 }
             }
             if !l.paid.is_zero() {
@@ -215,8 +270,14 @@ pub(super) fn check(s: &ClusterSnapshot, coins: &mut Coins, outputs: &Outputs, q
     // Wallets: coins split offline, and the chains they hold.
     let mut held: HashMap<ChainId, (CoinId, Amount)> = HashMap::new();
     for w in &s.wallets {
-        a.spent_offline.insert(w.id, w.offline.spent_offline.iter().copied().collect());
-        for chain in w.offline.chains.iter().chain(w.offline.outbox.iter().map(|(_, c)| c)) {
+        a.spent_offline
+            .insert(w.id, w.offline.spent_offline.iter().copied().collect());
+        for chain in w
+            .offline
+            .chains
+            .iter()
+            .chain(w.offline.outbox.iter().map(|(_, c)| c))
+        {
             held.insert(chain.id(), (chain.coin.id, chain.value()));
         }
     }

@@ -48,7 +48,9 @@ impl Handover {
 
     fn expect(&self, saga: SagaId, wallet: WalletId) -> oneshot::Receiver<Result<(), AbortReason>> {
         let (tx, rx) = oneshot::channel();
-        self.waiters.lock().insert((saga, Address::Wallet(wallet)), tx);
+        self.waiters
+            .lock()
+            .insert((saga, Address::Wallet(wallet)), tx);
         rx
     }
 }
@@ -63,17 +65,27 @@ impl Cluster {
     }
 
     /// Submits an offline step to a wallet and waits for its durable notice.
-    async fn offline_step(&self, saga: SagaId, wallet: WalletId, command: OfflineCommand) -> Result<Result<(), AbortReason>, ClusterError> {
+    async fn offline_step(
+        &self,
+        saga: SagaId,
+        wallet: WalletId,
+        command: OfflineCommand,
+    ) -> Result<Result<(), AbortReason>, ClusterError> {
         let answer = self.handover.expect(saga, wallet);
         self.submit(wallet, WalletCommand::Offline(command)).await?;
         let waited = tokio::time::timeout(HANDOVER_STEP_TIMEOUT, answer).await;
         match waited {
             Ok(Ok(result)) => Ok(result),
             _ => {
-                self.handover.waiters.lock().remove(&(saga, Address::Wallet(wallet)));
+                self.handover
+                    .waiters
+                    .lock()
+                    .remove(&(saga, Address::Wallet(wallet)));
                 Err(ClusterError::Unreachable {
                     actor: Address::Wallet(wallet),
-                    why: format!("no answer to offline payment {saga} within {HANDOVER_STEP_TIMEOUT:?}"),
+                    why: format!(
+                        "no answer to offline payment {saga} within {HANDOVER_STEP_TIMEOUT:?}"
+                    ),
                 })
             }
         }
@@ -83,18 +95,40 @@ impl Cluster {
     /// holds and signs the transfers in its key store, then the chain is handed to the payee
     /// with no network involved. Returns the chain the payee now holds, or the refusal —
     /// the payer's (`offline_limit`, `insufficient_funds`, `busy`, …) or the payee's.
-    pub async fn offline_pay(&self, saga: SagaId, payer: WalletId, payee: WalletId, amount: Amount) -> Result<Result<TrustChain, AbortReason>, ClusterError> {
-        self.offline_transfer(saga, payer, payee, amount, None).await
+    pub async fn offline_pay(
+        &self,
+        saga: SagaId,
+        payer: WalletId,
+        payee: WalletId,
+        amount: Amount,
+    ) -> Result<Result<TrustChain, AbortReason>, ClusterError> {
+        self.offline_transfer(saga, payer, payee, amount, None)
+            .await
     }
 
     /// Planted misbehaviour for workloads and tests: `payer` signs an offline transfer out of
     /// `coin` although it already split that coin offline — an offline double spend that the
     /// coin's issuer must refuse when the chain is redeemed.
-    pub async fn offline_double_spend(&self, saga: SagaId, payer: WalletId, payee: WalletId, amount: Amount, coin: CoinId) -> Result<Result<TrustChain, AbortReason>, ClusterError> {
-        self.offline_transfer(saga, payer, payee, amount, Some(coin)).await
+    pub async fn offline_double_spend(
+        &self,
+        saga: SagaId,
+        payer: WalletId,
+        payee: WalletId,
+        amount: Amount,
+        coin: CoinId,
+    ) -> Result<Result<TrustChain, AbortReason>, ClusterError> {
+        self.offline_transfer(saga, payer, payee, amount, Some(coin))
+            .await
     }
 
-    async fn offline_transfer(&self, saga: SagaId, payer: WalletId, payee: WalletId, amount: Amount, reuse: Option<CoinId>) -> Result<Result<TrustChain, AbortReason>, ClusterError> {
+    async fn offline_transfer(
+        &self,
+        saga: SagaId,
+        payer: WalletId,
+        payee: WalletId,
+        amount: Amount,
+        reuse: Option<CoinId>,
+    ) -> Result<Result<TrustChain, AbortReason>, ClusterError> {
         let pay = OfflineCommand::Pay {
             saga,
             payee,
@@ -111,9 +145,19 @@ impl Cluster {
     /// Hands the chain of offline payment `saga` from the payer's outbox to the payee, and
     /// lets the payer drop it once the payee holds it. Idempotent: a chain already handed
     /// over is handed over again harmlessly.
-    pub async fn offline_handover(&self, saga: SagaId, payer: WalletId, payee: WalletId) -> Result<Result<TrustChain, AbortReason>, ClusterError> {
+    pub async fn offline_handover(
+        &self,
+        saga: SagaId,
+        payer: WalletId,
+        payee: WalletId,
+    ) -> Result<Result<TrustChain, AbortReason>, ClusterError> {
         let snapshot = self.wallet_snapshot(payer).await?;
-        let Some((_, chain)) = snapshot.offline.outbox.into_iter().find(|(s, _)| *s == saga) else {
+        let Some((_, chain)) = snapshot
+            .offline
+            .outbox
+            .into_iter()
+            .find(|(s, _)| *s == saga)
+        else {
             return Ok(Err(AbortReason::SagaUnknown));
         };
         let receive = OfflineCommand::Receive {
@@ -123,8 +167,11 @@ impl Cluster {
         if let Err(reason) = self.offline_step(saga, payee, receive).await? {
             return Ok(Err(reason));
         }
-        self.submit(payer, WalletCommand::Offline(OfflineCommand::HandedOver { saga }))
-            .await?;
+        self.submit(
+            payer,
+            WalletCommand::Offline(OfflineCommand::HandedOver { saga }),
+        )
+        .await?;
         Ok(Ok(chain))
     }
 }

@@ -46,7 +46,10 @@ impl<'a> Client<'a> {
     }
 
     async fn submit(&mut self, w: WalletId, command: EscrowCommand) {
-        self.cluster.submit(w, WalletCommand::Escrow(command)).await.expect("wallet reachable");
+        self.cluster
+            .submit(w, WalletCommand::Escrow(command))
+            .await
+            .expect("wallet reachable");
     }
 
     /// Waits for the notice of `saga` from `source`.
@@ -60,11 +63,23 @@ impl<'a> Client<'a> {
                 .unwrap_or_else(|_| panic!("no notice of {saga} from {source}"))
                 .expect("notices flow");
             let previous = self.seen.insert((n.saga_id, n.source), n.outcome.result);
-            assert!(previous.is_none(), "{} published twice for {}", n.source, n.saga_id);
+            assert!(
+                previous.is_none(),
+                "{} published twice for {}",
+                n.source,
+                n.saga_id
+            );
         }
     }
 
-    async fn deposit(&mut self, payer: WalletId, merchant: WalletId, serial: u64, cap: u64, ttl_ms: u64) -> (u64, Result<(), AbortReason>) {
+    async fn deposit(
+        &mut self,
+        payer: WalletId,
+        merchant: WalletId,
+        serial: u64,
+        cap: u64,
+        ttl_ms: u64,
+    ) -> (u64, Result<(), AbortReason>) {
         let contract = contract_id(self.cluster.institution_of(payer), serial);
         let saga = self.saga();
         let expires_at_ms = self.cluster.node().clock().now_ms() + ttl_ms;
@@ -80,7 +95,13 @@ impl<'a> Client<'a> {
         (contract, self.outcome(saga, Address::Wallet(payer)).await)
     }
 
-    async fn start_claim(&mut self, merchant: WalletId, contract: u64, claim_id: u64, amount: u64) -> SagaId {
+    async fn start_claim(
+        &mut self,
+        merchant: WalletId,
+        contract: u64,
+        claim_id: u64,
+        amount: u64,
+    ) -> SagaId {
         let saga = self.saga();
         let command = EscrowCommand::Claim {
             saga,
@@ -92,14 +113,21 @@ impl<'a> Client<'a> {
         saga
     }
 
-    async fn claim(&mut self, merchant: WalletId, contract: u64, claim_id: u64, amount: u64) -> Result<(), AbortReason> {
+    async fn claim(
+        &mut self,
+        merchant: WalletId,
+        contract: u64,
+        claim_id: u64,
+        amount: u64,
+    ) -> Result<(), AbortReason> {
         let saga = self.start_claim(merchant, contract, claim_id, amount).await;
         self.outcome(saga, Address::Wallet(merchant)).await
     }
 
     async fn release(&mut self, payer: WalletId, contract: u64) -> Result<(), AbortReason> {
         let saga = self.saga();
-        self.submit(payer, EscrowCommand::Release { saga, contract }).await;
+        self.submit(payer, EscrowCommand::Release { saga, contract })
+            .await;
         self.outcome(saga, Address::Wallet(payer)).await
     }
 
@@ -117,7 +145,10 @@ impl<'a> Client<'a> {
 }
 
 async fn quiet_audit(cluster: &Cluster) {
-    assert!(cluster.quiesce(Duration::from_secs(10)).await, "the cluster goes quiet");
+    assert!(
+        cluster.quiesce(Duration::from_secs(10)).await,
+        "the cluster goes quiet"
+    );
     let report = cluster.audit().await.expect("audit");
     assert!(report.ok(), "audit: {report:#?}");
     assert!(report.escrow.is_ok());
@@ -125,12 +156,18 @@ async fn quiet_audit(cluster: &Cluster) {
 
 async fn coins_of(cluster: &Cluster, w: WalletId) -> u64 {
     let s = cluster.snapshot().await.expect("snapshot");
-    s.wallets[w.0 as usize].coins.iter().map(|c| c.value().0).sum()
+    s.wallets[w.0 as usize]
+        .coins
+        .iter()
+        .map(|c| c.value().0)
+        .sum()
 }
 
 #[actix::test]
 async fn deposits_claims_releases_and_expiries_keep_the_books() {
-    let cluster = Cluster::start(common::config(WALLETS), SEED).await.expect("cluster starts");
+    let cluster = Cluster::start(common::config(WALLETS), SEED)
+        .await
+        .expect("cluster starts");
     let mut c = Client::new(&cluster);
     let exchanged = cluster.config().genesis.exchange_fen;
     // Wallet w banks at w % 4: payer 0 and merchant 4 share institution 0, merchant 1 is at 1.
@@ -140,20 +177,49 @@ async fn deposits_claims_releases_and_expiries_keep_the_books() {
     let (contract, deposited) = c.deposit(payer, remote, 1, 15_000, 60_000).await;
     assert_eq!(deposited, Ok(()));
     let frozen = exchanged - coins_of(&cluster, payer).await;
-    assert!(frozen >= 15_000, "the frozen coins cover the cap ({frozen})");
+    assert!(
+        frozen >= 15_000,
+        "the frozen coins cover the cap ({frozen})"
+    );
     quiet_audit(&cluster).await;
     assert_eq!(c.claim(remote, contract, 1, 5_000).await, Ok(()));
-    assert_eq!(c.claim(remote, contract, 1, 5_000).await, Err(AbortReason::AlreadyClaimed), "a used claim number");
-    assert_eq!(c.claim(remote, contract, 2, 10_001).await, Err(AbortReason::CapExceeded), "above what remains");
-    assert_eq!(c.claim(local, contract, 3, 1).await, Err(AbortReason::WrongParty), "not the merchant");
-    assert_eq!(c.release(remote, contract).await, Err(AbortReason::WrongParty), "only the payer releases");
+    assert_eq!(
+        c.claim(remote, contract, 1, 5_000).await,
+        Err(AbortReason::AlreadyClaimed),
+        "a used claim number"
+    );
+    assert_eq!(
+        c.claim(remote, contract, 2, 10_001).await,
+        Err(AbortReason::CapExceeded),
+        "above what remains"
+    );
+    assert_eq!(
+        c.claim(local, contract, 3, 1).await,
+        Err(AbortReason::WrongParty),
+        "not the merchant"
+    );
+    assert_eq!(
+        c.release(remote, contract).await,
+        Err(AbortReason::WrongParty),
+        "only the payer releases"
+    );
     assert_eq!(c.claim(remote, contract, 2, 4_000).await, Ok(()));
     quiet_audit(&cluster).await;
     assert_eq!(c.release(payer, contract).await, Ok(()));
-    assert_eq!(c.claim(remote, contract, 4, 1).await, Err(AbortReason::AlreadyReleased));
-    assert_eq!(c.release(payer, contract).await, Err(AbortReason::AlreadyReleased));
+    assert_eq!(
+        c.claim(remote, contract, 4, 1).await,
+        Err(AbortReason::AlreadyReleased)
+    );
+    assert_eq!(
+        c.release(payer, contract).await,
+        Err(AbortReason::AlreadyReleased)
+    );
     quiet_audit(&cluster).await;
-    assert_eq!(coins_of(&cluster, payer).await, exchanged - 9_000, "paid 90.00, the rest refunded");
+    assert_eq!(
+        coins_of(&cluster, payer).await,
+        exchanged - 9_000,
+        "paid 90.00, the rest refunded"
+    );
     assert_eq!(coins_of(&cluster, remote).await, exchanged + 9_000);
 
     // A local merchant claims the whole cap: the escrow closes itself and refunds the rest.
@@ -161,12 +227,17 @@ async fn deposits_claims_releases_and_expiries_keep_the_books() {
     assert_eq!(deposited, Ok(()));
     assert_eq!(c.claim(local, contract, 1, 7_000).await, Ok(()));
     c.closed(contract, SagaKind::EscrowRelease).await;
-    assert_eq!(c.claim(local, contract, 2, 1).await, Err(AbortReason::AlreadyClaimed));
+    assert_eq!(
+        c.claim(local, contract, 2, 1).await,
+        Err(AbortReason::AlreadyClaimed)
+    );
     quiet_audit(&cluster).await;
     assert_eq!(coins_of(&cluster, WalletId(8)).await, exchanged - 7_000);
 
     // Refused deposits: above the payer's coins, a contract hosted elsewhere.
-    let (_, refused) = c.deposit(WalletId(12), remote, 3, exchanged + 1, 60_000).await;
+    let (_, refused) = c
+        .deposit(WalletId(12), remote, 3, exchanged + 1, 60_000)
+        .await;
     assert_eq!(refused, Err(AbortReason::InsufficientFunds));
     let saga = c.saga();
     let elsewhere = EscrowCommand::Deposit {
@@ -178,14 +249,20 @@ async fn deposits_claims_releases_and_expiries_keep_the_books() {
         expires_at_ms: cluster.node().clock().now_ms() + 60_000,
     };
     c.submit(WalletId(12), elsewhere).await;
-    assert_eq!(c.outcome(saga, Address::Wallet(WalletId(12))).await, Err(AbortReason::WrongIssuer));
+    assert_eq!(
+        c.outcome(saga, Address::Wallet(WalletId(12))).await,
+        Err(AbortReason::WrongIssuer)
+    );
 
     // An escrow that nobody releases expires, and the rest comes back.
     let (contract, deposited) = c.deposit(WalletId(16), remote, 5, 3_000, 1_000).await;
     assert_eq!(deposited, Ok(()));
     assert_eq!(c.claim(remote, contract, 1, 1_000).await, Ok(()));
     c.closed(contract, SagaKind::EscrowExpiry).await;
-    assert_eq!(c.claim(remote, contract, 2, 1).await, Err(AbortReason::Expired));
+    assert_eq!(
+        c.claim(remote, contract, 2, 1).await,
+        Err(AbortReason::Expired)
+    );
     quiet_audit(&cluster).await;
     assert_eq!(coins_of(&cluster, WalletId(16)).await, exchanged - 1_000);
     cluster.shutdown();
@@ -193,7 +270,9 @@ async fn deposits_claims_releases_and_expiries_keep_the_books() {
 
 #[actix::test]
 async fn claims_racing_expiry_resolve_once_and_never_exceed_the_cap() {
-    let cluster = Cluster::start(common::config(WALLETS), SEED + 1).await.expect("cluster starts");
+    let cluster = Cluster::start(common::config(WALLETS), SEED + 1)
+        .await
+        .expect("cluster starts");
     let mut c = Client::new(&cluster);
     const CAP: u64 = 9_000;
     // Ten escrows expiring in 800 ms; their merchants keep claiming 1,000 (with a second
@@ -233,9 +312,20 @@ async fn claims_racing_expiry_resolve_once_and_never_exceed_the_cap() {
     quiet_audit(&cluster).await;
     let snapshot = cluster.snapshot().await.expect("snapshot");
     for (contract, _) in &contracts {
-        let e = snapshot.escrows.iter().find(|e| e.id == *contract).expect("escrow exists");
-        assert_eq!(e.status, EscrowStatus::Closed(specie_actors::escrow::Closure::Expired));
-        assert_eq!(e.claimed.0, paid.get(contract).copied().unwrap_or(0), "claims paid = claims decided");
+        let e = snapshot
+            .escrows
+            .iter()
+            .find(|e| e.id == *contract)
+            .expect("escrow exists");
+        assert_eq!(
+            e.status,
+            EscrowStatus::Closed(specie_actors::escrow::Closure::Expired)
+        );
+        assert_eq!(
+            e.claimed.0,
+            paid.get(contract).copied().unwrap_or(0),
+            "claims paid = claims decided"
+        );
         assert!(e.claimed.0 <= CAP);
         assert_eq!(e.refunded.0, e.deposit.0 - e.claimed.0);
     }
@@ -246,7 +336,9 @@ async fn claims_racing_expiry_resolve_once_and_never_exceed_the_cap() {
 async fn an_escrow_crashed_with_claims_in_flight_finishes_them_once() {
     let mut config = common::config(WALLETS);
     config.limits.retry_interval_ms = 50;
-    let cluster = Cluster::start(config, SEED + 2).await.expect("cluster starts");
+    let cluster = Cluster::start(config, SEED + 2)
+        .await
+        .expect("cluster starts");
     let mut c = Client::new(&cluster);
     let (payer, merchant) = (WalletId(3), WalletId(6));
     let (contract, deposited) = c.deposit(payer, merchant, 9, 20_000, 60_000).await;
@@ -264,7 +356,11 @@ async fn an_escrow_crashed_with_claims_in_flight_finishes_them_once() {
     assert_eq!(c.release(payer, contract).await, Ok(()));
     quiet_audit(&cluster).await;
     let exchanged = cluster.config().genesis.exchange_fen;
-    assert_eq!(coins_of(&cluster, merchant).await, exchanged + 15_000, "each claim paid once");
+    assert_eq!(
+        coins_of(&cluster, merchant).await,
+        exchanged + 15_000,
+        "each claim paid once"
+    );
     assert_eq!(coins_of(&cluster, payer).await, exchanged - 15_000);
     assert!(cluster.node().escalations().is_empty());
     cluster.shutdown();

@@ -12,7 +12,9 @@ mod sagas_support;
 use sagas_support::{coins_of, customers_value, quiet_audit, start, DuplicateAndReorder};
 use specie_actors::wallet::{OfflineCommand, WalletCommand};
 use specie_protocol::merge::{CoinRef, MergeAuthorization, MergeMessage};
-use specie_protocol::{AbortReason, Address, Amount, CoinId, Envelope, InstitutionId, Payload, SagaId, WalletId};
+use specie_protocol::{
+    AbortReason, Address, Amount, CoinId, Envelope, InstitutionId, Payload, SagaId, WalletId,
+};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,9 +25,11 @@ fn saga(n: u128) -> SagaId {
     SagaId::from_u128(0x3e49e << 64 | n)
 }
 
-
 async fn merge(cluster: &specie_actors::Cluster, wallet: WalletId, id: SagaId, coins: Vec<CoinId>) {
-    cluster.submit(wallet, WalletCommand::Merge { saga: id, coins }).await.expect("wallet reachable");
+    cluster
+        .submit(wallet, WalletCommand::Merge { saga: id, coins })
+        .await
+        .expect("wallet reachable");
 }
 
 #[actix::test]
@@ -35,15 +39,26 @@ async fn coins_of_three_issuers_obtained_offline_merge_into_one_coin_of_the_sum(
     let home = cluster.institution_of(me);
     // Wallets of institutions 1 and 2 pay `me` offline; `me` redeems the chains.
     for (n, payer, amount) in [(1u128, WalletId(1), 300u64), (2, WalletId(2), 500)] {
-        let chain = cluster.offline_pay(saga(n), payer, me, Amount(amount)).await.unwrap().expect("paid offline");
-        let redeem = OfflineCommand::Redeem { saga: saga(10 + n), chain: chain.id() };
-        cluster.submit(me, WalletCommand::Offline(redeem)).await.unwrap();
+        let chain = cluster
+            .offline_pay(saga(n), payer, me, Amount(amount))
+            .await
+            .unwrap()
+            .expect("paid offline");
+        let redeem = OfflineCommand::Redeem {
+            saga: saga(10 + n),
+            chain: chain.id(),
+        };
+        cluster
+            .submit(me, WalletCommand::Offline(redeem))
+            .await
+            .unwrap();
         assert_eq!(notices.of_wallet(saga(10 + n), me).await, Ok(()));
     }
     assert!(cluster.quiesce(Duration::from_secs(10)).await);
     let before = cluster.snapshot().await.unwrap();
     let coins = &before.wallets[me.0 as usize].coins;
-    let issuers: std::collections::BTreeSet<InstitutionId> = coins.iter().map(|c| c.body.issuer).collect();
+    let issuers: std::collections::BTreeSet<InstitutionId> =
+        coins.iter().map(|c| c.body.issuer).collect();
     assert_eq!(issuers.len(), 3, "coins of three institutions: {issuers:?}");
     let total: u64 = coins.iter().map(|c| c.value().0).sum();
     assert_eq!(total, 60_800);
@@ -56,12 +71,24 @@ async fn coins_of_three_issuers_obtained_offline_merge_into_one_coin_of_the_sum(
     let after = cluster.snapshot().await.unwrap();
     let held = &after.wallets[me.0 as usize].coins;
     assert_eq!(held.len(), 1, "one coin");
-    assert_eq!((held[0].value(), held[0].body.issuer, held[0].body.origin_saga), (Amount(total), home, saga(20)));
+    assert_eq!(
+        (
+            held[0].value(),
+            held[0].body.issuer,
+            held[0].body.origin_saga
+        ),
+        (Amount(total), home, saga(20))
+    );
     for c in coins {
         let state = after.institutions[c.body.issuer.0 as usize].coins[&c.id].state;
-        assert_eq!(state, specie_actors::institution::CoinState::Spent(saga(20)));
+        assert_eq!(
+            state,
+            specie_actors::institution::CoinState::Spent(saga(20))
+        );
     }
-    let backing = |s: &std::collections::BTreeMap<InstitutionId, specie_actors::central_bank::Reserve>, i: u32| s[&InstitutionId(i)].backing.0;
+    let backing =
+        |s: &std::collections::BTreeMap<InstitutionId, specie_actors::central_bank::Reserve>,
+         i: u32| s[&InstitutionId(i)].backing.0;
     let moved = after.central_bank.reserves.clone();
     assert_eq!(backing(&moved, 1), backing(&reserves, 1) - 300);
     assert_eq!(backing(&moved, 2), backing(&reserves, 2) - 500);
@@ -74,7 +101,14 @@ async fn coins_of_three_issuers_obtained_offline_merge_into_one_coin_of_the_sum(
 async fn merges_the_wallet_refuses_and_a_request_for_coins_not_the_wallets_change_nothing() {
     let (cluster, mut notices) = start(WALLETS, SEED).await;
     let (me, other) = (WalletId(4), WalletId(5));
-    let mine: Vec<CoinId> = cluster.wallet_snapshot(me).await.unwrap().coins.iter().map(|c| c.id).collect();
+    let mine: Vec<CoinId> = cluster
+        .wallet_snapshot(me)
+        .await
+        .unwrap()
+        .coins
+        .iter()
+        .map(|c| c.id)
+        .collect();
     let theirs = cluster.wallet_snapshot(other).await.unwrap().coins.clone();
     let before = cluster.snapshot().await.unwrap();
 
@@ -96,7 +130,13 @@ async fn merges_the_wallet_refuses_and_a_request_for_coins_not_the_wallets_chang
         wallet: me,
         wallet_key: cluster.wallet_key(me),
         institution: home,
-        coins: theirs.iter().map(|c| CoinRef { id: c.id, issuer: c.body.issuer }).collect(),
+        coins: theirs
+            .iter()
+            .map(|c| CoinRef {
+                id: c.id,
+                issuer: c.body.issuer,
+            })
+            .collect(),
         total: Amount(theirs.iter().map(|c| c.value().0).sum()),
         expires_at_ms: u64::MAX,
     }
@@ -110,30 +150,57 @@ async fn merges_the_wallet_refuses_and_a_request_for_coins_not_the_wallets_chang
         trace: None,
         payload: Payload::Merge(MergeMessage::Request(signed)),
     });
-    assert_eq!(notices.outcome(id, Address::Institution(home)).await, Err(AbortReason::CoinNotOwned));
+    assert_eq!(
+        notices.outcome(id, Address::Institution(home)).await,
+        Err(AbortReason::CoinNotOwned)
+    );
     quiet_audit(&cluster).await;
     let after = cluster.snapshot().await.unwrap();
     assert_eq!(coins_of(&after, me), coins_of(&before, me));
-    assert_eq!(after.wallets[other.0 as usize].coins, before.wallets[other.0 as usize].coins);
+    assert_eq!(
+        after.wallets[other.0 as usize].coins,
+        before.wallets[other.0 as usize].coins
+    );
     cluster.shutdown();
 }
 
 #[actix::test]
-async fn merges_under_duplicated_and_reordered_delivery_and_a_coordinator_crash_end_as_on_a_healthy_network() {
+async fn merges_under_duplicated_and_reordered_delivery_and_a_coordinator_crash_end_as_on_a_healthy_network(
+) {
     let (cluster, mut notices) = start(WALLETS, SEED).await;
-    cluster.node().network().set_fault_hook(Arc::new(DuplicateAndReorder::new(SEED)));
+    cluster
+        .node()
+        .network()
+        .set_fault_hook(Arc::new(DuplicateAndReorder::new(SEED)));
     let deposited = cluster.blueprint().deposited();
     for w in 0..WALLETS {
-        let coins: Vec<CoinId> = cluster.wallet_snapshot(WalletId(w)).await.unwrap().coins.iter().take(2).map(|c| c.id).collect();
+        let coins: Vec<CoinId> = cluster
+            .wallet_snapshot(WalletId(w))
+            .await
+            .unwrap()
+            .coins
+            .iter()
+            .take(2)
+            .map(|c| c.id)
+            .collect();
         merge(&cluster, WalletId(w), saga(100 + u128::from(w)), coins).await;
         if w == 3 {
             cluster.crash(Address::Institution(cluster.institution_of(WalletId(w))));
         }
     }
     for w in 0..WALLETS {
-        assert_eq!(notices.of_wallet(saga(100 + u128::from(w)), WalletId(w)).await, Ok(()), "wallet {w}");
+        assert_eq!(
+            notices
+                .of_wallet(saga(100 + u128::from(w)), WalletId(w))
+                .await,
+            Ok(()),
+            "wallet {w}"
+        );
     }
-    cluster.node().network().set_fault_hook(Arc::new(specie_runtime::NoFaults));
+    cluster
+        .node()
+        .network()
+        .set_fault_hook(Arc::new(specie_runtime::NoFaults));
     quiet_audit(&cluster).await;
     let s = cluster.snapshot().await.unwrap();
     for w in &s.wallets {

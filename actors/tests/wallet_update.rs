@@ -22,7 +22,11 @@ const SEED: u64 = 0x5eed_0da7;
 const WALLETS: u64 = 24;
 const NOTICE_TIMEOUT: Duration = Duration::from_secs(15);
 
-async fn outcome(notices: &mut UnboundedReceiver<Notice>, saga: SagaId, source: Address) -> Result<(), AbortReason> {
+async fn outcome(
+    notices: &mut UnboundedReceiver<Notice>,
+    saga: SagaId,
+    source: Address,
+) -> Result<(), AbortReason> {
     loop {
         let n = tokio::time::timeout(NOTICE_TIMEOUT, notices.recv())
             .await
@@ -35,7 +39,10 @@ async fn outcome(notices: &mut UnboundedReceiver<Notice>, saga: SagaId, source: 
 }
 
 async fn quiet_audit(cluster: &Cluster) {
-    assert!(cluster.quiesce(Duration::from_secs(10)).await, "the cluster goes quiet");
+    assert!(
+        cluster.quiesce(Duration::from_secs(10)).await,
+        "the cluster goes quiet"
+    );
     let report = cluster.audit().await.expect("audit");
     assert!(report.ok(), "audit: {report:#?}");
 }
@@ -45,7 +52,11 @@ async fn books(cluster: &Cluster, w: WalletId) -> (u64, u64, u32) {
     let s = cluster.snapshot().await.expect("snapshot");
     let wallet = &s.wallets[w.0 as usize];
     let account = common::account_balances(&s)[&w];
-    (wallet.coins.iter().map(|c| c.value().0).sum(), account, wallet.params_version)
+    (
+        wallet.coins.iter().map(|c| c.value().0).sum(),
+        account,
+        wallet.params_version,
+    )
 }
 
 /// Drops every offline upload: the update stops right after its withdraw.
@@ -53,8 +64,12 @@ struct DropUploads;
 
 impl FaultHook for DropUploads {
     fn on_send(&self, from: Address, to: Address, bytes: Bytes, out: &mut Vec<Delivery>) {
-        let upload = Envelope::decode(&bytes)
-            .is_ok_and(|e| matches!(e.payload, Payload::WalletUpdate(UpdateMessage::Upload { .. })));
+        let upload = Envelope::decode(&bytes).is_ok_and(|e| {
+            matches!(
+                e.payload,
+                Payload::WalletUpdate(UpdateMessage::Upload { .. })
+            )
+        });
         if !upload {
             NoFaults.on_send(from, to, bytes, out);
         }
@@ -63,7 +78,9 @@ impl FaultHook for DropUploads {
 
 #[actix::test]
 async fn updates_move_coins_to_the_account_and_back_without_losing_or_doubling_value() {
-    let cluster = Cluster::start(common::config(WALLETS), SEED).await.expect("cluster starts");
+    let cluster = Cluster::start(common::config(WALLETS), SEED)
+        .await
+        .expect("cluster starts");
     let mut notices = cluster.notices();
     let g = cluster.config().genesis.clone();
     let latest = WalletParams::platform_initial().version;
@@ -72,27 +89,61 @@ async fn updates_move_coins_to_the_account_and_back_without_losing_or_doubling_v
     let updating: Vec<WalletId> = (0..WALLETS).step_by(2).map(WalletId).collect();
     for w in &updating {
         let saga = SagaId::from_u128(u128::from(w.0) + 1);
-        cluster.submit(*w, WalletCommand::Update(UpdateCommand { saga })).await.unwrap();
+        cluster
+            .submit(*w, WalletCommand::Update(UpdateCommand { saga }))
+            .await
+            .unwrap();
     }
     for w in &updating {
         let saga = SagaId::from_u128(u128::from(w.0) + 1);
-        assert_eq!(outcome(&mut notices, saga, Address::Wallet(*w)).await, Ok(()));
+        assert_eq!(
+            outcome(&mut notices, saga, Address::Wallet(*w)).await,
+            Ok(())
+        );
     }
     quiet_audit(&cluster).await;
     for w in &updating {
-        assert_eq!(books(&cluster, *w).await, (0, g.account_balance_fen, latest), "{w}");
+        assert_eq!(
+            books(&cluster, *w).await,
+            (0, g.account_balance_fen, latest),
+            "{w}"
+        );
     }
-    assert_eq!(books(&cluster, WalletId(1)).await, (g.exchange_fen, g.account_balance_fen - g.exchange_fen, 1));
+    assert_eq!(
+        books(&cluster, WalletId(1)).await,
+        (g.exchange_fen, g.account_balance_fen - g.exchange_fen, 1)
+    );
 
     // Coins out again, and a second update finds nothing to do.
     let w = updating[0];
     let saga = SagaId::from_u128(1_000);
-    cluster.submit(w, WalletCommand::Exchange { saga, amount: Amount(25_000) }).await.unwrap();
-    assert_eq!(outcome(&mut notices, saga, Address::Wallet(w)).await, Ok(()));
+    cluster
+        .submit(
+            w,
+            WalletCommand::Exchange {
+                saga,
+                amount: Amount(25_000),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome(&mut notices, saga, Address::Wallet(w)).await,
+        Ok(())
+    );
     let saga = SagaId::from_u128(1_001);
-    cluster.submit(w, WalletCommand::Update(UpdateCommand { saga })).await.unwrap();
-    assert_eq!(outcome(&mut notices, saga, Address::Wallet(w)).await, Ok(()));
-    assert_eq!(books(&cluster, w).await, (25_000, g.account_balance_fen - 25_000, latest));
+    cluster
+        .submit(w, WalletCommand::Update(UpdateCommand { saga }))
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome(&mut notices, saga, Address::Wallet(w)).await,
+        Ok(())
+    );
+    assert_eq!(
+        books(&cluster, w).await,
+        (25_000, g.account_balance_fen - 25_000, latest)
+    );
     quiet_audit(&cluster).await;
     cluster.shutdown();
 }
@@ -101,14 +152,22 @@ async fn updates_move_coins_to_the_account_and_back_without_losing_or_doubling_v
 async fn an_update_interrupted_after_its_withdraw_and_retried_withdraws_exactly_once() {
     let mut config = common::config(WALLETS);
     config.limits.outcome_timeout_ms = 300;
-    let cluster = Cluster::start(config, SEED + 1).await.expect("cluster starts");
+    let cluster = Cluster::start(config, SEED + 1)
+        .await
+        .expect("cluster starts");
     let mut notices = cluster.notices();
     let g = cluster.config().genesis.clone();
     let w = WalletId(5);
     let saga = SagaId::from_u128(77);
 
-    cluster.node().network().set_fault_hook(Arc::new(DropUploads));
-    cluster.submit(w, WalletCommand::Update(UpdateCommand { saga })).await.unwrap();
+    cluster
+        .node()
+        .network()
+        .set_fault_hook(Arc::new(DropUploads));
+    cluster
+        .submit(w, WalletCommand::Update(UpdateCommand { saga }))
+        .await
+        .unwrap();
     // The withdraw goes through; the upload (and every chase of it) is lost.
     let deadline = tokio::time::Instant::now() + NOTICE_TIMEOUT;
     loop {
@@ -116,7 +175,10 @@ async fn an_update_interrupted_after_its_withdraw_and_retried_withdraws_exactly_
         if coins == 0 && account == g.account_balance_fen {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "the withdraw never happened");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the withdraw never happened"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // The wallet crashes and rebuilds itself from its journal; the network heals.
@@ -124,10 +186,23 @@ async fn an_update_interrupted_after_its_withdraw_and_retried_withdraws_exactly_
     tokio::time::sleep(Duration::from_millis(100)).await;
     cluster.node().network().set_fault_hook(Arc::new(NoFaults));
     // The user retries the same update.
-    cluster.submit(w, WalletCommand::Update(UpdateCommand { saga })).await.unwrap();
-    assert_eq!(outcome(&mut notices, saga, Address::Wallet(w)).await, Ok(()));
+    cluster
+        .submit(w, WalletCommand::Update(UpdateCommand { saga }))
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome(&mut notices, saga, Address::Wallet(w)).await,
+        Ok(())
+    );
     quiet_audit(&cluster).await;
-    assert_eq!(books(&cluster, w).await, (0, g.account_balance_fen, WalletParams::platform_initial().version));
+    assert_eq!(
+        books(&cluster, w).await,
+        (
+            0,
+            g.account_balance_fen,
+            WalletParams::platform_initial().version
+        )
+    );
     // The backing followed: the institution's outstanding coins still equal its backing.
     let s = cluster.snapshot().await.unwrap();
     let inst = cluster.institution_of(w);
@@ -139,7 +214,9 @@ async fn an_update_interrupted_after_its_withdraw_and_retried_withdraws_exactly_
 
 #[actix::test]
 async fn updated_parameters_decide_what_two_wallets_agree_on() {
-    let cluster = Cluster::start(common::config(WALLETS), SEED + 2).await.expect("cluster starts");
+    let cluster = Cluster::start(common::config(WALLETS), SEED + 2)
+        .await
+        .expect("cluster starts");
     let mut notices = cluster.notices();
     let (a, b) = (WalletId(2), WalletId(3));
     let negotiate = |saga: u128, amount: u64, offline: bool| {
@@ -153,15 +230,27 @@ async fn updated_parameters_decide_what_two_wallets_agree_on() {
     };
     // Shipped parameters: offline up to 500.00.
     cluster.submit(a, negotiate(1, 60_000, true)).await.unwrap();
-    assert_eq!(outcome(&mut notices, SagaId::from_u128(1), Address::Wallet(a)).await, Err(AbortReason::AmountAboveMax));
+    assert_eq!(
+        outcome(&mut notices, SagaId::from_u128(1), Address::Wallet(a)).await,
+        Err(AbortReason::AmountAboveMax)
+    );
     // Both update to the platform's parameters (offline up to 1,000.00): now they agree.
     for (n, w) in [(10, a), (11, b)] {
         let saga = SagaId::from_u128(n);
-        cluster.submit(w, WalletCommand::Update(UpdateCommand { saga })).await.unwrap();
-        assert_eq!(outcome(&mut notices, saga, Address::Wallet(w)).await, Ok(()));
+        cluster
+            .submit(w, WalletCommand::Update(UpdateCommand { saga }))
+            .await
+            .unwrap();
+        assert_eq!(
+            outcome(&mut notices, saga, Address::Wallet(w)).await,
+            Ok(())
+        );
     }
     cluster.submit(a, negotiate(2, 60_000, true)).await.unwrap();
-    assert_eq!(outcome(&mut notices, SagaId::from_u128(2), Address::Wallet(a)).await, Ok(()));
+    assert_eq!(
+        outcome(&mut notices, SagaId::from_u128(2), Address::Wallet(a)).await,
+        Ok(())
+    );
     quiet_audit(&cluster).await;
     cluster.shutdown();
 }

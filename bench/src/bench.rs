@@ -87,12 +87,6 @@ pub fn run(profile: &Profile, options: &Options) -> Result<BenchReport, BenchErr
             return Err(BenchError::Usage(format!("--duration must be a positive number of seconds, got {d}")));
         }
     }
-    if profile.workload.merge_percent > 0 {
-        return Err(BenchError::Usage(format!(
-            "{}: workload.merge_percent is {}, but this build has no merge saga yet (the wallet has no Merge command); set it to 0",
-            profile.origin, profile.workload.merge_percent
-        )));
-    }
     let system = actix::System::new();
     system.block_on(run_async(profile, options))
 }

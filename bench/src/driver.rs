@@ -16,11 +16,12 @@ use crate::profile::LoopMode;
 use crate::progress::Progress;
 use crate::stats::{Interval, RunStats};
 use crate::sys;
-use crate::workload::{Action, Class, Planned, Workload};
+use crate::workload::{Action, Class, Planned, Workload, MERGE_COINS_MAX};
+use specie_actors::wallet::WalletCommand;
 use specie_actors::Cluster;
 use specie_protocol::SagaId;
 use specie_runtime::Notice;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -77,6 +78,7 @@ pub struct Tracker {
     current_end: Instant,
     cpu_at_interval_start: Option<f64>,
     cpu_at_window_start: Option<f64>,
+    pressure_at_window_start: Option<u64>,
 }
 
 impl std::fmt::Debug for Tracker {
@@ -100,6 +102,7 @@ impl Tracker {
             current_end: bench_start,
             cpu_at_interval_start: None,
             cpu_at_window_start: None,
+            pressure_at_window_start: None,
         }
     }
 
@@ -123,12 +126,14 @@ impl Tracker {
         self.current_end = start + spec.interval;
         self.cpu_at_interval_start = sys::cpu_seconds();
         self.cpu_at_window_start = if spec.warmup.is_zero() { sys::cpu_seconds() } else { None };
+        self.pressure_at_window_start = if spec.warmup.is_zero() { sys::cpu_pressure_total_us() } else { None };
     }
 
     /// Closes the intervals that ended by `now`.
     pub fn roll(&mut self, now: Instant) {
         if self.cpu_at_window_start.is_none() && now >= self.measure_from {
             self.cpu_at_window_start = sys::cpu_seconds();
+            self.pressure_at_window_start = sys::cpu_pressure_total_us();
         }
         while now >= self.current_end && self.current_end <= self.measure_until {
             self.close_interval(self.current_end);
@@ -163,6 +168,9 @@ impl Tracker {
         }
         if let (Some(now), Some(then)) = (sys::cpu_seconds(), self.cpu_at_window_start) {
             self.stats.cpu_s = now - then;
+        }
+        if let (Some(now), Some(then)) = (sys::cpu_pressure_total_us(), self.pressure_at_window_start) {
+            self.stats.cpu_pressure_s = Some(now.saturating_sub(then) as f64 / 1e6);
         }
     }
 
@@ -234,6 +242,9 @@ impl Tracker {
             s.finished_in_window += 1;
             if result.is_ok() {
                 s.committed_in_window += 1;
+                if p.planned.kind.is_pay() {
+                    s.pay_committed_in_window += 1;
+                }
             }
         }
         if let Some(expected) = p.planned.class.expected_refusal() {
@@ -246,6 +257,18 @@ impl Tracker {
             }
         }
         true
+    }
+
+    /// Takes back an operation that was planned but could not be sent (a merge whose wallet
+    /// holds fewer than two coins): it counts as shed.
+    pub fn withdraw(&mut self, saga: SagaId) {
+        let Some(p) = self.pending.remove(&saga) else { return };
+        self.workload.settle(&p.planned, Err(specie_protocol::AbortReason::SagaAborted), Vec::new());
+        if p.measured {
+            self.stats.shed += 1;
+            self.stats.withdrawn += 1;
+        }
+        self.current.shed += 1;
     }
 
     /// Gives up on the measured operations still pending (after the drain timed out): counts
@@ -281,6 +304,8 @@ pub struct Driver {
     notices: UnboundedReceiver<Notice>,
     tracker: Tracker,
     submit_errors: Rc<Cell<u64>>,
+    /// Merges whose wallet turned out to hold fewer than two coins, to withdraw.
+    withdrawn: Rc<RefCell<Vec<SagaId>>>,
     progress: Progress,
 }
 
@@ -299,6 +324,7 @@ impl Driver {
             notices,
             tracker: Tracker::new(workload, bench_start),
             submit_errors: Rc::new(Cell::new(0)),
+            withdrawn: Rc::new(RefCell::new(Vec::new())),
             progress,
         }
     }
@@ -319,6 +345,38 @@ impl Driver {
                 });
             }
             Action::Inject(envelope) => self.cluster.inject(envelope),
+            Action::Merge(wallet, saga) => {
+                let (cluster, errors) = (self.cluster.clone(), self.submit_errors.clone());
+                let withdrawn = self.withdrawn.clone();
+                actix::spawn(async move {
+                    let coins = match cluster.wallet_snapshot(wallet).await {
+                        Ok(snapshot) => snapshot.coins,
+                        Err(_) => {
+                            errors.set(errors.get() + 1);
+                            return;
+                        }
+                    };
+                    if coins.len() < 2 {
+                        withdrawn.borrow_mut().push(saga);
+                        return;
+                    }
+                    let home = cluster.institution_of(wallet);
+                    let mut coins = coins;
+                    // Coins of other issuers first, then the smallest: merging consolidates them.
+                    coins.sort_by_key(|c| (c.body.issuer == home, c.value(), c.id));
+                    let coins = coins.iter().take(MERGE_COINS_MAX).map(|c| c.id).collect();
+                    if cluster.submit(wallet, WalletCommand::Merge { saga, coins }).await.is_err() {
+                        errors.set(errors.get() + 1);
+                    }
+                });
+            }
+        }
+    }
+
+    fn withdraw_unsent(&mut self) {
+        let withdrawn: Vec<SagaId> = self.withdrawn.borrow_mut().drain(..).collect();
+        for saga in withdrawn {
+            self.tracker.withdraw(saga);
         }
     }
 
@@ -339,6 +397,7 @@ impl Driver {
         let mut next = start + arrivals.next_offset();
         let mut last_progress = start;
         loop {
+            self.withdraw_unsent();
             let now = Instant::now();
             self.tracker.roll(now);
             if now >= end {
@@ -386,6 +445,10 @@ impl Driver {
         // Drain: wait for what this run started.
         let deadline = Instant::now() + spec.drain_timeout;
         while self.tracker.pending_measured() > 0 {
+            self.withdraw_unsent();
+            if self.tracker.pending_measured() == 0 {
+                break;
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 self.tracker.abandon();
@@ -411,6 +474,7 @@ impl Driver {
     pub async fn drain_all(&mut self, timeout: Duration) -> usize {
         let deadline = Instant::now() + timeout;
         while self.tracker.pending() > 0 && Instant::now() < deadline {
+            self.withdraw_unsent();
             if let Ok(Some(n)) = tokio::time::timeout(Duration::from_millis(50), self.notices.recv()).await {
                 self.settle_ready(n);
             }

@@ -193,13 +193,16 @@ impl BenchReport {
             "aborted": main.all.aborted,
             "aborted_by_reason": reasons_json(&main.all.by_reason),
             "shed": main.shed,
+            "withdrawn": main.withdrawn,
+            "pay_throughput_per_s": round3(main.pay_committed_per_s()),
             "unfinished": main.unfinished,
             "latency_ms": main.all.latency.summary().to_json(),
             "send_lag_ms": main.send_lag.summary().to_json(),
             "by_kind": main.by_kind_json(),
             "planted_refusals": main.planted_json(),
             "cpu": {"seconds": round3(main.cpu_s), "percent_of_one_core": round3(main.cpu_percent()),
-                    "cores": self.cores},
+                    "cores": self.cores, "us_per_committed": round3(main.cpu_us_per_committed()),
+                    "machine_pressure_percent": main.cpu_pressure_percent().map(round3)},
             "peak_rss_bytes": self.memory.peak_rss_bytes,
             "rss_before_cluster_bytes": self.memory.rss_before_cluster_bytes,
             "rss_after_genesis_bytes": self.memory.rss_after_genesis_bytes,
@@ -331,9 +334,14 @@ impl BenchReport {
         }
         let _ = writeln!(
             s,
-            "  cpu           {:.0}% of one core ({} cores)",
+            "  cpu           {:.0}% of one core ({} cores), {:.0} µs of CPU per committed saga{}",
             m.cpu_percent(),
-            self.cores
+            self.cores,
+            m.cpu_us_per_committed(),
+            match m.cpu_pressure_percent() {
+                Some(p) => format!("; some task on the machine waited for a CPU {p:.0}% of the time"),
+                None => String::new(),
+            }
         );
         let _ = writeln!(
             s,

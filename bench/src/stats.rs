@@ -168,6 +168,11 @@ pub struct RunStats {
     pub finished_in_window: u64,
     /// Measured operations committed inside the window.
     pub committed_in_window: u64,
+    /// Of those, pay sagas.
+    pub pay_committed_in_window: u64,
+    /// Planned but withdrawn before sending (a merge of a wallet with fewer than two coins);
+    /// counted in `shed` too.
+    pub withdrawn: u64,
     /// Every measured operation (intended inside the window), wherever it finished.
     pub all: Tally,
     /// The same by kind.
@@ -184,6 +189,9 @@ pub struct RunStats {
     pub submit_errors: u64,
     /// CPU seconds the process used in the window.
     pub cpu_s: f64,
+    /// Seconds in the window during which some task on the machine waited for a CPU
+    /// (`/proc/pressure/cpu`); absent where the kernel does not report pressure.
+    pub cpu_pressure_s: Option<f64>,
 }
 
 impl RunStats {
@@ -200,6 +208,8 @@ impl RunStats {
             shed: 0,
             finished_in_window: 0,
             committed_in_window: 0,
+            pay_committed_in_window: 0,
+            withdrawn: 0,
             all: Tally::default(),
             by_kind: BTreeMap::new(),
             planted: BTreeMap::new(),
@@ -208,6 +218,7 @@ impl RunStats {
             unfinished: 0,
             submit_errors: 0,
             cpu_s: 0.0,
+            cpu_pressure_s: None,
         }
     }
 
@@ -226,14 +237,29 @@ impl RunStats {
         self.committed_in_window as f64 / self.duration_s.max(1e-9)
     }
 
-    /// Pay sagas committed per second (every kind is a pay saga today).
+    /// Pay sagas committed per second, inside the window.
     pub fn pay_committed_per_s(&self) -> f64 {
-        self.throughput_per_s()
+        self.pay_committed_in_window as f64 / self.duration_s.max(1e-9)
     }
 
     /// CPU use in the window, in percent of one core.
     pub fn cpu_percent(&self) -> f64 {
         100.0 * self.cpu_s / self.duration_s.max(1e-9)
+    }
+
+    /// Share of the window, in percent, during which some task on the machine waited for a
+    /// CPU: above a few percent, the machine was shared and figures are lower than it can do.
+    pub fn cpu_pressure_percent(&self) -> Option<f64> {
+        self.cpu_pressure_s.map(|p| 100.0 * p / self.duration_s.max(1e-9))
+    }
+
+    /// CPU time the whole process spent per committed operation, in µs: what a saga costs,
+    /// whatever else the machine was doing (throughput on a shared machine is not).
+    pub fn cpu_us_per_committed(&self) -> f64 {
+        if self.committed_in_window == 0 {
+            return 0.0;
+        }
+        1e6 * self.cpu_s / self.committed_in_window as f64
     }
 
     /// Planted operations that committed (each one a failure).
@@ -253,6 +279,8 @@ impl RunStats {
             out.shed += r.shed;
             out.finished_in_window += r.finished_in_window;
             out.committed_in_window += r.committed_in_window;
+            out.pay_committed_in_window += r.pay_committed_in_window;
+            out.withdrawn += r.withdrawn;
             out.all.merge(&r.all);
             for (k, t) in &r.by_kind {
                 out.by_kind.entry(*k).or_default().merge(t);
@@ -265,6 +293,10 @@ impl RunStats {
             out.unfinished += r.unfinished;
             out.submit_errors += r.submit_errors;
             out.cpu_s += r.cpu_s;
+            out.cpu_pressure_s = match (out.cpu_pressure_s, r.cpu_pressure_s) {
+                (Some(a), Some(b)) => Some(a + b),
+                (a, b) => a.or(b),
+            };
         }
         out
     }
@@ -312,6 +344,8 @@ impl RunStats {
             "latency_ms": self.all.latency.summary().to_json(),
             "send_lag_ms_p99": round3(self.send_lag.quantile_ms(0.99)),
             "cpu_percent": round3(self.cpu_percent()),
+            "cpu_us_per_committed": round3(self.cpu_us_per_committed()),
+            "cpu_pressure_percent": self.cpu_pressure_percent().map(round3),
         })
     }
 }

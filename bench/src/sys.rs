@@ -47,6 +47,25 @@ pub fn parse_status_kib(status: &str, key: &str) -> Option<u64> {
         .ok()
 }
 
+/// Total time, in µs since boot, that some runnable task on the machine waited for a CPU
+/// (`/proc/pressure/cpu`, the `some` line). Its growth over a run, divided by the run's length,
+/// is the share of time the machine was short of CPU: on a shared machine, the context a
+/// throughput figure needs.
+pub fn cpu_pressure_total_us() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/pressure/cpu").ok()?;
+    parse_pressure_total(&text)
+}
+
+/// Reads `total=` of the `some` line of a `/proc/pressure/*` file.
+pub fn parse_pressure_total(text: &str) -> Option<u64> {
+    text.lines()
+        .find(|l| l.starts_with("some"))?
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("total="))?
+        .parse()
+        .ok()
+}
+
 /// Cores this process may run on.
 pub fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -68,6 +87,13 @@ mod tests {
         assert_eq!(parse_status_kib(status, "VmHWM:"), Some(123_456));
         assert_eq!(parse_status_kib(status, "VmRSS:"), Some(1000));
         assert_eq!(parse_status_kib(status, "VmSwap:"), None);
+    }
+
+    #[test]
+    fn pressure_totals_come_from_the_some_line() {
+        let text = "some avg10=49.75 avg60=53.38 avg300=54.96 total=2241607928\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n";
+        assert_eq!(parse_pressure_total(text), Some(2_241_607_928));
+        assert_eq!(parse_pressure_total("full total=3\n"), None);
     }
 
     #[test]

@@ -66,6 +66,9 @@ pub enum Kind {
     Collect,
     /// A payment between hot wallets (contention).
     PayHot,
+    /// A wallet merges two to four of its coins (foreign ones first) into one coin of its
+    /// own institution.
+    Merge,
     /// Planted: insufficient funds.
     InvalidInsufficient,
     /// Planted: double spend.
@@ -76,11 +79,12 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in report order.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::PayCross,
         Kind::PayLocal,
         Kind::Collect,
         Kind::PayHot,
+        Kind::Merge,
         Kind::InvalidInsufficient,
         Kind::InvalidDoubleSpend,
         Kind::InvalidForged,
@@ -93,15 +97,17 @@ impl Kind {
             Kind::PayLocal => "pay_local",
             Kind::Collect => "collect",
             Kind::PayHot => "pay_hot",
+            Kind::Merge => "merge",
             Kind::InvalidInsufficient => "invalid_insufficient_funds",
             Kind::InvalidDoubleSpend => "invalid_double_spend",
             Kind::InvalidForged => "invalid_forged",
         }
     }
 
-    /// Whether it is a pay saga (every kind today: the merge saga does not exist yet).
+    /// Whether it is a pay saga (whose authorization is the one signature every saga must
+    /// verify: the crypto floor's unit).
     pub fn is_pay(self) -> bool {
-        true
+        self != Kind::Merge
     }
 }
 
@@ -112,7 +118,13 @@ pub enum Action {
     Submit(WalletId, WalletCommand),
     /// An envelope sent into the network as an outside client would.
     Inject(Envelope),
+    /// A merge: the wallet's coins are looked up when it is sent, and the merge is withdrawn
+    /// if the wallet holds fewer than two.
+    Merge(WalletId, SagaId),
 }
+
+/// The most coins one merge takes.
+pub const MERGE_COINS_MAX: usize = 4;
 
 /// One operation the generator decided on.
 #[derive(Debug, Clone)]
@@ -240,6 +252,9 @@ impl Workload {
 
     /// Decides the next operation, or why there is none.
     pub fn plan(&mut self) -> Result<Planned, NoOp> {
+        if self.spec.merge_percent > 0 && self.roll() < self.spec.merge_percent {
+            return self.plan_merge().ok_or(NoOp::NoIdleWallet);
+        }
         let roll = self.roll();
         let s = &self.spec;
         let (a, b, c) = (s.insufficient_percent, s.double_spend_percent, s.forged_percent);
@@ -308,6 +323,23 @@ impl Workload {
                     coins: None,
                 },
             ),
+        })
+    }
+
+    fn plan_merge(&mut self) -> Option<Planned> {
+        let wallet = self.pick_payer()?;
+        let saga = self.saga();
+        Some(Planned {
+            saga,
+            kind: Kind::Merge,
+            class: Class::Honest,
+            reporter: Address::Wallet(wallet),
+            payer: wallet,
+            payee: wallet,
+            // A merge moves no value between wallets.
+            amount: Amount(0),
+            busy: vec![wallet],
+            action: Action::Merge(wallet, saga),
         })
     }
 

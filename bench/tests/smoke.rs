@@ -71,9 +71,14 @@ fn smoke_bench_reports_the_documented_shape_and_passes_the_audit() {
 }
 
 #[test]
-fn a_merge_share_is_refused_until_the_merge_saga_exists() {
-    let text = "[bench]\nname = \"m\"\nmode = \"open\"\nduration_s = 1\n[workload]\npay_percent = 50\nmerge_percent = 50\n";
-    let profile = Profile::parse(text, "m.toml", None).expect("valid profile");
-    let e = specie_bench::run(&profile, &Options::default()).expect_err("no merge saga yet");
-    assert!(e.to_string().contains("no merge saga"), "{e}");
+fn every_shipped_profile_is_valid_and_merge_profiles_offer_merges() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/bench");
+    for name in ["smoke", "pay", "merge", "mixed", "contended", "million-wallets"] {
+        let p = Profile::load(&dir.join(format!("{name}.toml"))).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(p.name, name);
+    }
+    assert!(Profile::load(&dir.join("merge.toml")).expect("valid").workload.merge_percent > 0);
+    assert!(Profile::load(&dir.join("mixed.toml")).expect("valid").workload.merge_percent > 0);
+    let million = Profile::load(&dir.join("million-wallets.toml")).expect("valid");
+    assert_eq!(million.cluster_config.cluster.wallets, 1_000_000);
 }

@@ -80,7 +80,10 @@ impl EscrowTerms {
     /// Signs the terms inside the payer's key store.
     pub fn sign(self, keys: &dyn KeyStore) -> SignedTerms {
         let signature = keys.sign(&self.signing_bytes());
-        SignedTerms { terms: self, signature }
+        SignedTerms {
+            terms: self,
+            signature,
+        }
     }
 }
 
@@ -96,7 +99,11 @@ pub struct SignedTerms {
 impl SignedTerms {
     /// Checks the signature against the key the terms name.
     pub fn verify(&self) -> Result<(), BadSignature> {
-        crypto::verify(&self.terms.payer_key, &self.terms.signing_bytes(), &self.signature)
+        crypto::verify(
+            &self.terms.payer_key,
+            &self.terms.signing_bytes(),
+            &self.signature,
+        )
     }
 
     /// A digest identifying this exact deposit (another under the same contract or saga is a
@@ -116,7 +123,10 @@ impl TryFrom<pb::SignedEscrowTerms> for SignedTerms {
         if t.coin_ids.len() > AUTHORIZATION_COINS_MAX {
             return Err(ProtocolError::Invalid {
                 field: "escrow.terms.coin_ids",
-                why: format!("{} coins, at most {AUTHORIZATION_COINS_MAX} allowed", t.coin_ids.len()),
+                why: format!(
+                    "{} coins, at most {AUTHORIZATION_COINS_MAX} allowed",
+                    t.coin_ids.len()
+                ),
             });
         }
         Ok(SignedTerms {
@@ -290,7 +300,11 @@ fn reason_pb<T>(r: &Result<T, AbortReason>) -> i32 {
     }
 }
 
-fn result_pb(field: &'static str, ok: bool, reason: i32) -> Result<Result<(), AbortReason>, ProtocolError> {
+fn result_pb(
+    field: &'static str,
+    ok: bool,
+    reason: i32,
+) -> Result<Result<(), AbortReason>, ProtocolError> {
     if ok {
         Ok(Ok(()))
     } else {
@@ -304,10 +318,15 @@ impl TryFrom<pb::EscrowMessage> for EscrowMessage {
     fn try_from(p: pb::EscrowMessage) -> Result<EscrowMessage, ProtocolError> {
         use pb::escrow_message::Body;
         Ok(match required("escrow.body", p.body)? {
-            Body::Open(m) => EscrowMessage::Open(required("escrow_open.deposit", m.deposit)?.try_into()?),
-            Body::Freeze(m) => EscrowMessage::Freeze(required("escrow_freeze.deposit", m.deposit)?.try_into()?),
+            Body::Open(m) => {
+                EscrowMessage::Open(required("escrow_open.deposit", m.deposit)?.try_into()?)
+            }
+            Body::Freeze(m) => {
+                EscrowMessage::Freeze(required("escrow_freeze.deposit", m.deposit)?.try_into()?)
+            }
             Body::FreezeReply(m) => EscrowMessage::FreezeReply(
-                result_pb("escrow_freeze_reply.reason", m.frozen, m.reason)?.map(|()| Amount(m.frozen_total)),
+                result_pb("escrow_freeze_reply.reason", m.frozen, m.reason)?
+                    .map(|()| Amount(m.frozen_total)),
             ),
             Body::Unfreeze(m) => EscrowMessage::Unfreeze {
                 reason: AbortReason::from_pb("escrow_unfreeze.reason", m.reason)?,
@@ -345,7 +364,9 @@ impl TryFrom<pb::EscrowMessage> for EscrowMessage {
                 merchant: WalletId(m.merchant),
                 from: InstitutionId(m.from_institution),
             },
-            Body::PayoutReply(m) => EscrowMessage::PayoutReply(result_pb("escrow_payout_reply.reason", m.ok, m.reason)?),
+            Body::PayoutReply(m) => {
+                EscrowMessage::PayoutReply(result_pb("escrow_payout_reply.reason", m.ok, m.reason)?)
+            }
             Body::Result(m) => EscrowMessage::Result(EscrowResult {
                 step: match pb::EscrowStep::try_from(m.step) {
                     Ok(pb::EscrowStep::Deposit) => EscrowStep::Deposit,
@@ -371,14 +392,20 @@ impl From<&EscrowMessage> for pb::EscrowMessage {
     fn from(m: &EscrowMessage) -> pb::EscrowMessage {
         use pb::escrow_message::Body;
         let body = match m {
-            EscrowMessage::Open(s) => Body::Open(pb::EscrowOpen { deposit: Some(s.into()) }),
-            EscrowMessage::Freeze(s) => Body::Freeze(pb::EscrowFreeze { deposit: Some(s.into()) }),
+            EscrowMessage::Open(s) => Body::Open(pb::EscrowOpen {
+                deposit: Some(s.into()),
+            }),
+            EscrowMessage::Freeze(s) => Body::Freeze(pb::EscrowFreeze {
+                deposit: Some(s.into()),
+            }),
             EscrowMessage::FreezeReply(r) => Body::FreezeReply(pb::EscrowFreezeReply {
                 frozen: r.is_ok(),
                 reason: reason_pb(r),
                 frozen_total: r.map_or(0, |a| a.0),
             }),
-            EscrowMessage::Unfreeze { reason } => Body::Unfreeze(pb::EscrowUnfreeze { reason: reason.to_pb() }),
+            EscrowMessage::Unfreeze { reason } => Body::Unfreeze(pb::EscrowUnfreeze {
+                reason: reason.to_pb(),
+            }),
             EscrowMessage::UnfreezeReply => Body::UnfreezeReply(pb::EscrowUnfreezeReply {}),
             EscrowMessage::Claim {
                 claim_id,
@@ -408,12 +435,18 @@ impl From<&EscrowMessage> for pb::EscrowMessage {
                     ..Default::default()
                 },
             }),
-            EscrowMessage::SettleReply { seq, result } => Body::SettleReply(pb::EscrowSettleReply {
-                seq: *seq,
-                ok: result.is_ok(),
-                reason: reason_pb(result),
-            }),
-            EscrowMessage::Payout { amount, merchant, from } => Body::Payout(pb::EscrowPayout {
+            EscrowMessage::SettleReply { seq, result } => {
+                Body::SettleReply(pb::EscrowSettleReply {
+                    seq: *seq,
+                    ok: result.is_ok(),
+                    reason: reason_pb(result),
+                })
+            }
+            EscrowMessage::Payout {
+                amount,
+                merchant,
+                from,
+            } => Body::Payout(pb::EscrowPayout {
                 amount: amount.0,
                 merchant: merchant.0,
                 from_institution: from.0,
@@ -465,7 +498,10 @@ mod tests {
     fn a_contract_id_names_its_host() {
         let id = contract_id(InstitutionId(1023), u64::MAX);
         assert_eq!(host_of(id), InstitutionId(1023));
-        assert_eq!(id & ((1 << CONTRACT_SERIAL_BITS) - 1), (1 << CONTRACT_SERIAL_BITS) - 1);
+        assert_eq!(
+            id & ((1 << CONTRACT_SERIAL_BITS) - 1),
+            (1 << CONTRACT_SERIAL_BITS) - 1
+        );
         assert_eq!(host_of(contract_id(InstitutionId(0), 5)), InstitutionId(0));
     }
 
@@ -493,7 +529,9 @@ mod tests {
             EscrowMessage::Freeze(terms()),
             EscrowMessage::FreezeReply(Ok(Amount(600))),
             EscrowMessage::FreezeReply(Err(AbortReason::CoinSpent)),
-            EscrowMessage::Unfreeze { reason: AbortReason::Timeout },
+            EscrowMessage::Unfreeze {
+                reason: AbortReason::Timeout,
+            },
             EscrowMessage::UnfreezeReply,
             EscrowMessage::Claim {
                 claim_id: 4,
@@ -509,8 +547,14 @@ mod tests {
                     merchant_institution: InstitutionId(0),
                 },
             },
-            EscrowMessage::Settle { seq: 4, settlement: Settlement::Refund },
-            EscrowMessage::SettleReply { seq: 4, result: Ok(()) },
+            EscrowMessage::Settle {
+                seq: 4,
+                settlement: Settlement::Refund,
+            },
+            EscrowMessage::SettleReply {
+                seq: 4,
+                result: Ok(()),
+            },
             EscrowMessage::Payout {
                 amount: Amount(10),
                 merchant: WalletId(8),
@@ -558,7 +602,10 @@ mod tests {
             };
             assert_eq!(Envelope::decode(&env.encode()).unwrap(), env);
         }
-        assert_eq!(Address::from_code(6, contract), Some(Address::Escrow(contract)));
+        assert_eq!(
+            Address::from_code(6, contract),
+            Some(Address::Escrow(contract))
+        );
         assert_eq!(Address::Escrow(contract).code(), (6, contract));
         assert_eq!(Address::Escrow(contract).to_string(), "escrow-3-77");
     }

@@ -31,8 +31,11 @@ pub enum SignatureScheme {
 impl SignatureScheme {
     /// Preference order when both sides support several schemes: a fixed global order, not
     /// either side's, so that the choice is the same from both ends.
-    pub const PREFERENCE: [SignatureScheme; 3] =
-        [SignatureScheme::Ed25519, SignatureScheme::EcdsaP256, SignatureScheme::Sm2];
+    pub const PREFERENCE: [SignatureScheme; 3] = [
+        SignatureScheme::Ed25519,
+        SignatureScheme::EcdsaP256,
+        SignatureScheme::Sm2,
+    ];
 
     /// The name used in reports.
     pub fn name(self) -> &'static str {
@@ -247,7 +250,10 @@ impl TryFrom<pb::AgreedFeatures> for AgreedFeatures {
     fn try_from(p: pb::AgreedFeatures) -> Result<AgreedFeatures, ProtocolError> {
         Ok(AgreedFeatures {
             protocol_version: p.protocol_version,
-            signature_scheme: SignatureScheme::from_pb("agreed_features.signature_scheme", p.signature_scheme)?,
+            signature_scheme: SignatureScheme::from_pb(
+                "agreed_features.signature_scheme",
+                p.signature_scheme,
+            )?,
             offline_limit: p.offline.then_some(Amount(p.offline_limit)),
             max_amount: Amount(p.max_amount),
         })
@@ -305,12 +311,14 @@ impl TryFrom<pb::NegotiationMessage> for NegotiationMessage {
         use pb::negotiation_message::Body;
         Ok(match required("negotiation.body", p.body)? {
             Body::Offer(m) => NegotiationMessage::Offer {
-                capabilities: required("capability_offer.capabilities", m.capabilities)?.try_into()?,
+                capabilities: required("capability_offer.capabilities", m.capabilities)?
+                    .try_into()?,
                 amount: Amount(m.amount),
                 offline: m.offline,
             },
             Body::Answer(m) => NegotiationMessage::Answer {
-                capabilities: required("capability_answer.capabilities", m.capabilities)?.try_into()?,
+                capabilities: required("capability_answer.capabilities", m.capabilities)?
+                    .try_into()?,
                 verdict: if m.agreed {
                     Ok(required("capability_answer.features", m.features)?.try_into()?)
                 } else {
@@ -334,7 +342,10 @@ impl From<&NegotiationMessage> for pb::NegotiationMessage {
                 amount: amount.0,
                 offline: *offline,
             }),
-            NegotiationMessage::Answer { capabilities, verdict } => Body::Answer(pb::CapabilityAnswer {
+            NegotiationMessage::Answer {
+                capabilities,
+                verdict,
+            } => Body::Answer(pb::CapabilityAnswer {
                 capabilities: Some(capabilities.into()),
                 agreed: verdict.is_ok(),
                 reason: match verdict {
@@ -353,7 +364,12 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn terminal(versions: &[u32], schemes: &[SignatureScheme], offline: Option<u64>, max: u64) -> Capabilities {
+    fn terminal(
+        versions: &[u32],
+        schemes: &[SignatureScheme],
+        offline: Option<u64>,
+        max: u64,
+    ) -> Capabilities {
         Capabilities {
             protocol_versions: versions.to_vec(),
             signature_schemes: schemes.to_vec(),
@@ -367,7 +383,12 @@ mod tests {
     #[test]
     fn agreed_features_are_the_best_both_support() {
         let a = terminal(&[1, 2, 3], &[Sm2, Ed25519], Some(50_000), 200_000);
-        let b = terminal(&[2, 3, 4], &[EcdsaP256, Sm2, Ed25519], Some(30_000), 100_000);
+        let b = terminal(
+            &[2, 3, 4],
+            &[EcdsaP256, Sm2, Ed25519],
+            Some(30_000),
+            100_000,
+        );
         let agreed = negotiate(&a, &b, Amount(20_000), true).unwrap();
         assert_eq!(
             agreed,
@@ -379,7 +400,10 @@ mod tests {
             }
         );
         let online = negotiate(&a, &b, Amount(90_000), false).unwrap();
-        assert_eq!(online.offline_limit, None, "an online payment agrees no offline limit");
+        assert_eq!(
+            online.offline_limit, None,
+            "an online payment agrees no offline limit"
+        );
     }
 
     #[test]
@@ -387,7 +411,13 @@ mod tests {
         let a = terminal(&[1], &[Ed25519], None, 100);
         let b = terminal(&[2, 3], &[Ed25519], None, 100);
         let err = negotiate(&a, &b, Amount(1), false).unwrap_err();
-        assert_eq!(err, NegotiationError::NoCommonVersion { ours: vec![1], theirs: vec![2, 3] });
+        assert_eq!(
+            err,
+            NegotiationError::NoCommonVersion {
+                ours: vec![1],
+                theirs: vec![2, 3]
+            }
+        );
         assert_eq!(err.reason(), AbortReason::NoCommonVersion);
     }
 
@@ -395,7 +425,10 @@ mod tests {
     fn no_common_scheme_is_refused() {
         let a = terminal(&[1], &[Ed25519], None, 100);
         let b = terminal(&[1], &[Sm2], None, 100);
-        assert_eq!(negotiate(&a, &b, Amount(1), false).unwrap_err().reason(), AbortReason::NoCommonScheme);
+        assert_eq!(
+            negotiate(&a, &b, Amount(1), false).unwrap_err().reason(),
+            AbortReason::NoCommonScheme
+        );
     }
 
     #[test]
@@ -404,13 +437,19 @@ mod tests {
         let b = terminal(&[1], &[Ed25519], Some(800), 2_000);
         assert_eq!(
             negotiate(&a, &b, Amount(2_001), false),
-            Err(NegotiationError::AmountAboveMax { amount: Amount(2_001), max: Amount(2_000) })
+            Err(NegotiationError::AmountAboveMax {
+                amount: Amount(2_001),
+                max: Amount(2_000)
+            })
         );
         assert!(negotiate(&a, &b, Amount(2_000), false).is_ok());
         // Offline, the lower offline limit bounds the amount.
         assert_eq!(
             negotiate(&a, &b, Amount(501), true),
-            Err(NegotiationError::AmountAboveMax { amount: Amount(501), max: Amount(500) })
+            Err(NegotiationError::AmountAboveMax {
+                amount: Amount(501),
+                max: Amount(500)
+            })
         );
     }
 
@@ -418,8 +457,14 @@ mod tests {
     fn offline_needs_both_sides() {
         let a = terminal(&[1], &[Ed25519], Some(500), 10_000);
         let b = terminal(&[1], &[Ed25519], None, 10_000);
-        assert_eq!(negotiate(&a, &b, Amount(10), true), Err(NegotiationError::OfflineUnsupported));
-        assert!(negotiate(&a, &b, Amount(10), false).is_ok(), "online is fine");
+        assert_eq!(
+            negotiate(&a, &b, Amount(10), true),
+            Err(NegotiationError::OfflineUnsupported)
+        );
+        assert!(
+            negotiate(&a, &b, Amount(10), false).is_ok(),
+            "online is fine"
+        );
     }
 
     #[test]
@@ -427,9 +472,19 @@ mod tests {
         let caps = terminal(&[1, 2], &[Ed25519, Sm2], Some(700), 9_000);
         let agreed = negotiate(&caps, &caps, Amount(5), true).unwrap();
         for m in [
-            NegotiationMessage::Offer { capabilities: caps.clone(), amount: Amount(5), offline: true },
-            NegotiationMessage::Answer { capabilities: caps.clone(), verdict: Ok(agreed) },
-            NegotiationMessage::Answer { capabilities: caps.clone(), verdict: Err(AbortReason::NoCommonScheme) },
+            NegotiationMessage::Offer {
+                capabilities: caps.clone(),
+                amount: Amount(5),
+                offline: true,
+            },
+            NegotiationMessage::Answer {
+                capabilities: caps.clone(),
+                verdict: Ok(agreed),
+            },
+            NegotiationMessage::Answer {
+                capabilities: caps.clone(),
+                verdict: Err(AbortReason::NoCommonScheme),
+            },
         ] {
             let p = pb::NegotiationMessage::from(&m);
             assert_eq!(NegotiationMessage::try_from(p).unwrap(), m);
@@ -442,7 +497,10 @@ mod tests {
         p.protocol_versions = (0..100).collect();
         assert!(matches!(
             Capabilities::try_from(p),
-            Err(ProtocolError::Invalid { field: "capabilities.protocol_versions", .. })
+            Err(ProtocolError::Invalid {
+                field: "capabilities.protocol_versions",
+                ..
+            })
         ));
     }
 
@@ -453,7 +511,9 @@ mod tests {
             proptest::option::of(0u64..1_000),
             0u64..2_000,
         )
-            .prop_map(|(versions, schemes, offline, max)| terminal(&versions, &schemes, offline, max))
+            .prop_map(|(versions, schemes, offline, max)| {
+                terminal(&versions, &schemes, offline, max)
+            })
     }
 
     proptest! {

@@ -160,7 +160,10 @@ impl TryFrom<pb::SignedWithdraw> for SignedWithdraw {
         if a.coin_ids.len() > WITHDRAW_COINS_MAX {
             return Err(ProtocolError::Invalid {
                 field: "withdraw.coin_ids",
-                why: format!("{} coins, at most {WITHDRAW_COINS_MAX} allowed", a.coin_ids.len()),
+                why: format!(
+                    "{} coins, at most {WITHDRAW_COINS_MAX} allowed",
+                    a.coin_ids.len()
+                ),
             });
         }
         Ok(SignedWithdraw {
@@ -271,7 +274,9 @@ impl TryFrom<pb::WalletUpdateMessage> for UpdateMessage {
                 needed: m.needed,
                 latest_version: m.latest_version,
             },
-            Body::Withdraw(m) => UpdateMessage::Withdraw(required("withdraw_request.withdraw", m.withdraw)?.try_into()?),
+            Body::Withdraw(m) => UpdateMessage::Withdraw(
+                required("withdraw_request.withdraw", m.withdraw)?.try_into()?,
+            ),
             Body::WithdrawReply(m) => UpdateMessage::WithdrawReply(if m.ok {
                 Ok(Amount(m.amount))
             } else {
@@ -281,14 +286,19 @@ impl TryFrom<pb::WalletUpdateMessage> for UpdateMessage {
                 if m.records.len() > OFFLINE_UPLOAD_RECORDS_MAX {
                     return Err(ProtocolError::Invalid {
                         field: "offline_upload.records",
-                        why: format!("{} records, at most {OFFLINE_UPLOAD_RECORDS_MAX} allowed", m.records.len()),
+                        why: format!(
+                            "{} records, at most {OFFLINE_UPLOAD_RECORDS_MAX} allowed",
+                            m.records.len()
+                        ),
                     });
                 }
                 UpdateMessage::Upload {
                     records: m.records.iter().map(|r| r.to_vec()).collect(),
                 }
             }
-            Body::UploadReply(m) => UpdateMessage::UploadReply { accepted: m.accepted },
+            Body::UploadReply(m) => UpdateMessage::UploadReply {
+                accepted: m.accepted,
+            },
             Body::Request(m) => UpdateMessage::Request {
                 params_version: m.params_version,
             },
@@ -307,11 +317,16 @@ impl From<&UpdateMessage> for pb::WalletUpdateMessage {
             UpdateMessage::Check { params_version } => Body::Check(pb::UpdateCheck {
                 params_version: *params_version,
             }),
-            UpdateMessage::CheckReply { needed, latest_version } => Body::CheckReply(pb::UpdateCheckReply {
+            UpdateMessage::CheckReply {
+                needed,
+                latest_version,
+            } => Body::CheckReply(pb::UpdateCheckReply {
                 needed: *needed,
                 latest_version: *latest_version,
             }),
-            UpdateMessage::Withdraw(s) => Body::Withdraw(pb::WithdrawRequest { withdraw: Some(s.into()) }),
+            UpdateMessage::Withdraw(s) => Body::Withdraw(pb::WithdrawRequest {
+                withdraw: Some(s.into()),
+            }),
             UpdateMessage::WithdrawReply(r) => Body::WithdrawReply(pb::WithdrawReply {
                 ok: r.is_ok(),
                 reason: match r {
@@ -323,7 +338,9 @@ impl From<&UpdateMessage> for pb::WalletUpdateMessage {
             UpdateMessage::Upload { records } => Body::Upload(pb::OfflineUpload {
                 records: records.iter().map(|r| r.clone().into()).collect(),
             }),
-            UpdateMessage::UploadReply { accepted } => Body::UploadReply(pb::OfflineUploadReply { accepted: *accepted }),
+            UpdateMessage::UploadReply { accepted } => Body::UploadReply(pb::OfflineUploadReply {
+                accepted: *accepted,
+            }),
             UpdateMessage::Request { params_version } => Body::Request(pb::UpdateRequest {
                 params_version: *params_version,
             }),
@@ -376,11 +393,16 @@ mod tests {
     fn every_update_message_round_trips() {
         for m in [
             UpdateMessage::Check { params_version: 1 },
-            UpdateMessage::CheckReply { needed: true, latest_version: 2 },
+            UpdateMessage::CheckReply {
+                needed: true,
+                latest_version: 2,
+            },
             UpdateMessage::Withdraw(signed()),
             UpdateMessage::WithdrawReply(Ok(Amount(700))),
             UpdateMessage::WithdrawReply(Err(AbortReason::CoinLocked)),
-            UpdateMessage::Upload { records: vec![vec![1, 2, 3], vec![]] },
+            UpdateMessage::Upload {
+                records: vec![vec![1, 2, 3], vec![]],
+            },
             UpdateMessage::UploadReply { accepted: 2 },
             UpdateMessage::Request { params_version: 1 },
             UpdateMessage::Instruction {

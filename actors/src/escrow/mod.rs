@@ -11,6 +11,7 @@ mod state;
 mod tests;
 
 pub use state::{
-    closure_saga, Closure, Escrow, EscrowEvent, EscrowLimits, EscrowSnapshot, EscrowStatus, EscrowTimer,
-    PayoutState, RequestKind, SettlementRecord, ESCROW_REQUESTS_MAX, ESCROW_TTL_MAX_MS,
+    closure_saga, Closure, Escrow, EscrowEvent, EscrowLimits, EscrowSnapshot, EscrowStatus,
+    EscrowTimer, PayoutState, RequestKind, SettlementRecord, ESCROW_REQUESTS_MAX,
+    ESCROW_TTL_MAX_MS,
 };

@@ -29,8 +29,12 @@
 use serde::{Deserialize, Serialize};
 use specie_protocol::crypto::sha256;
 use specie_protocol::envelope::SagaOutcome;
-use specie_protocol::escrow::{host_of, EscrowMessage, EscrowResult, EscrowStep, Settlement, SignedTerms};
-use specie_protocol::{AbortReason, Address, Amount, Envelope, InstitutionId, Payload, SagaId, SagaKind, WalletId};
+use specie_protocol::escrow::{
+    host_of, EscrowMessage, EscrowResult, EscrowStep, Settlement, SignedTerms,
+};
+use specie_protocol::{
+    AbortReason, Address, Amount, Envelope, InstitutionId, Payload, SagaId, SagaKind, WalletId,
+};
 use specie_runtime::{Effects, Notice, StateMachine};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -102,7 +106,10 @@ pub enum EscrowStatus {
 impl EscrowStatus {
     /// Terminal: nothing left to do.
     pub fn is_terminal(self) -> bool {
-        matches!(self, EscrowStatus::Empty | EscrowStatus::Refused { .. } | EscrowStatus::Closed(_))
+        matches!(
+            self,
+            EscrowStatus::Empty | EscrowStatus::Refused { .. } | EscrowStatus::Closed(_)
+        )
     }
 }
 
@@ -356,7 +363,13 @@ impl Escrow {
         self.status
     }
 
-    fn envelope(&self, saga: SagaId, to: Address, attempt: u32, message: EscrowMessage) -> Envelope {
+    fn envelope(
+        &self,
+        saga: SagaId,
+        to: Address,
+        attempt: u32,
+        message: EscrowMessage,
+    ) -> Envelope {
         Envelope {
             message_id: 0,
             saga_id: saga,
@@ -383,11 +396,23 @@ impl Escrow {
     /// What the merchant may still claim.
     pub fn remaining(&self) -> Amount {
         self.contract.as_ref().map_or(Amount::ZERO, |c| {
-            c.signed.terms.cap.checked_sub(c.claimed).expect("claims never exceed the cap")
+            c.signed
+                .terms
+                .cap
+                .checked_sub(c.claimed)
+                .expect("claims never exceed the cap")
         })
     }
 
-    fn result(&self, saga: SagaId, to: Address, step: EscrowStep, result: Result<(), AbortReason>, amount: Amount, out: &mut Out) {
+    fn result(
+        &self,
+        saga: SagaId,
+        to: Address,
+        step: EscrowStep,
+        result: Result<(), AbortReason>,
+        amount: Amount,
+        out: &mut Out,
+    ) {
         let message = EscrowMessage::Result(EscrowResult {
             step,
             result,
@@ -411,14 +436,26 @@ impl Escrow {
 
     /// Whether any decided step waits for an acknowledgement.
     fn outstanding(&self) -> bool {
-        matches!(self.status, EscrowStatus::Freezing | EscrowStatus::Unfreezing { .. })
-            || (self.settled as usize) < self.settlements.len()
-            || self.settlements.iter().any(|s| s.payout == PayoutState::Pending)
+        matches!(
+            self.status,
+            EscrowStatus::Freezing | EscrowStatus::Unfreezing { .. }
+        ) || (self.settled as usize) < self.settlements.len()
+            || self
+                .settlements
+                .iter()
+                .any(|s| s.payout == PayoutState::Pending)
     }
 
     // ----- the deposit contract -----
 
-    fn on_open(&mut self, from: Address, saga: SagaId, signed: SignedTerms, now_ms: u64, out: &mut Out) {
+    fn on_open(
+        &mut self,
+        from: Address,
+        saga: SagaId,
+        signed: SignedTerms,
+        now_ms: u64,
+        out: &mut Out,
+    ) {
         let reply = |e: &Self, r: Result<(), AbortReason>, amount: Amount, out: &mut Out| {
             e.result(saga, from, EscrowStep::Deposit, r, amount, out);
         };
@@ -437,46 +474,62 @@ impl Escrow {
             return;
         }
         let t = &signed.terms;
-        let refusal = if t.contract != self.id || t.saga_id != saga || from != Address::Wallet(t.payer) {
-            Some(AbortReason::WrongParty)
-        } else if t.payer_institution != self.institution {
-            Some(AbortReason::WrongIssuer)
-        } else if t.cap.is_zero() {
-            Some(AbortReason::InvalidAmount)
-        } else if t.merchant == t.payer {
-            Some(AbortReason::PayeeMismatch)
-        } else if now_ms >= t.expires_at_ms || t.expires_at_ms - now_ms > ESCROW_TTL_MAX_MS {
-            Some(AbortReason::Expired)
-        } else {
-            None
-        };
+        let refusal =
+            if t.contract != self.id || t.saga_id != saga || from != Address::Wallet(t.payer) {
+                Some(AbortReason::WrongParty)
+            } else if t.payer_institution != self.institution {
+                Some(AbortReason::WrongIssuer)
+            } else if t.cap.is_zero() {
+                Some(AbortReason::InvalidAmount)
+            } else if t.merchant == t.payer {
+                Some(AbortReason::PayeeMismatch)
+            } else if now_ms >= t.expires_at_ms || t.expires_at_ms - now_ms > ESCROW_TTL_MAX_MS {
+                Some(AbortReason::Expired)
+            } else {
+                None
+            };
         if let Some(reason) = refusal {
             // Refused before anything started: the contract stays empty for a valid deposit.
             return reply(self, Err(reason), Amount::ZERO, out);
         }
-        self.record(EscrowEvent::Opened { signed: signed.clone(), at_ms: now_ms }, out);
+        self.record(
+            EscrowEvent::Opened {
+                signed: signed.clone(),
+                at_ms: now_ms,
+            },
+            out,
+        );
         out.send(self.envelope(saga, self.issuer(), 0, EscrowMessage::Freeze(signed)));
         out.timer(self.limits.saga_timeout_ms, EscrowTimer::FreezeTimeout);
         self.arm_retry(out);
     }
 
     fn deposit_saga(&self) -> SagaId {
-        self.contract.as_ref().map_or(SagaId::NONE, |c| c.signed.terms.saga_id)
+        self.contract
+            .as_ref()
+            .map_or(SagaId::NONE, |c| c.signed.terms.saga_id)
     }
 
     fn payer(&self) -> Address {
-        self.contract
-            .as_ref()
-            .map_or(Address::External(0), |c| Address::Wallet(c.signed.terms.payer))
+        self.contract.as_ref().map_or(Address::External(0), |c| {
+            Address::Wallet(c.signed.terms.payer)
+        })
     }
 
     fn on_freeze_reply(&mut self, reply: Result<Amount, AbortReason>, now_ms: u64, out: &mut Out) {
         if self.status != EscrowStatus::Freezing {
             return; // late or duplicate: the decision is taken
         }
-        let c = self.contract.as_ref().expect("freezing escrows have a contract");
-        let (saga, payer, cap, expires_at_ms) =
-            (c.signed.terms.saga_id, self.payer(), c.signed.terms.cap, c.signed.terms.expires_at_ms);
+        let c = self
+            .contract
+            .as_ref()
+            .expect("freezing escrows have a contract");
+        let (saga, payer, cap, expires_at_ms) = (
+            c.signed.terms.saga_id,
+            self.payer(),
+            c.signed.terms.cap,
+            c.signed.terms.expires_at_ms,
+        );
         match reply {
             Ok(deposit) if deposit >= cap => {
                 self.record(EscrowEvent::Frozen { deposit }, out);
@@ -485,7 +538,8 @@ impl Escrow {
             }
             Ok(_) => {
                 // The issuer froze less than the cap: never open on it.
-                metrics::counter!("specie_protocol_violations_total", "what" => "short_freeze").increment(1);
+                metrics::counter!("specie_protocol_violations_total", "what" => "short_freeze")
+                    .increment(1);
                 self.fail_deposit(AbortReason::InsufficientFunds, true, out);
             }
             Err(reason) => self.fail_deposit(reason, false, out),
@@ -499,7 +553,14 @@ impl Escrow {
             out.send(self.envelope(saga, self.issuer(), 0, EscrowMessage::Unfreeze { reason }));
             self.arm_retry(out);
         }
-        self.result(saga, payer, EscrowStep::Deposit, Err(reason), Amount::ZERO, out);
+        self.result(
+            saga,
+            payer,
+            EscrowStep::Deposit,
+            Err(reason),
+            Amount::ZERO,
+            out,
+        );
     }
 
     // ----- the verification contract -----
@@ -549,7 +610,12 @@ impl Escrow {
 
     /// A repeat of a recorded request: its answer, or a conflict when the content differs.
     /// `None` when the request is new.
-    fn repeat(&self, saga: SagaId, from: Address, kind: RequestKind) -> Option<Option<Result<(), AbortReason>>> {
+    fn repeat(
+        &self,
+        saga: SagaId,
+        from: Address,
+        kind: RequestKind,
+    ) -> Option<Option<Result<(), AbortReason>>> {
         let r = self.requests.get(&saga)?;
         Some(if r.from != from || r.kind != kind {
             Some(Err(AbortReason::Conflict))
@@ -558,7 +624,14 @@ impl Escrow {
         })
     }
 
-    fn on_claim(&mut self, from: Address, saga: SagaId, kind: RequestKind, now_ms: u64, out: &mut Out) {
+    fn on_claim(
+        &mut self,
+        from: Address,
+        saga: SagaId,
+        kind: RequestKind,
+        now_ms: u64,
+        out: &mut Out,
+    ) {
         let RequestKind::Claim {
             claim_id,
             amount,
@@ -575,7 +648,14 @@ impl Escrow {
             return;
         }
         if self.requests.len() >= ESCROW_REQUESTS_MAX {
-            return self.result(saga, from, EscrowStep::Claim, Err(AbortReason::Busy), Amount::ZERO, out);
+            return self.result(
+                saga,
+                from,
+                EscrowStep::Claim,
+                Err(AbortReason::Busy),
+                Amount::ZERO,
+                out,
+            );
         }
         let idle = self.idle();
         self.expire_if_due(now_ms, out);
@@ -595,8 +675,23 @@ impl Escrow {
                 }
             }
             Err(reason) => {
-                self.record(EscrowEvent::Refused { saga, from, kind, reason }, out);
-                self.result(saga, from, EscrowStep::Claim, Err(reason), Amount::ZERO, out);
+                self.record(
+                    EscrowEvent::Refused {
+                        saga,
+                        from,
+                        kind,
+                        reason,
+                    },
+                    out,
+                );
+                self.result(
+                    saga,
+                    from,
+                    EscrowStep::Claim,
+                    Err(reason),
+                    Amount::ZERO,
+                    out,
+                );
             }
         }
         self.drive(idle, out);
@@ -605,7 +700,10 @@ impl Escrow {
     /// A request at or after the expiry instant expires the escrow first, even when its timer
     /// has not fired yet: the clock decides, not the timer's punctuality.
     fn expire_if_due(&mut self, now_ms: u64, out: &mut Out) {
-        let due = self.contract.as_ref().is_some_and(|c| now_ms >= c.signed.terms.expires_at_ms);
+        let due = self
+            .contract
+            .as_ref()
+            .is_some_and(|c| now_ms >= c.signed.terms.expires_at_ms);
         if self.status == EscrowStatus::Open && due {
             self.close(Closure::Expired, None, out);
         }
@@ -625,19 +723,32 @@ impl Escrow {
         if let Some(answer) = self.repeat(saga, from, kind) {
             if let Some(result) = answer {
                 let refunded = self.contract.as_ref().map_or(Amount::ZERO, |c| c.refunded);
-                let amount = if result.is_ok() { refunded } else { Amount::ZERO };
+                let amount = if result.is_ok() {
+                    refunded
+                } else {
+                    Amount::ZERO
+                };
                 self.result(saga, from, EscrowStep::Release, result, amount, out);
             }
             return;
         }
         if self.requests.len() >= ESCROW_REQUESTS_MAX {
-            return self.result(saga, from, EscrowStep::Release, Err(AbortReason::Busy), Amount::ZERO, out);
+            return self.result(
+                saga,
+                from,
+                EscrowStep::Release,
+                Err(AbortReason::Busy),
+                Amount::ZERO,
+                out,
+            );
         }
         let idle = self.idle();
         self.expire_if_due(now_ms, out);
         let refusal = match (&self.contract, self.status) {
             (None, _) => Some(AbortReason::EscrowNotOpen),
-            (Some(c), _) if from != Address::Wallet(c.signed.terms.payer) => Some(AbortReason::WrongParty),
+            (Some(c), _) if from != Address::Wallet(c.signed.terms.payer) => {
+                Some(AbortReason::WrongParty)
+            }
             (_, EscrowStatus::Open) => None,
             (_, EscrowStatus::Closing(how) | EscrowStatus::Closed(how)) => Some(how.refusal()),
             (_, _) => Some(AbortReason::EscrowNotOpen),
@@ -645,8 +756,23 @@ impl Escrow {
         match refusal {
             None => self.close(Closure::Released, Some((saga, from)), out),
             Some(reason) => {
-                self.record(EscrowEvent::Refused { saga, from, kind, reason }, out);
-                self.result(saga, from, EscrowStep::Release, Err(reason), Amount::ZERO, out);
+                self.record(
+                    EscrowEvent::Refused {
+                        saga,
+                        from,
+                        kind,
+                        reason,
+                    },
+                    out,
+                );
+                self.result(
+                    saga,
+                    from,
+                    EscrowStep::Release,
+                    Err(reason),
+                    Amount::ZERO,
+                    out,
+                );
             }
         }
         self.drive(idle, out);
@@ -685,8 +811,12 @@ impl Escrow {
         }
         if let Err(reason) = result {
             // A decided settlement cannot be refused; keep retrying and say so.
-            metrics::counter!("specie_protocol_violations_total", "what" => "settlement_refused").increment(1);
-            eprintln!("escrow {}: issuer refused settlement {seq}: {reason}", self.id);
+            metrics::counter!("specie_protocol_violations_total", "what" => "settlement_refused")
+                .increment(1);
+            eprintln!(
+                "escrow {}: issuer refused settlement {seq}: {reason}",
+                self.id
+            );
             return;
         }
         self.record(EscrowEvent::Settled { seq }, out);
@@ -702,7 +832,12 @@ impl Escrow {
                     merchant,
                     from: self.institution,
                 };
-                out.send(self.envelope(s.saga, Address::Institution(merchant_institution), 0, payout));
+                out.send(self.envelope(
+                    s.saga,
+                    Address::Institution(merchant_institution),
+                    0,
+                    payout,
+                ));
             }
             _ => self.complete(s.saga, out),
         }
@@ -711,15 +846,33 @@ impl Escrow {
         self.arm_retry(out);
     }
 
-    fn on_payout_reply(&mut self, from: Address, saga: SagaId, result: Result<(), AbortReason>, out: &mut Out) {
-        let Some(s) = self.settlements.iter().find(|s| s.saga == saga) else { return };
-        let Settlement::Claim { merchant_institution, .. } = s.settlement else { return };
+    fn on_payout_reply(
+        &mut self,
+        from: Address,
+        saga: SagaId,
+        result: Result<(), AbortReason>,
+        out: &mut Out,
+    ) {
+        let Some(s) = self.settlements.iter().find(|s| s.saga == saga) else {
+            return;
+        };
+        let Settlement::Claim {
+            merchant_institution,
+            ..
+        } = s.settlement
+        else {
+            return;
+        };
         if s.payout != PayoutState::Pending || from != Address::Institution(merchant_institution) {
             return;
         }
         if let Err(reason) = result {
-            metrics::counter!("specie_protocol_violations_total", "what" => "payout_refused").increment(1);
-            eprintln!("escrow {}: {from} refused the payout of claim {saga}: {reason}", self.id);
+            metrics::counter!("specie_protocol_violations_total", "what" => "payout_refused")
+                .increment(1);
+            eprintln!(
+                "escrow {}: {from} refused the payout of claim {saga}: {reason}",
+                self.id
+            );
             return;
         }
         self.record(EscrowEvent::PaidOut { saga }, out);
@@ -732,7 +885,9 @@ impl Escrow {
         if let Some(r) = self.requests.get(&saga) {
             let (from, kind) = (r.from, r.kind);
             match kind {
-                RequestKind::Claim { amount, .. } => self.result(saga, from, EscrowStep::Claim, Ok(()), amount, out),
+                RequestKind::Claim { amount, .. } => {
+                    self.result(saga, from, EscrowStep::Claim, Ok(()), amount, out)
+                }
                 RequestKind::Release => {
                     let refunded = self.contract.as_ref().map_or(Amount::ZERO, |c| c.refunded);
                     self.result(saga, from, EscrowStep::Release, Ok(()), refunded, out)
@@ -744,18 +899,25 @@ impl Escrow {
     /// When closing and nothing is outstanding any more: closed. Tells the payer and the
     /// observers, whatever the closure.
     fn finish_closing(&mut self, out: &mut Out) {
-        let EscrowStatus::Closing(how) = self.status else { return };
+        let EscrowStatus::Closing(how) = self.status else {
+            return;
+        };
         if self.outstanding() {
             return;
         }
         self.record(EscrowEvent::Closed, out);
-        let c = self.contract.as_ref().expect("closing escrows have a contract");
+        let c = self
+            .contract
+            .as_ref()
+            .expect("closing escrows have a contract");
         let saga = c.close_saga.expect("closing escrows have a close saga");
         let refunded = c.refunded;
         let payer = self.payer();
         let (step, kind) = match how {
             Closure::Expired => (EscrowStep::Expiry, SagaKind::EscrowExpiry),
-            Closure::Released | Closure::FullyClaimed => (EscrowStep::Release, SagaKind::EscrowRelease),
+            Closure::Released | Closure::FullyClaimed => {
+                (EscrowStep::Release, SagaKind::EscrowRelease)
+            }
         };
         if how != Closure::Released {
             // The payer did not ask: tell it what came back.
@@ -781,15 +943,28 @@ impl Escrow {
         match self.status {
             EscrowStatus::Freezing => {
                 let signed = self.contract.as_ref().expect("freezing").signed.clone();
-                out.send(self.envelope(saga, self.issuer(), attempt, EscrowMessage::Freeze(signed)));
+                out.send(self.envelope(
+                    saga,
+                    self.issuer(),
+                    attempt,
+                    EscrowMessage::Freeze(signed),
+                ));
             }
             EscrowStatus::Unfreezing { reason } => {
-                out.send(self.envelope(saga, self.issuer(), attempt, EscrowMessage::Unfreeze { reason }));
+                out.send(self.envelope(
+                    saga,
+                    self.issuer(),
+                    attempt,
+                    EscrowMessage::Unfreeze { reason },
+                ));
             }
             _ => {}
         }
         self.send_next_settlement(attempt, out);
-        for s in self.settlements[..self.settled as usize].iter().filter(|s| s.payout == PayoutState::Pending) {
+        for s in self.settlements[..self.settled as usize]
+            .iter()
+            .filter(|s| s.payout == PayoutState::Pending)
+        {
             let Settlement::Claim {
                 amount,
                 merchant,
@@ -803,17 +978,33 @@ impl Escrow {
                 merchant,
                 from: self.institution,
             };
-            out.send(self.envelope(s.saga, Address::Institution(merchant_institution), attempt, payout));
+            out.send(self.envelope(
+                s.saga,
+                Address::Institution(merchant_institution),
+                attempt,
+                payout,
+            ));
         }
         self.retry_armed = true;
-        out.timer(self.backoff_ms(attempt), EscrowTimer::Retry { attempt: attempt + 1 });
+        out.timer(
+            self.backoff_ms(attempt),
+            EscrowTimer::Retry {
+                attempt: attempt + 1,
+            },
+        );
     }
 
     fn on_expiry(&mut self, now_ms: u64, out: &mut Out) {
         if self.status != EscrowStatus::Open {
             return;
         }
-        let expires_at_ms = self.contract.as_ref().expect("open escrows have a contract").signed.terms.expires_at_ms;
+        let expires_at_ms = self
+            .contract
+            .as_ref()
+            .expect("open escrows have a contract")
+            .signed
+            .terms
+            .expires_at_ms;
         if now_ms < expires_at_ms {
             out.timer(expires_at_ms - now_ms, EscrowTimer::Expiry);
             return;
@@ -874,7 +1065,13 @@ impl StateMachine for Escrow {
                 let t = &c.signed.terms;
                 // Invariant: decided claims never sum above the cap (verify_claim checked it).
                 c.claimed = c.claimed.checked_add(*amount).expect("claims fit the cap");
-                assert!(c.claimed <= t.cap, "escrow {}: claims {} above the cap {}", self.id, c.claimed, t.cap);
+                assert!(
+                    c.claimed <= t.cap,
+                    "escrow {}: claims {} above the cap {}",
+                    self.id,
+                    c.claimed,
+                    t.cap
+                );
                 let (merchant, merchant_institution) = (t.merchant, t.merchant_institution);
                 self.claim_ids.insert(*claim_id, *saga);
                 self.settlements.push(SettlementRecord {
@@ -899,12 +1096,19 @@ impl StateMachine for Escrow {
                             amount: *amount,
                             merchant_institution,
                         },
-                        seq: Some(u32::try_from(self.settlements.len()).expect("settlements bounded")),
+                        seq: Some(
+                            u32::try_from(self.settlements.len()).expect("settlements bounded"),
+                        ),
                         answer: None,
                     },
                 );
             }
-            EscrowEvent::Refused { saga, from, kind, reason } => {
+            EscrowEvent::Refused {
+                saga,
+                from,
+                kind,
+                reason,
+            } => {
                 self.requests.insert(
                     *saga,
                     Request {
@@ -919,7 +1123,10 @@ impl StateMachine for Escrow {
                 let c = self.contract.as_mut().expect("closing follows a deposit");
                 c.close_saga = Some(*saga);
                 // What remains frozen once the decided claims are settled.
-                let left = c.deposit.checked_sub(c.claimed).expect("claims never exceed the deposit");
+                let left = c
+                    .deposit
+                    .checked_sub(c.claimed)
+                    .expect("claims never exceed the deposit");
                 if !left.is_zero() {
                     self.settlements.push(SettlementRecord {
                         saga: *saga,
@@ -933,7 +1140,8 @@ impl StateMachine for Escrow {
                         Request {
                             from: *from,
                             kind: RequestKind::Release,
-                            seq: (!left.is_zero()).then(|| u32::try_from(self.settlements.len()).expect("bounded")),
+                            seq: (!left.is_zero())
+                                .then(|| u32::try_from(self.settlements.len()).expect("bounded")),
                             answer: None,
                         },
                     );
@@ -941,14 +1149,21 @@ impl StateMachine for Escrow {
                 self.status = EscrowStatus::Closing(*how);
             }
             EscrowEvent::Settled { seq } => {
-                assert_eq!(*seq, self.settled + 1, "settlements are acknowledged in sequence");
+                assert_eq!(
+                    *seq,
+                    self.settled + 1,
+                    "settlements are acknowledged in sequence"
+                );
                 self.settled = *seq;
                 let s = &self.settlements[*seq as usize - 1];
                 let saga = s.saga;
                 match s.settlement {
                     Settlement::Refund => {
                         let c = self.contract.as_mut().expect("refunds follow a deposit");
-                        c.refunded = c.deposit.checked_sub(c.claimed).expect("claims never exceed the deposit");
+                        c.refunded = c
+                            .deposit
+                            .checked_sub(c.claimed)
+                            .expect("claims never exceed the deposit");
                         if let Some(r) = self.requests.get_mut(&saga) {
                             r.answer = Some(Ok(()));
                         }
@@ -985,7 +1200,10 @@ impl StateMachine for Escrow {
                 out.timer(left, EscrowTimer::FreezeTimeout);
             }
             (EscrowStatus::Open, Some(c)) => {
-                out.timer(c.signed.terms.expires_at_ms.saturating_sub(now_ms), EscrowTimer::Expiry);
+                out.timer(
+                    c.signed.terms.expires_at_ms.saturating_sub(now_ms),
+                    EscrowTimer::Expiry,
+                );
             }
             _ => {}
         }
@@ -1025,10 +1243,13 @@ impl StateMachine for Escrow {
                 self.on_claim(from, saga, kind, now_ms, out)
             }
             EscrowMessage::Release => self.on_release(from, saga, now_ms, out),
-            EscrowMessage::SettleReply { seq, result } if issuer => self.on_settle_reply(seq, result, out),
+            EscrowMessage::SettleReply { seq, result } if issuer => {
+                self.on_settle_reply(seq, result, out)
+            }
             EscrowMessage::PayoutReply(result) => self.on_payout_reply(from, saga, result, out),
             _ => {
-                metrics::counter!("specie_envelopes_rejected_total", "reason" => "unexpected").increment(1);
+                metrics::counter!("specie_envelopes_rejected_total", "reason" => "unexpected")
+                    .increment(1);
             }
         }
     }

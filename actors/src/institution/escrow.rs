@@ -19,7 +19,9 @@ use super::{CoinState, Institution, InstitutionEvent, Out};
 use serde::{Deserialize, Serialize};
 use specie_protocol::crypto::PublicKey;
 use specie_protocol::escrow::{host_of, EscrowMessage, Settlement, SignedTerms};
-use specie_protocol::{AbortReason, Address, Amount, Coin, CoinId, InstitutionId, Payload, SagaId, WalletId};
+use specie_protocol::{
+    AbortReason, Address, Amount, Coin, CoinId, InstitutionId, Payload, SagaId, WalletId,
+};
 use specie_runtime::StateMachine;
 use std::collections::{HashMap, HashSet};
 
@@ -89,6 +91,9 @@ pub struct IssuerEscrows {
 }
 
 /// Journaled facts of the institution's escrow roles.
+// A settlement carries the coins it issues; events are built once, journaled and applied, so
+// boxing the large variant would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EscrowIssuerEvent {
     /// The deposit's coins are frozen for the escrow.
@@ -276,7 +281,10 @@ impl Institution {
         if !t.coin_ids.iter().all(|id| seen.insert(id)) {
             return Err(AbortReason::DuplicateCoin);
         }
-        let account = self.accounts.get(&t.payer).ok_or(AbortReason::UnknownWallet)?;
+        let account = self
+            .accounts
+            .get(&t.payer)
+            .ok_or(AbortReason::UnknownWallet)?;
         if account.key != t.payer_key {
             return Err(AbortReason::CoinNotOwned);
         }
@@ -297,7 +305,8 @@ impl Institution {
                 CoinState::Spent(_) => return Err(AbortReason::CoinSpent),
             }
         }
-        let total = Amount::sum(records.iter().map(|r| r.coin.value())).ok_or(AbortReason::InvalidAmount)?;
+        let total = Amount::sum(records.iter().map(|r| r.coin.value()))
+            .ok_or(AbortReason::InvalidAmount)?;
         if total < t.cap {
             return Err(AbortReason::InsufficientFunds);
         }
@@ -305,30 +314,55 @@ impl Institution {
     }
 
     /// Routes an escrow message addressed to this institution.
-    pub(super) fn on_escrow_message(&mut self, from: Address, saga: SagaId, message: EscrowMessage, now_ms: u64, out: &mut Out) {
+    pub(super) fn on_escrow_message(
+        &mut self,
+        from: Address,
+        saga: SagaId,
+        message: EscrowMessage,
+        now_ms: u64,
+        out: &mut Out,
+    ) {
         let Address::Escrow(escrow) = from else {
-            metrics::counter!("specie_envelopes_rejected_total", "reason" => "unexpected").increment(1);
+            metrics::counter!("specie_envelopes_rejected_total", "reason" => "unexpected")
+                .increment(1);
             return;
         };
         match message {
             EscrowMessage::Freeze(signed) => self.on_freeze(escrow, saga, signed, now_ms, out),
             EscrowMessage::Unfreeze { .. } => self.on_unfreeze(escrow, saga, out),
-            EscrowMessage::Settle { seq, settlement } => self.on_settle(escrow, saga, seq, settlement, now_ms, out),
-            EscrowMessage::Payout { amount, merchant, from } => {
-                self.on_payout(escrow, saga, amount, merchant, from, now_ms, out)
+            EscrowMessage::Settle { seq, settlement } => {
+                self.on_settle(escrow, saga, seq, settlement, now_ms, out)
             }
+            EscrowMessage::Payout {
+                amount,
+                merchant,
+                from,
+            } => self.on_payout(escrow, saga, amount, merchant, from, now_ms, out),
             _ => {
-                metrics::counter!("specie_envelopes_rejected_total", "reason" => "unexpected").increment(1);
+                metrics::counter!("specie_envelopes_rejected_total", "reason" => "unexpected")
+                    .increment(1);
             }
         }
     }
 
-    fn on_freeze(&mut self, escrow: u64, saga: SagaId, signed: SignedTerms, now_ms: u64, out: &mut Out) {
+    fn on_freeze(
+        &mut self,
+        escrow: u64,
+        saga: SagaId,
+        signed: SignedTerms,
+        now_ms: u64,
+        out: &mut Out,
+    ) {
         let to = Address::Escrow(escrow);
         let t = &signed.terms;
         if t.contract != escrow || t.saga_id != saga {
             // Only the escrow the payer named may freeze the payer's coins.
-            self.escrow_send(saga, to, EscrowMessage::FreezeReply(Err(AbortReason::WrongParty)), out);
+            self.escrow_send(
+                saga,
+                to,
+                EscrowMessage::FreezeReply(Err(AbortReason::WrongParty)),
+                out,
+            );
             return;
         }
         let digest = signed.digest();
@@ -377,22 +411,44 @@ impl Institution {
                 metrics::counter!("specie_protocol_violations_total", "what" => "unfreeze_after_settlement").increment(1);
                 return;
             }
-            Some(h) if h.state == HoldState::Frozen => {
-                self.record(InstitutionEvent::Escrow(EscrowIssuerEvent::Unfrozen { escrow, saga }), out)
-            }
+            Some(h) if h.state == HoldState::Frozen => self.record(
+                InstitutionEvent::Escrow(EscrowIssuerEvent::Unfrozen { escrow, saga }),
+                out,
+            ),
             Some(_) => {}
             // No freeze yet: leave a tombstone so a late freeze is refused.
-            None => self.record(InstitutionEvent::Escrow(EscrowIssuerEvent::Unfrozen { escrow, saga }), out),
+            None => self.record(
+                InstitutionEvent::Escrow(EscrowIssuerEvent::Unfrozen { escrow, saga }),
+                out,
+            ),
         }
-        self.escrow_send(saga, Address::Escrow(escrow), EscrowMessage::UnfreezeReply, out);
+        self.escrow_send(
+            saga,
+            Address::Escrow(escrow),
+            EscrowMessage::UnfreezeReply,
+            out,
+        );
     }
 
-    fn on_settle(&mut self, escrow: u64, saga: SagaId, seq: u32, settlement: Settlement, now_ms: u64, out: &mut Out) {
+    fn on_settle(
+        &mut self,
+        escrow: u64,
+        saga: SagaId,
+        seq: u32,
+        settlement: Settlement,
+        now_ms: u64,
+        out: &mut Out,
+    ) {
         let to = Address::Escrow(escrow);
         let reply = |inst: &Self, result: Result<(), AbortReason>, out: &mut Out| {
             inst.escrow_send(saga, to, EscrowMessage::SettleReply { seq, result }, out);
         };
-        let Some(h) = self.escrows.holds.get(&escrow).filter(|h| h.state == HoldState::Frozen) else {
+        let Some(h) = self
+            .escrows
+            .holds
+            .get(&escrow)
+            .filter(|h| h.state == HoldState::Frozen)
+        else {
             reply(self, Err(AbortReason::EscrowNotOpen), out);
             return;
         };
@@ -401,13 +457,22 @@ impl Institution {
             // A repeat: the recorded answer, or a conflict if the content differs.
             let recorded = seq.checked_sub(1).and_then(|i| h.applied.get(i as usize));
             let same = recorded.is_some_and(|r| r.saga == saga && r.settlement == settlement);
-            reply(self, if same { Ok(()) } else { Err(AbortReason::Conflict) }, out);
+            reply(
+                self,
+                if same {
+                    Ok(())
+                } else {
+                    Err(AbortReason::Conflict)
+                },
+                out,
+            );
             return;
         }
         if seq as usize != applied + 1 {
             return; // ahead of its turn: the escrow sends settlements in order and will resend
         }
-        let frozen = Amount::sum(h.frozen.iter().map(|id| self.register[id].coin.value())).expect("supply fits u64");
+        let frozen = Amount::sum(h.frozen.iter().map(|id| self.register[id].coin.value()))
+            .expect("supply fits u64");
         let (payer, payer_key) = (h.payer, h.payer_key);
         let nonce = self.next_nonce;
         let (remainder, issued) = match settlement {
@@ -423,7 +488,8 @@ impl Institution {
                     return;
                 }
                 let rest = frozen.checked_sub(amount).expect("checked above");
-                let remainder = (!rest.is_zero()).then(|| self.issue(payer_key, rest, saga, nonce, now_ms));
+                let remainder =
+                    (!rest.is_zero()).then(|| self.issue(payer_key, rest, saga, nonce, now_ms));
                 let issued = if merchant_institution == self.id {
                     let Some(account) = self.accounts.get(&merchant) else {
                         metrics::counter!("specie_protocol_violations_total", "what" => "settle_unknown_merchant").increment(1);
@@ -436,7 +502,10 @@ impl Institution {
                 };
                 (remainder, issued)
             }
-            Settlement::Refund => (None, (!frozen.is_zero()).then(|| self.issue(payer_key, frozen, saga, nonce, now_ms))),
+            Settlement::Refund => (
+                None,
+                (!frozen.is_zero()).then(|| self.issue(payer_key, frozen, saga, nonce, now_ms)),
+            ),
         };
         self.record(
             InstitutionEvent::Escrow(EscrowIssuerEvent::Settled {
@@ -472,8 +541,14 @@ impl Institution {
     ) {
         let to = Address::Escrow(escrow);
         if let Some(p) = self.escrows.payouts.get(&saga) {
-            if p.escrow != escrow || p.from != from || p.merchant != merchant || p.amount != amount {
-                self.escrow_send(saga, to, EscrowMessage::PayoutReply(Err(AbortReason::Conflict)), out);
+            if p.escrow != escrow || p.from != from || p.merchant != merchant || p.amount != amount
+            {
+                self.escrow_send(
+                    saga,
+                    to,
+                    EscrowMessage::PayoutReply(Err(AbortReason::Conflict)),
+                    out,
+                );
             } else if p.backed {
                 self.escrow_send(saga, to, EscrowMessage::PayoutReply(Ok(())), out);
             } else {
@@ -492,7 +567,8 @@ impl Institution {
         let account = self.accounts.get(&merchant);
         let (Some(account), None) = (account, refusal) else {
             let reason = refusal.unwrap_or(AbortReason::UnknownWallet);
-            metrics::counter!("specie_protocol_violations_total", "what" => "payout_refused").increment(1);
+            metrics::counter!("specie_protocol_violations_total", "what" => "payout_refused")
+                .increment(1);
             self.escrow_send(saga, to, EscrowMessage::PayoutReply(Err(reason)), out);
             return;
         };
@@ -507,11 +583,22 @@ impl Institution {
             }),
             out,
         );
-        out.send(self.envelope(saga, Address::Wallet(merchant), 0, Payload::CoinIssued(coin)));
+        out.send(self.envelope(
+            saga,
+            Address::Wallet(merchant),
+            0,
+            Payload::CoinIssued(coin),
+        ));
         self.pull_payout_backing(saga, from, amount, out);
     }
 
-    fn pull_payout_backing(&self, saga: SagaId, from: InstitutionId, amount: Amount, out: &mut Out) {
+    fn pull_payout_backing(
+        &self,
+        saga: SagaId,
+        from: InstitutionId,
+        amount: Amount,
+        out: &mut Out,
+    ) {
         out.send(self.envelope(
             saga,
             Address::CentralBank,
@@ -530,18 +617,37 @@ impl Institution {
     }
 
     /// The central bank moved (or refused to move) a payout's backing.
-    pub(super) fn on_payout_backing(&mut self, saga: SagaId, ack: Result<(), AbortReason>, out: &mut Out) {
-        let Some(p) = self.escrows.payouts.get(&saga) else { return };
+    pub(super) fn on_payout_backing(
+        &mut self,
+        saga: SagaId,
+        ack: Result<(), AbortReason>,
+        out: &mut Out,
+    ) {
+        let Some(p) = self.escrows.payouts.get(&saga) else {
+            return;
+        };
         match ack {
             Ok(()) if !p.backed => {
                 let escrow = p.escrow;
-                self.record(InstitutionEvent::Escrow(EscrowIssuerEvent::PayoutBacked { saga }), out);
-                self.escrow_send(saga, Address::Escrow(escrow), EscrowMessage::PayoutReply(Ok(())), out);
+                self.record(
+                    InstitutionEvent::Escrow(EscrowIssuerEvent::PayoutBacked { saga }),
+                    out,
+                );
+                self.escrow_send(
+                    saga,
+                    Address::Escrow(escrow),
+                    EscrowMessage::PayoutReply(Ok(())),
+                    out,
+                );
             }
             Ok(()) => {}
             Err(reason) => {
-                metrics::counter!("specie_protocol_violations_total", "what" => "backing_refused").increment(1);
-                eprintln!("{}: central bank refused backing move of payout {saga}: {reason}", self.id);
+                metrics::counter!("specie_protocol_violations_total", "what" => "backing_refused")
+                    .increment(1);
+                eprintln!(
+                    "{}: central bank refused backing move of payout {saga}: {reason}",
+                    self.id
+                );
             }
         }
     }
@@ -558,7 +664,12 @@ impl Institution {
             .collect();
         open.sort_unstable();
         for escrow in open {
-            out.send(self.envelope(SagaId::NONE, Address::Escrow(escrow), 0, Payload::StatusQuery));
+            out.send(self.envelope(
+                SagaId::NONE,
+                Address::Escrow(escrow),
+                0,
+                Payload::StatusQuery,
+            ));
         }
     }
 
@@ -619,33 +730,35 @@ impl Institution {
                     },
                 );
             }
-            EscrowIssuerEvent::Unfrozen { escrow, saga } => match self.escrows.holds.get_mut(escrow) {
-                Some(h) => {
-                    let coins = std::mem::take(&mut h.frozen);
-                    h.state = HoldState::Unfrozen;
-                    h.deposit = Amount::ZERO;
-                    for id in &coins {
-                        self.set_state(id, CoinState::Active);
+            EscrowIssuerEvent::Unfrozen { escrow, saga } => {
+                match self.escrows.holds.get_mut(escrow) {
+                    Some(h) => {
+                        let coins = std::mem::take(&mut h.frozen);
+                        h.state = HoldState::Unfrozen;
+                        h.deposit = Amount::ZERO;
+                        for id in &coins {
+                            self.set_state(id, CoinState::Active);
+                        }
+                    }
+                    None => {
+                        self.escrows.holds.insert(
+                            *escrow,
+                            Hold {
+                                saga: *saga,
+                                digest: None,
+                                payer: WalletId(0),
+                                payer_key: PublicKey([0; 32]),
+                                state: HoldState::Unfrozen,
+                                frozen: Vec::new(),
+                                deposit: Amount::ZERO,
+                                applied: Vec::new(),
+                                claimed: Amount::ZERO,
+                                refunded: Amount::ZERO,
+                            },
+                        );
                     }
                 }
-                None => {
-                    self.escrows.holds.insert(
-                        *escrow,
-                        Hold {
-                            saga: *saga,
-                            digest: None,
-                            payer: WalletId(0),
-                            payer_key: PublicKey([0; 32]),
-                            state: HoldState::Unfrozen,
-                            frozen: Vec::new(),
-                            deposit: Amount::ZERO,
-                            applied: Vec::new(),
-                            claimed: Amount::ZERO,
-                            refunded: Amount::ZERO,
-                        },
-                    );
-                }
-            },
+            }
             EscrowIssuerEvent::Settled {
                 escrow,
                 seq,
@@ -654,16 +767,30 @@ impl Institution {
                 remainder,
                 issued,
             } => {
-                let h = self.escrows.holds.get_mut(escrow).expect("settled escrows are held");
-                assert_eq!(*seq as usize, h.applied.len() + 1, "settlements apply in sequence");
+                let h = self
+                    .escrows
+                    .holds
+                    .get_mut(escrow)
+                    .expect("settled escrows are held");
+                assert_eq!(
+                    *seq as usize,
+                    h.applied.len() + 1,
+                    "settlements apply in sequence"
+                );
                 let retired = std::mem::take(&mut h.frozen);
                 match settlement {
                     Settlement::Claim { amount, .. } => {
-                        h.claimed = h.claimed.checked_add(*amount).expect("claims fit the deposit");
+                        h.claimed = h
+                            .claimed
+                            .checked_add(*amount)
+                            .expect("claims fit the deposit");
                     }
                     Settlement::Refund => {
                         let refund = issued.as_ref().map_or(Amount::ZERO, Coin::value);
-                        h.refunded = h.refunded.checked_add(refund).expect("refunds fit the deposit");
+                        h.refunded = h
+                            .refunded
+                            .checked_add(refund)
+                            .expect("refunds fit the deposit");
                     }
                 }
                 h.frozen = remainder.iter().map(|c| c.id).collect();

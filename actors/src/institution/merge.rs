@@ -18,12 +18,16 @@
 //! move is idempotent on its own. All or nothing: a refusal or a timeout before the decision
 //! releases every lock.
 
-use super::super::{CoinState, Institution, InstitutionEvent, InstitutionTimer, Out, ParticipantState};
+use super::super::{
+    CoinState, Institution, InstitutionEvent, InstitutionTimer, Out, ParticipantState,
+};
 use serde::{Deserialize, Serialize};
 use specie_protocol::crypto::sha256;
 use specie_protocol::envelope::SagaOutcome;
 use specie_protocol::merge::{MergeMessage, SignedMergeAuthorization};
-use specie_protocol::{AbortReason, Address, Amount, Coin, CoinId, InstitutionId, Payload, SagaId, SagaKind, SagaState};
+use specie_protocol::{
+    AbortReason, Address, Amount, Coin, CoinId, InstitutionId, Payload, SagaId, SagaKind, SagaState,
+};
 use specie_runtime::{Notice, StateMachine};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
@@ -80,14 +84,21 @@ impl MergeStep {
     pub fn saga_state(&self) -> (SagaState, Option<AbortReason>) {
         match self {
             MergeStep::Locking => (SagaState::InProgress, None),
-            MergeStep::Committing { .. } | MergeStep::Committed { .. } => (SagaState::Committed, None),
-            MergeStep::Aborting { reason, .. } | MergeStep::Aborted { reason } => (SagaState::Aborted, Some(*reason)),
+            MergeStep::Committing { .. } | MergeStep::Committed { .. } => {
+                (SagaState::Committed, None)
+            }
+            MergeStep::Aborting { reason, .. } | MergeStep::Aborted { reason } => {
+                (SagaState::Aborted, Some(*reason))
+            }
         }
     }
 
     /// Terminal: nothing left to do.
     pub fn is_terminal(&self) -> bool {
-        matches!(self, MergeStep::Committed { .. } | MergeStep::Aborted { .. })
+        matches!(
+            self,
+            MergeStep::Committed { .. } | MergeStep::Aborted { .. }
+        )
     }
 
     /// Before the decision: a timeout still aborts.
@@ -210,16 +221,29 @@ pub enum MergeEvent {
 }
 
 impl Institution {
-    pub(super) fn on_merge_message(&mut self, from: Address, saga: SagaId, m: MergeMessage, now_ms: u64, out: &mut Out) {
+    pub(super) fn on_merge_message(
+        &mut self,
+        from: Address,
+        saga: SagaId,
+        m: MergeMessage,
+        now_ms: u64,
+        out: &mut Out,
+    ) {
         match m {
             MergeMessage::Request(signed) => self.on_merge_request(from, saga, signed, now_ms, out),
-            MergeMessage::LockRequest(signed) => self.on_merge_lock_request(from, saga, signed, now_ms, out),
+            MergeMessage::LockRequest(signed) => {
+                self.on_merge_lock_request(from, saga, signed, now_ms, out)
+            }
         }
     }
 
     /// The coordinator's rule for a merge request: everything A checks before it asks any
     /// issuer to lock. Changes nothing. (Ownership and the coins' states are the issuers'.)
-    pub fn check_merge_request(&self, signed: &SignedMergeAuthorization, now_ms: u64) -> Result<(), AbortReason> {
+    pub fn check_merge_request(
+        &self,
+        signed: &SignedMergeAuthorization,
+        now_ms: u64,
+    ) -> Result<(), AbortReason> {
         let a = &signed.authorization;
         if a.institution != self.id {
             return Err(AbortReason::PayeeMismatch);
@@ -238,7 +262,10 @@ impl Institution {
             // No such issuer: its lock could never be answered nor released.
             return Err(AbortReason::WrongIssuer);
         }
-        let account = self.accounts.get(&a.wallet).ok_or(AbortReason::UnknownWallet)?;
+        let account = self
+            .accounts
+            .get(&a.wallet)
+            .ok_or(AbortReason::UnknownWallet)?;
         if account.key != a.wallet_key {
             return Err(AbortReason::CoinNotOwned);
         }
@@ -254,7 +281,12 @@ impl Institution {
 
     /// The issuer's rule for locking its coins of a merge: everything it checks before it
     /// locks, in order; the total of its coins on success. Changes nothing.
-    pub fn check_merge_lock(&self, signed: &SignedMergeAuthorization, coordinator: InstitutionId, now_ms: u64) -> Result<(Vec<CoinId>, Amount), AbortReason> {
+    pub fn check_merge_lock(
+        &self,
+        signed: &SignedMergeAuthorization,
+        coordinator: InstitutionId,
+        now_ms: u64,
+    ) -> Result<(Vec<CoinId>, Amount), AbortReason> {
         let a = &signed.authorization;
         if a.institution != coordinator {
             // Only the institution the wallet named may merge its coins.
@@ -295,11 +327,19 @@ impl Institution {
                 _ => return Err(AbortReason::CoinLocked),
             }
         }
-        let total = Amount::sum(records.iter().map(|r| r.coin.value())).ok_or(AbortReason::InvalidAmount)?;
+        let total = Amount::sum(records.iter().map(|r| r.coin.value()))
+            .ok_or(AbortReason::InvalidAmount)?;
         Ok((mine, total))
     }
 
-    fn merge_outcome(&self, saga: SagaId, to: Address, result: Result<(), AbortReason>, spent: Vec<CoinId>, out: &mut Out) {
+    fn merge_outcome(
+        &self,
+        saga: SagaId,
+        to: Address,
+        result: Result<(), AbortReason>,
+        spent: Vec<CoinId>,
+        out: &mut Out,
+    ) {
         out.send(self.envelope(
             saga,
             to,
@@ -337,7 +377,14 @@ impl Institution {
         });
     }
 
-    fn on_merge_request(&mut self, from: Address, saga: SagaId, signed: SignedMergeAuthorization, now_ms: u64, out: &mut Out) {
+    fn on_merge_request(
+        &mut self,
+        from: Address,
+        saga: SagaId,
+        signed: SignedMergeAuthorization,
+        now_ms: u64,
+        out: &mut Out,
+    ) {
         if signed.authorization.saga_id != saga {
             self.merge_outcome(saga, from, Err(AbortReason::Conflict), vec![], out);
             return;
@@ -387,22 +434,47 @@ impl Institution {
             let lock = Payload::Merge(MergeMessage::LockRequest(signed.clone()));
             out.send(self.envelope(saga, Address::Institution(issuer), 0, lock));
         }
-        out.timer(self.limits.saga_timeout_ms, InstitutionTimer::LockTimeout(saga));
-        out.timer(self.backoff_ms(0), InstitutionTimer::Retry { saga, attempt: 1 });
+        out.timer(
+            self.limits.saga_timeout_ms,
+            InstitutionTimer::LockTimeout(saga),
+        );
+        out.timer(
+            self.backoff_ms(0),
+            InstitutionTimer::Retry { saga, attempt: 1 },
+        );
     }
 
-    pub(super) fn on_merge_lock_reply(&mut self, from: Address, saga: SagaId, reply: Result<Amount, AbortReason>, now_ms: u64, out: &mut Out) {
+    pub(super) fn on_merge_lock_reply(
+        &mut self,
+        from: Address,
+        saga: SagaId,
+        reply: Result<Amount, AbortReason>,
+        now_ms: u64,
+        out: &mut Out,
+    ) {
         let Some(m) = self.sagas.merges.get(&saga) else {
             // A redemption's coordinator hears `OfflineMessage::ClaimReply`, never a lock reply.
             return;
         };
-        let Address::Institution(issuer) = from else { return };
-        if m.step != MergeStep::Locking || !m.issuers().contains(&issuer) || m.locked.contains_key(&issuer) {
+        let Address::Institution(issuer) = from else {
+            return;
+        };
+        if m.step != MergeStep::Locking
+            || !m.issuers().contains(&issuer)
+            || m.locked.contains_key(&issuer)
+        {
             return; // late or duplicate reply, or not an issuer of this merge
         }
         match reply {
             Ok(total) => {
-                self.record(InstitutionEvent::Merge(MergeEvent::Locked { saga, issuer, total }), out);
+                self.record(
+                    InstitutionEvent::Merge(MergeEvent::Locked {
+                        saga,
+                        issuer,
+                        total,
+                    }),
+                    out,
+                );
                 let m = &self.sagas.merges[&saga];
                 if m.locked.len() == m.issuers().len() {
                     self.decide_merge(saga, now_ms, out);
@@ -428,7 +500,13 @@ impl Institution {
         }
         let (wallet, key) = (a.wallet, a.wallet_key);
         let coin = self.issue(key, a.total, saga, self.next_nonce, now_ms);
-        self.record(InstitutionEvent::Merge(MergeEvent::CommitDecided { saga, coin: coin.clone() }), out);
+        self.record(
+            InstitutionEvent::Merge(MergeEvent::CommitDecided {
+                saga,
+                coin: coin.clone(),
+            }),
+            out,
+        );
         self.send_merge_commit(saga, 0, out);
         out.send(self.envelope(saga, Address::Wallet(wallet), 0, Payload::CoinIssued(coin)));
         self.announce_merge(saga, Ok(()), out);
@@ -448,7 +526,12 @@ impl Institution {
         };
         for issuer in m.issuers() {
             if !issuers_done.contains(&issuer) {
-                out.send(self.envelope(saga, Address::Institution(issuer), attempt, Payload::CommitRequest));
+                out.send(self.envelope(
+                    saga,
+                    Address::Institution(issuer),
+                    attempt,
+                    Payload::CommitRequest,
+                ));
             }
             if issuer != self.id && !backing_done.contains(&issuer) {
                 let amount = m.locked[&issuer];
@@ -466,7 +549,13 @@ impl Institution {
         }
     }
 
-    fn abort_merge(&mut self, saga: SagaId, reason: AbortReason, release: BTreeSet<InstitutionId>, out: &mut Out) {
+    fn abort_merge(
+        &mut self,
+        saga: SagaId,
+        reason: AbortReason,
+        release: BTreeSet<InstitutionId>,
+        out: &mut Out,
+    ) {
         self.record(
             InstitutionEvent::Merge(MergeEvent::AbortDecided {
                 saga,
@@ -476,41 +565,73 @@ impl Institution {
             out,
         );
         for issuer in release {
-            out.send(self.envelope(saga, Address::Institution(issuer), 0, Payload::AbortRequest { reason }));
+            out.send(self.envelope(
+                saga,
+                Address::Institution(issuer),
+                0,
+                Payload::AbortRequest { reason },
+            ));
         }
         self.announce_merge(saga, Err(reason), out);
     }
 
-    pub(super) fn on_merge_commit_reply(&mut self, from: Address, saga: SagaId, reply: Result<(), AbortReason>, out: &mut Out) {
-        let Address::Institution(issuer) = from else { return };
+    pub(super) fn on_merge_commit_reply(
+        &mut self,
+        from: Address,
+        saga: SagaId,
+        reply: Result<(), AbortReason>,
+        out: &mut Out,
+    ) {
+        let Address::Institution(issuer) = from else {
+            return;
+        };
         let m = &self.sagas.merges[&saga];
         let waiting = matches!(&m.step, MergeStep::Committing { issuers_done, .. }
             if m.issuers().contains(&issuer) && !issuers_done.contains(&issuer));
         match reply {
-            Ok(()) if waiting => self.record(InstitutionEvent::Merge(MergeEvent::IssuerDone { saga, issuer }), out),
+            Ok(()) if waiting => self.record(
+                InstitutionEvent::Merge(MergeEvent::IssuerDone { saga, issuer }),
+                out,
+            ),
             Ok(()) => {}
             Err(reason) => {
                 metrics::counter!("specie_protocol_violations_total", "what" => "merge_commit_refused").increment(1);
-                eprintln!("{}: {issuer} refused the commit of merge {saga}: {reason}", self.id);
+                eprintln!(
+                    "{}: {issuer} refused the commit of merge {saga}: {reason}",
+                    self.id
+                );
             }
         }
     }
 
     pub(super) fn on_merge_abort_reply(&mut self, from: Address, saga: SagaId, out: &mut Out) {
-        let Address::Institution(issuer) = from else { return };
+        let Address::Institution(issuer) = from else {
+            return;
+        };
         let waiting = matches!(&self.sagas.merges[&saga].step, MergeStep::Aborting { release, released, .. }
             if release.contains(&issuer) && !released.contains(&issuer));
         if waiting {
-            self.record(InstitutionEvent::Merge(MergeEvent::IssuerDone { saga, issuer }), out);
+            self.record(
+                InstitutionEvent::Merge(MergeEvent::IssuerDone { saga, issuer }),
+                out,
+            );
         }
     }
 
-    pub(super) fn on_merge_backing_ack(&mut self, key: SagaId, ack: Result<(), AbortReason>, out: &mut Out) {
+    pub(super) fn on_merge_backing_ack(
+        &mut self,
+        key: SagaId,
+        ack: Result<(), AbortReason>,
+        out: &mut Out,
+    ) {
         let (saga, issuer) = self.sagas.backing_keys[&key];
         let waiting = matches!(&self.sagas.merges[&saga].step, MergeStep::Committing { backing_done, .. }
             if !backing_done.contains(&issuer));
         match ack {
-            Ok(()) if waiting => self.record(InstitutionEvent::Merge(MergeEvent::BackingDone { saga, issuer }), out),
+            Ok(()) if waiting => self.record(
+                InstitutionEvent::Merge(MergeEvent::BackingDone { saga, issuer }),
+                out,
+            ),
             Ok(()) => {}
             Err(reason) => {
                 metrics::counter!("specie_protocol_violations_total", "what" => "merge_backing_refused").increment(1);
@@ -532,9 +653,19 @@ impl Institution {
                 let m = &self.sagas.merges[&saga];
                 match &m.step {
                     MergeStep::Locking => {
-                        for issuer in m.issuers().into_iter().filter(|i| !m.locked.contains_key(i)) {
-                            let lock = Payload::Merge(MergeMessage::LockRequest(m.authorization.clone()));
-                            out.send(self.envelope(saga, Address::Institution(issuer), attempt, lock));
+                        for issuer in m
+                            .issuers()
+                            .into_iter()
+                            .filter(|i| !m.locked.contains_key(i))
+                        {
+                            let lock =
+                                Payload::Merge(MergeMessage::LockRequest(m.authorization.clone()));
+                            out.send(self.envelope(
+                                saga,
+                                Address::Institution(issuer),
+                                attempt,
+                                lock,
+                            ));
                         }
                     }
                     MergeStep::Committing { .. } => self.send_merge_commit(saga, attempt, out),
@@ -545,12 +676,23 @@ impl Institution {
                     } => {
                         for issuer in release.difference(released) {
                             let abort = Payload::AbortRequest { reason: *reason };
-                            out.send(self.envelope(saga, Address::Institution(*issuer), attempt, abort));
+                            out.send(self.envelope(
+                                saga,
+                                Address::Institution(*issuer),
+                                attempt,
+                                abort,
+                            ));
                         }
                     }
                     MergeStep::Committed { .. } | MergeStep::Aborted { .. } => return,
                 }
-                out.timer(self.backoff_ms(attempt), InstitutionTimer::Retry { saga, attempt: attempt + 1 });
+                out.timer(
+                    self.backoff_ms(attempt),
+                    InstitutionTimer::Retry {
+                        saga,
+                        attempt: attempt + 1,
+                    },
+                );
             }
             _ => unreachable!("routed by on_saga_timer"),
         }
@@ -558,8 +700,17 @@ impl Institution {
 
     // ----- issuer: lock its coins of a merge -----
 
-    fn on_merge_lock_request(&mut self, from: Address, saga: SagaId, signed: SignedMergeAuthorization, now_ms: u64, out: &mut Out) {
-        let Address::Institution(coordinator) = from else { return };
+    fn on_merge_lock_request(
+        &mut self,
+        from: Address,
+        saga: SagaId,
+        signed: SignedMergeAuthorization,
+        now_ms: u64,
+        out: &mut Out,
+    ) {
+        let Address::Institution(coordinator) = from else {
+            return;
+        };
         let reply = |inst: &Self, r: Result<Amount, AbortReason>, out: &mut Out| {
             out.send(inst.envelope(saga, from, 0, Payload::LockReply(r)));
         };
@@ -573,7 +724,8 @@ impl Institution {
             let answer = match (&p.digest, &p.state) {
                 (None, _) | (_, ParticipantState::Aborted) => Err(AbortReason::SagaAborted),
                 (Some(d), _) if *d != digest => Err(AbortReason::Conflict),
-                (_, ParticipantState::Locked { total, .. }) | (_, ParticipantState::Committed { total }) => Ok(*total),
+                (_, ParticipantState::Locked { total, .. })
+                | (_, ParticipantState::Committed { total }) => Ok(*total),
                 (_, ParticipantState::Refused(reason)) => Err(*reason),
             };
             reply(self, answer, out);
@@ -625,7 +777,10 @@ impl Institution {
                 at_ms,
             } => {
                 let saga = authorization.authorization.saga_id;
-                let (institution, issuers) = (authorization.authorization.institution, authorization.authorization.issuers());
+                let (institution, issuers) = (
+                    authorization.authorization.institution,
+                    authorization.authorization.issuers(),
+                );
                 self.sagas.merges.insert(
                     saga,
                     MergeSaga {
@@ -657,21 +812,41 @@ impl Institution {
                     },
                 );
             }
-            MergeEvent::Locked { saga, issuer, total } => {
-                let m = self.sagas.merges.get_mut(saga).expect("locked merge exists");
+            MergeEvent::Locked {
+                saga,
+                issuer,
+                total,
+            } => {
+                let m = self
+                    .sagas
+                    .merges
+                    .get_mut(saga)
+                    .expect("locked merge exists");
                 m.locked.insert(*issuer, *total);
             }
             MergeEvent::CommitDecided { saga, coin } => {
                 self.register_coin(coin);
-                let m = self.sagas.merges.get_mut(saga).expect("decided merge exists");
+                let m = self
+                    .sagas
+                    .merges
+                    .get_mut(saga)
+                    .expect("decided merge exists");
                 m.step = MergeStep::Committing {
                     coin: coin.id,
                     issuers_done: BTreeSet::new(),
                     backing_done: BTreeSet::new(),
                 };
             }
-            MergeEvent::AbortDecided { saga, reason, release } => {
-                let m = self.sagas.merges.get_mut(saga).expect("decided merge exists");
+            MergeEvent::AbortDecided {
+                saga,
+                reason,
+                release,
+            } => {
+                let m = self
+                    .sagas
+                    .merges
+                    .get_mut(saga)
+                    .expect("decided merge exists");
                 m.step = if release.is_empty() {
                     MergeStep::Aborted { reason: *reason }
                 } else {
@@ -683,7 +858,11 @@ impl Institution {
                 };
             }
             MergeEvent::IssuerDone { saga, issuer } => {
-                let m = self.sagas.merges.get_mut(saga).expect("acknowledged merge exists");
+                let m = self
+                    .sagas
+                    .merges
+                    .get_mut(saga)
+                    .expect("acknowledged merge exists");
                 let mut unlocked = None;
                 match &mut m.step {
                     MergeStep::Committing { issuers_done, .. } => {
@@ -707,7 +886,11 @@ impl Institution {
                 m.finish_commit(self.id);
             }
             MergeEvent::BackingDone { saga, issuer } => {
-                let m = self.sagas.merges.get_mut(saga).expect("acknowledged merge exists");
+                let m = self
+                    .sagas
+                    .merges
+                    .get_mut(saga)
+                    .expect("acknowledged merge exists");
                 if let MergeStep::Committing { backing_done, .. } = &mut m.step {
                     backing_done.insert(*issuer);
                 }
@@ -728,7 +911,10 @@ impl MergeSaga {
             backing_done,
         } = &self.step
         {
-            let moved = issuers.iter().filter(|i| **i != coordinator).all(|i| backing_done.contains(i));
+            let moved = issuers
+                .iter()
+                .filter(|i| **i != coordinator)
+                .all(|i| backing_done.contains(i));
             if *issuers_done == issuers && moved {
                 self.step = MergeStep::Committed { coin: *coin };
             }

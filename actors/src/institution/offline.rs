@@ -30,8 +30,13 @@ use super::super::{CoinState, Institution, InstitutionEvent, InstitutionTimer, O
 use serde::{Deserialize, Serialize};
 use specie_protocol::crypto::{sha256, PublicKey};
 use specie_protocol::envelope::SagaOutcome;
-use specie_protocol::offline::{ChainId, DoubleSpend, OfflineMessage, SignedSplitAuthorization, SignedTransfer, TrustChain};
-use specie_protocol::{AbortReason, Address, Amount, Coin, CoinId, InstitutionId, KeyStore, Payload, SagaId, SagaKind, SagaState, WalletId};
+use specie_protocol::offline::{
+    ChainId, DoubleSpend, OfflineMessage, SignedSplitAuthorization, SignedTransfer, TrustChain,
+};
+use specie_protocol::{
+    AbortReason, Address, Amount, Coin, CoinId, InstitutionId, KeyStore, Payload, SagaId, SagaKind,
+    SagaState, WalletId,
+};
 use specie_runtime::{Notice, StateMachine};
 use std::collections::{BTreeMap, HashMap};
 
@@ -172,7 +177,11 @@ impl Ledger {
         let leaf = hops.last().expect("checked: the chain has a transfer");
         if let Some(c) = self.claims.values().find(|c| c.leaf().node == leaf.node) {
             // This very chain (or one ending in the same transfer) is already claimed.
-            let reason = if c.committed { AbortReason::CoinSpent } else { AbortReason::CoinLocked };
+            let reason = if c.committed {
+                AbortReason::CoinSpent
+            } else {
+                AbortReason::CoinLocked
+            };
             return Err((reason, None));
         }
         // What each node gives away, counting committed claims only, and all claims.
@@ -180,19 +189,30 @@ impl Ledger {
         let mut all: HashMap<[u8; 32], BTreeMap<Outflow, Amount>> = HashMap::new();
         for c in self.claims.values() {
             for h in &c.hops {
-                all.entry(h.parent).or_default().insert(Outflow::Transfer(h.node), h.amount);
+                all.entry(h.parent)
+                    .or_default()
+                    .insert(Outflow::Transfer(h.node), h.amount);
                 if c.committed {
-                    committed.entry(h.parent).or_default().insert(Outflow::Transfer(h.node), h.amount);
+                    committed
+                        .entry(h.parent)
+                        .or_default()
+                        .insert(Outflow::Transfer(h.node), h.amount);
                 }
             }
             let l = c.leaf();
-            all.entry(l.node).or_default().insert(Outflow::Redeemed, l.amount);
+            all.entry(l.node)
+                .or_default()
+                .insert(Outflow::Redeemed, l.amount);
             if c.committed {
-                committed.entry(l.node).or_default().insert(Outflow::Redeemed, l.amount);
+                committed
+                    .entry(l.node)
+                    .or_default()
+                    .insert(Outflow::Redeemed, l.amount);
             }
         }
         let used = |m: &HashMap<[u8; 32], BTreeMap<Outflow, Amount>>, node: &[u8; 32]| -> u128 {
-            m.get(node).map_or(0, |o| o.values().map(|a| u128::from(a.0)).sum())
+            m.get(node)
+                .map_or(0, |o| o.values().map(|a| u128::from(a.0)).sum())
         };
         let double_spend = |h: &Hop| DoubleSpend {
             coin_id: coin,
@@ -202,7 +222,9 @@ impl Ledger {
         };
         let mut held = self.value;
         for h in hops {
-            let known = all.get(&h.parent).is_some_and(|o| o.contains_key(&Outflow::Transfer(h.node)));
+            let known = all
+                .get(&h.parent)
+                .is_some_and(|o| o.contains_key(&Outflow::Transfer(h.node)));
             if !known {
                 // The first transfer no earlier claim made: it must fit in what its parent
                 // still holds. Everything below it is new too, and the chain's own check
@@ -249,7 +271,9 @@ impl Ledger {
         if self.paid.is_zero() {
             Amount::ZERO
         } else {
-            self.value.checked_sub(self.paid).expect("claims never exceed the coin")
+            self.value
+                .checked_sub(self.paid)
+                .expect("claims never exceed the coin")
         }
     }
 
@@ -371,7 +395,9 @@ impl RedeemStep {
         match self {
             RedeemStep::Claiming => (SagaState::InProgress, None),
             RedeemStep::Committing | RedeemStep::Committed => (SagaState::Committed, None),
-            RedeemStep::Aborting { reason } | RedeemStep::Aborted { reason } => (SagaState::Aborted, Some(reason)),
+            RedeemStep::Aborting { reason } | RedeemStep::Aborted { reason } => {
+                (SagaState::Aborted, Some(reason))
+            }
         }
     }
 
@@ -606,20 +632,45 @@ pub enum OfflineEvent {
 }
 
 impl Institution {
-    pub(super) fn on_offline_message(&mut self, from: Address, saga: SagaId, m: OfflineMessage, now_ms: u64, out: &mut Out) {
+    pub(super) fn on_offline_message(
+        &mut self,
+        from: Address,
+        saga: SagaId,
+        m: OfflineMessage,
+        now_ms: u64,
+        out: &mut Out,
+    ) {
         match m {
-            OfflineMessage::SplitRequest(signed) => self.on_split_request(from, saga, signed, now_ms, out),
-            OfflineMessage::RedeemRequest(chain) => self.on_redeem_request(from, saga, chain, now_ms, out),
-            OfflineMessage::Claim { chain, claimant } => self.on_claim(from, saga, chain, claimant, now_ms, out),
-            OfflineMessage::ClaimReply { result, double_spend } => self.on_claim_reply(from, saga, result, double_spend, out),
+            OfflineMessage::SplitRequest(signed) => {
+                self.on_split_request(from, saga, signed, now_ms, out)
+            }
+            OfflineMessage::RedeemRequest(chain) => {
+                self.on_redeem_request(from, saga, chain, now_ms, out)
+            }
+            OfflineMessage::Claim { chain, claimant } => {
+                self.on_claim(from, saga, chain, claimant, now_ms, out)
+            }
+            OfflineMessage::ClaimReply {
+                result,
+                double_spend,
+            } => self.on_claim_reply(from, saga, result, double_spend, out),
             OfflineMessage::Sync { transfers } => self.on_offline_sync(from, saga, transfers, out),
             OfflineMessage::DoubleSpendReport(_) | OfflineMessage::SyncAck { .. } => {
-                metrics::counter!("specie_envelopes_rejected_total", "reason" => "unexpected").increment(1);
+                metrics::counter!("specie_envelopes_rejected_total", "reason" => "unexpected")
+                    .increment(1);
             }
         }
     }
 
-    fn offline_outcome(&self, saga: SagaId, kind: SagaKind, to: Address, result: Result<(), AbortReason>, spent: Vec<CoinId>, out: &mut Out) {
+    fn offline_outcome(
+        &self,
+        saga: SagaId,
+        kind: SagaKind,
+        to: Address,
+        result: Result<(), AbortReason>,
+        spent: Vec<CoinId>,
+        out: &mut Out,
+    ) {
         out.send(self.envelope(
             saga,
             to,
@@ -632,7 +683,14 @@ impl Institution {
         ));
     }
 
-    fn offline_notice(&self, saga: SagaId, kind: SagaKind, result: Result<(), AbortReason>, spent: Vec<CoinId>, out: &mut Out) {
+    fn offline_notice(
+        &self,
+        saga: SagaId,
+        kind: SagaKind,
+        result: Result<(), AbortReason>,
+        spent: Vec<CoinId>,
+        out: &mut Out,
+    ) {
         out.notice(Notice {
             saga_id: saga,
             source: Address::Institution(self.id),
@@ -648,7 +706,11 @@ impl Institution {
 
     /// The issuer's rule for a split: everything it checks before it retires the coin and
     /// issues the two parts, in order. Changes nothing.
-    pub fn check_split(&self, signed: &SignedSplitAuthorization, now_ms: u64) -> Result<Amount, AbortReason> {
+    pub fn check_split(
+        &self,
+        signed: &SignedSplitAuthorization,
+        now_ms: u64,
+    ) -> Result<Amount, AbortReason> {
         let a = &signed.authorization;
         if a.issuer != self.id {
             return Err(AbortReason::WrongIssuer);
@@ -656,7 +718,10 @@ impl Institution {
         if now_ms > a.expires_at_ms {
             return Err(AbortReason::Expired);
         }
-        let record = self.register.get(&a.coin_id).ok_or(AbortReason::CoinUnknown)?;
+        let record = self
+            .register
+            .get(&a.coin_id)
+            .ok_or(AbortReason::CoinUnknown)?;
         if record.coin.body.owner != a.wallet_key {
             return Err(AbortReason::CoinNotOwned);
         }
@@ -673,16 +738,34 @@ impl Institution {
         Ok(value)
     }
 
-    fn on_split_request(&mut self, from: Address, saga: SagaId, signed: SignedSplitAuthorization, now_ms: u64, out: &mut Out) {
+    fn on_split_request(
+        &mut self,
+        from: Address,
+        saga: SagaId,
+        signed: SignedSplitAuthorization,
+        now_ms: u64,
+        out: &mut Out,
+    ) {
         let a = &signed.authorization;
         let wallet = Address::Wallet(a.wallet);
         if a.saga_id != saga {
-            self.offline_outcome(saga, SagaKind::Split, from, Err(AbortReason::Conflict), vec![], out);
+            self.offline_outcome(
+                saga,
+                SagaKind::Split,
+                from,
+                Err(AbortReason::Conflict),
+                vec![],
+                out,
+            );
             return;
         }
         let digest = signed.digest();
         if let Some(x) = self.sagas.splits.get(&saga) {
-            let result = if x.digest == digest { x.result } else { Err(AbortReason::Conflict) };
+            let result = if x.digest == digest {
+                x.result
+            } else {
+                Err(AbortReason::Conflict)
+            };
             let spent = if result.is_ok() { vec![x.coin] } else { vec![] };
             self.offline_outcome(saga, SagaKind::Split, from, result, spent, out);
             return;
@@ -690,7 +773,9 @@ impl Institution {
         let (wallet_id, key, coin, amount) = (a.wallet, a.wallet_key, a.coin_id, a.amount);
         match self.check_split(&signed, now_ms) {
             Ok(value) => {
-                let rest = value.checked_sub(amount).expect("checked: amount below value");
+                let rest = value
+                    .checked_sub(amount)
+                    .expect("checked: amount below value");
                 let outputs = vec![
                     self.issue(key, amount, saga, self.next_nonce, now_ms),
                     self.issue(key, rest, saga, self.next_nonce + 1, now_ms),
@@ -742,7 +827,10 @@ impl Institution {
     /// signature, the coin's state, and the coin's ledger of earlier claims. The claim's
     /// value on success; on refusal the reason and, for an offline double spend, who made it.
     /// Changes nothing.
-    pub fn check_claim(&self, chain: &TrustChain) -> Result<Amount, (AbortReason, Option<DoubleSpend>)> {
+    pub fn check_claim(
+        &self,
+        chain: &TrustChain,
+    ) -> Result<Amount, (AbortReason, Option<DoubleSpend>)> {
         let refuse = |reason| Err((reason, None));
         let Some(first) = chain.transfers.first() else {
             return refuse(AbortReason::EmptyRequest);
@@ -776,17 +864,37 @@ impl Institution {
             // Locked by an online saga that has not decided yet: ask again later.
             _ => return refuse(AbortReason::CoinLocked),
         }
-        let ledger = self.sagas.ledgers.get(&chain.coin.id).expect("a coin under settlement has a ledger");
+        let ledger = self
+            .sagas
+            .ledgers
+            .get(&chain.coin.id)
+            .expect("a coin under settlement has a ledger");
         ledger.check(chain.coin.id, &Hop::of(chain))
     }
 
-    fn on_claim(&mut self, from: Address, saga: SagaId, chain: TrustChain, claimant: WalletId, now_ms: u64, out: &mut Out) {
-        let Address::Institution(coordinator) = from else { return };
-        let reply = |inst: &Self, result: Result<Amount, AbortReason>, double_spend: Option<DoubleSpend>, out: &mut Out| {
-            let m = OfflineMessage::ClaimReply { result, double_spend };
+    fn on_claim(
+        &mut self,
+        from: Address,
+        saga: SagaId,
+        chain: TrustChain,
+        claimant: WalletId,
+        now_ms: u64,
+        out: &mut Out,
+    ) {
+        let Address::Institution(coordinator) = from else {
+            return;
+        };
+        let reply = |inst: &Self,
+                     result: Result<Amount, AbortReason>,
+                     double_spend: Option<DoubleSpend>,
+                     out: &mut Out| {
+            let m = OfflineMessage::ClaimReply {
+                result,
+                double_spend,
+            };
             out.send(inst.envelope(saga, from, 0, Payload::Offline(m)));
         };
-        if self.participations.get(&saga).is_some() {
+        if self.participations.contains_key(&saga) {
             // An abort overtook this claim (it left a tombstone), or the saga id is a payment's.
             reply(self, Err(AbortReason::SagaAborted), None, out);
             return;
@@ -794,7 +902,9 @@ impl Institution {
         let digest = claim_digest(chain.id(), claimant);
         if let Some(c) = self.sagas.claims.get(&saga) {
             let (result, ds) = match c.state {
-                _ if c.digest != digest || c.coordinator != coordinator => (Err(AbortReason::Conflict), None),
+                _ if c.digest != digest || c.coordinator != coordinator => {
+                    (Err(AbortReason::Conflict), None)
+                }
                 ClaimState::Reserved | ClaimState::Committed => (Ok(c.amount), None),
                 ClaimState::Refused(reason) => (Err(reason), c.double_spend.clone()),
                 ClaimState::Released => (Err(AbortReason::SagaAborted), None),
@@ -841,7 +951,13 @@ impl Institution {
     }
 
     /// The coordinator's decision commit: pay the claimant with a new coin of this issuer.
-    pub(super) fn on_claim_commit(&mut self, from: Address, saga: SagaId, now_ms: u64, out: &mut Out) {
+    pub(super) fn on_claim_commit(
+        &mut self,
+        from: Address,
+        saga: SagaId,
+        now_ms: u64,
+        out: &mut Out,
+    ) {
         let c = &self.sagas.claims[&saga];
         if from != Address::Institution(c.coordinator) {
             return;
@@ -861,28 +977,52 @@ impl Institution {
                     }),
                     out,
                 );
-                out.send(self.envelope(saga, Address::Wallet(claimant), 0, Payload::CoinIssued(coin)));
+                out.send(self.envelope(
+                    saga,
+                    Address::Wallet(claimant),
+                    0,
+                    Payload::CoinIssued(coin),
+                ));
                 reply(self, Ok(()), out);
             }
             ClaimState::Committed => reply(self, Ok(()), out),
-            ClaimState::Refused(_) | ClaimState::Released => reply(self, Err(AbortReason::SagaAborted), out),
+            ClaimState::Refused(_) | ClaimState::Released => {
+                reply(self, Err(AbortReason::SagaAborted), out)
+            }
         }
     }
 
     /// The coordinator's decision abort: release a reserved claim.
-    pub(super) fn on_claim_abort(&mut self, from: Address, saga: SagaId, now_ms: u64, out: &mut Out) {
+    pub(super) fn on_claim_abort(
+        &mut self,
+        from: Address,
+        saga: SagaId,
+        now_ms: u64,
+        out: &mut Out,
+    ) {
         let c = &self.sagas.claims[&saga];
         if from != Address::Institution(c.coordinator) {
             return;
         }
         match c.state {
             ClaimState::Reserved => {
-                self.record(InstitutionEvent::Offline(OfflineEvent::ClaimReleased { saga, at_ms: now_ms }), out);
+                self.record(
+                    InstitutionEvent::Offline(OfflineEvent::ClaimReleased {
+                        saga,
+                        at_ms: now_ms,
+                    }),
+                    out,
+                );
             }
             ClaimState::Committed => {
                 // A coordinator never aborts after deciding commit; refuse loudly.
                 metrics::counter!("specie_protocol_violations_total", "what" => "abort_after_commit").increment(1);
-                out.send(self.envelope(saga, from, 0, Payload::CommitReply(Err(AbortReason::AlreadyCommitted))));
+                out.send(self.envelope(
+                    saga,
+                    from,
+                    0,
+                    Payload::CommitReply(Err(AbortReason::AlreadyCommitted)),
+                ));
                 return;
             }
             ClaimState::Refused(_) | ClaimState::Released => {}
@@ -894,8 +1034,15 @@ impl Institution {
 
     /// The coordinator's rule for a redemption request from a customer: the issuer the claim
     /// goes to on success. Changes nothing (the chain itself is the issuer's to check).
-    pub fn check_redeem_request(&self, claimant: WalletId, chain: &TrustChain) -> Result<InstitutionId, AbortReason> {
-        let account = self.accounts.get(&claimant).ok_or(AbortReason::UnknownWallet)?;
+    pub fn check_redeem_request(
+        &self,
+        claimant: WalletId,
+        chain: &TrustChain,
+    ) -> Result<InstitutionId, AbortReason> {
+        let account = self
+            .accounts
+            .get(&claimant)
+            .ok_or(AbortReason::UnknownWallet)?;
         if chain.transfers.is_empty() {
             return Err(AbortReason::EmptyRequest);
         }
@@ -927,23 +1074,53 @@ impl Institution {
         self.offline_notice(saga, SagaKind::OfflineRedeem, result, vec![], out);
     }
 
-    fn on_redeem_request(&mut self, from: Address, saga: SagaId, chain: TrustChain, now_ms: u64, out: &mut Out) {
+    fn on_redeem_request(
+        &mut self,
+        from: Address,
+        saga: SagaId,
+        chain: TrustChain,
+        now_ms: u64,
+        out: &mut Out,
+    ) {
         let Address::Wallet(claimant) = from else {
             // Only a customer redeems its own chains.
-            self.offline_outcome(saga, SagaKind::OfflineRedeem, from, Err(AbortReason::UnknownWallet), vec![], out);
+            self.offline_outcome(
+                saga,
+                SagaKind::OfflineRedeem,
+                from,
+                Err(AbortReason::UnknownWallet),
+                vec![],
+                out,
+            );
             return;
         };
         let digest = claim_digest(chain.id(), claimant);
         if let Some(r) = self.sagas.redemptions.get(&saga) {
             if r.digest != digest {
-                self.offline_outcome(saga, SagaKind::OfflineRedeem, from, Err(AbortReason::Conflict), vec![], out);
+                self.offline_outcome(
+                    saga,
+                    SagaKind::OfflineRedeem,
+                    from,
+                    Err(AbortReason::Conflict),
+                    vec![],
+                    out,
+                );
                 return;
             }
             match r.step.saga_state() {
-                (SagaState::Committed, _) => self.offline_outcome(saga, SagaKind::OfflineRedeem, from, Ok(()), vec![], out),
+                (SagaState::Committed, _) => {
+                    self.offline_outcome(saga, SagaKind::OfflineRedeem, from, Ok(()), vec![], out)
+                }
                 (SagaState::Aborted, reason) => {
                     let reason = reason.expect("an aborted saga has a reason");
-                    self.offline_outcome(saga, SagaKind::OfflineRedeem, from, Err(reason), vec![], out)
+                    self.offline_outcome(
+                        saga,
+                        SagaKind::OfflineRedeem,
+                        from,
+                        Err(reason),
+                        vec![],
+                        out,
+                    )
                 }
                 (SagaState::InProgress | SagaState::Unknown, _) => {}
             }
@@ -969,7 +1146,9 @@ impl Institution {
         };
         if issuer == self.id {
             // The coin is this institution's: claim, decide and pay in one journaled step.
-            let outcome = if self.participations.contains_key(&saga) || self.sagas.claims.contains_key(&saga) {
+            let outcome = if self.participations.contains_key(&saga)
+                || self.sagas.claims.contains_key(&saga)
+            {
                 Err((AbortReason::Conflict, None))
             } else {
                 self.check_claim(&chain).map(|amount| {
@@ -990,7 +1169,12 @@ impl Institution {
             );
             match outcome {
                 Ok(coin) => {
-                    out.send(self.envelope(saga, Address::Wallet(claimant), 0, Payload::CoinIssued(coin)));
+                    out.send(self.envelope(
+                        saga,
+                        Address::Wallet(claimant),
+                        0,
+                        Payload::CoinIssued(coin),
+                    ));
                     self.announce_redemption(saga, Ok(()), out);
                 }
                 Err((reason, _)) => self.announce_redemption(saga, Err(reason), out),
@@ -1009,35 +1193,67 @@ impl Institution {
         );
         let claim = Payload::Offline(OfflineMessage::Claim { chain, claimant });
         out.send(self.envelope(saga, Address::Institution(issuer), 0, claim));
-        out.timer(self.limits.saga_timeout_ms, InstitutionTimer::LockTimeout(saga));
-        out.timer(self.backoff_ms(0), InstitutionTimer::Retry { saga, attempt: 1 });
+        out.timer(
+            self.limits.saga_timeout_ms,
+            InstitutionTimer::LockTimeout(saga),
+        );
+        out.timer(
+            self.backoff_ms(0),
+            InstitutionTimer::Retry { saga, attempt: 1 },
+        );
     }
 
-    fn on_claim_reply(&mut self, from: Address, saga: SagaId, result: Result<Amount, AbortReason>, double_spend: Option<DoubleSpend>, out: &mut Out) {
-        let Some(r) = self.sagas.redemptions.get(&saga) else { return };
+    fn on_claim_reply(
+        &mut self,
+        from: Address,
+        saga: SagaId,
+        result: Result<Amount, AbortReason>,
+        double_spend: Option<DoubleSpend>,
+        out: &mut Out,
+    ) {
+        let Some(r) = self.sagas.redemptions.get(&saga) else {
+            return;
+        };
         if r.step != RedeemStep::Claiming || from != Address::Institution(r.issuer()) {
             return; // late or duplicate reply: the decision is already taken
         }
         match result {
             Ok(amount) if amount == r.chain.value() => {
                 let issuer = r.issuer();
-                self.record(InstitutionEvent::Offline(OfflineEvent::RedeemCommitDecided { saga }), out);
-                out.send(self.envelope(saga, Address::Institution(issuer), 0, Payload::CommitRequest));
+                self.record(
+                    InstitutionEvent::Offline(OfflineEvent::RedeemCommitDecided { saga }),
+                    out,
+                );
+                out.send(self.envelope(
+                    saga,
+                    Address::Institution(issuer),
+                    0,
+                    Payload::CommitRequest,
+                ));
                 self.announce_redemption(saga, Ok(()), out);
             }
             Ok(_) => {
                 // The issuer reserved another value than the chain's: never commit on it.
-                metrics::counter!("specie_protocol_violations_total", "what" => "short_claim").increment(1);
+                metrics::counter!("specie_protocol_violations_total", "what" => "short_claim")
+                    .increment(1);
                 self.abort_redemption(saga, AbortReason::InvalidAmount, true, None, out);
             }
             Err(reason) => {
-                let double_spend = double_spend.filter(|_| reason == AbortReason::OfflineDoubleSpend);
+                let double_spend =
+                    double_spend.filter(|_| reason == AbortReason::OfflineDoubleSpend);
                 self.abort_redemption(saga, reason, false, double_spend, out);
             }
         }
     }
 
-    fn abort_redemption(&mut self, saga: SagaId, reason: AbortReason, release: bool, double_spend: Option<DoubleSpend>, out: &mut Out) {
+    fn abort_redemption(
+        &mut self,
+        saga: SagaId,
+        reason: AbortReason,
+        release: bool,
+        double_spend: Option<DoubleSpend>,
+        out: &mut Out,
+    ) {
         self.record(
             InstitutionEvent::Offline(OfflineEvent::RedeemAbortDecided {
                 saga,
@@ -1049,28 +1265,49 @@ impl Institution {
         );
         if release {
             let issuer = self.sagas.redemptions[&saga].issuer();
-            out.send(self.envelope(saga, Address::Institution(issuer), 0, Payload::AbortRequest { reason }));
+            out.send(self.envelope(
+                saga,
+                Address::Institution(issuer),
+                0,
+                Payload::AbortRequest { reason },
+            ));
         }
         self.announce_redemption(saga, Err(reason), out);
     }
 
-    pub(super) fn on_redeem_commit_reply(&mut self, from: Address, saga: SagaId, reply: Result<(), AbortReason>, out: &mut Out) {
+    pub(super) fn on_redeem_commit_reply(
+        &mut self,
+        from: Address,
+        saga: SagaId,
+        reply: Result<(), AbortReason>,
+        out: &mut Out,
+    ) {
         let r = &self.sagas.redemptions[&saga];
         let waiting = r.step == RedeemStep::Committing && from == Address::Institution(r.issuer());
         match reply {
-            Ok(()) if waiting => self.record(InstitutionEvent::Offline(OfflineEvent::RedeemIssuerDone { saga }), out),
+            Ok(()) if waiting => self.record(
+                InstitutionEvent::Offline(OfflineEvent::RedeemIssuerDone { saga }),
+                out,
+            ),
             Ok(()) => {}
             Err(reason) => {
                 metrics::counter!("specie_protocol_violations_total", "what" => "claim_commit_refused").increment(1);
-                eprintln!("{}: issuer refused to pay the claim of saga {saga}: {reason}", self.id);
+                eprintln!(
+                    "{}: issuer refused to pay the claim of saga {saga}: {reason}",
+                    self.id
+                );
             }
         }
     }
 
     pub(super) fn on_redeem_abort_reply(&mut self, from: Address, saga: SagaId, out: &mut Out) {
         let r = &self.sagas.redemptions[&saga];
-        if matches!(r.step, RedeemStep::Aborting { .. }) && from == Address::Institution(r.issuer()) {
-            self.record(InstitutionEvent::Offline(OfflineEvent::RedeemIssuerDone { saga }), out);
+        if matches!(r.step, RedeemStep::Aborting { .. }) && from == Address::Institution(r.issuer())
+        {
+            self.record(
+                InstitutionEvent::Offline(OfflineEvent::RedeemIssuerDone { saga }),
+                out,
+            );
         }
     }
 
@@ -1094,7 +1331,13 @@ impl Institution {
                     RedeemStep::Committed | RedeemStep::Aborted { .. } => return,
                 };
                 out.send(self.envelope(saga, issuer, attempt, payload));
-                out.timer(self.backoff_ms(attempt), InstitutionTimer::Retry { saga, attempt: attempt + 1 });
+                out.timer(
+                    self.backoff_ms(attempt),
+                    InstitutionTimer::Retry {
+                        saga,
+                        attempt: attempt + 1,
+                    },
+                );
             }
             _ => unreachable!("routed by on_saga_timer"),
         }
@@ -1102,10 +1345,19 @@ impl Institution {
 
     // ----- offline sync -----
 
-    fn on_offline_sync(&mut self, from: Address, saga: SagaId, transfers: Vec<SignedTransfer>, out: &mut Out) {
-        let Address::Wallet(wallet) = from else { return };
+    fn on_offline_sync(
+        &mut self,
+        from: Address,
+        saga: SagaId,
+        transfers: Vec<SignedTransfer>,
+        out: &mut Out,
+    ) {
+        let Address::Wallet(wallet) = from else {
+            return;
+        };
         let Some(account) = self.accounts.get(&wallet) else {
-            metrics::counter!("specie_envelopes_rejected_total", "reason" => "unknown_wallet").increment(1);
+            metrics::counter!("specie_envelopes_rejected_total", "reason" => "unknown_wallet")
+                .increment(1);
             return;
         };
         let key = account.key;
@@ -1113,10 +1365,18 @@ impl Institution {
         // Only the wallet's own, genuine records count; anything else is not evidence.
         let fresh: Vec<&SignedTransfer> = transfers
             .iter()
-            .filter(|t| t.record.sequence > known.sequence && t.record.from_key == key && t.verify().is_ok())
+            .filter(|t| {
+                t.record.sequence > known.sequence && t.record.from_key == key && t.verify().is_ok()
+            })
             .collect();
         if let Some(sequence) = fresh.iter().map(|t| t.record.sequence).max() {
-            let paid = Amount::sum(fresh.iter().filter(|t| t.record.to_key != key).map(|t| t.record.amount)).unwrap_or(Amount(u64::MAX));
+            let paid = Amount::sum(
+                fresh
+                    .iter()
+                    .filter(|t| t.record.to_key != key)
+                    .map(|t| t.record.amount),
+            )
+            .unwrap_or(Amount(u64::MAX));
             self.record(
                 InstitutionEvent::Offline(OfflineEvent::Synced {
                     wallet,
@@ -1128,7 +1388,12 @@ impl Institution {
             );
         }
         let sequence = self.sagas.synced.get(&wallet).map_or(0, |s| s.sequence);
-        out.send(self.envelope(saga, from, 0, Payload::Offline(OfflineMessage::SyncAck { sequence })));
+        out.send(self.envelope(
+            saga,
+            from,
+            0,
+            Payload::Offline(OfflineMessage::SyncAck { sequence }),
+        ));
     }
 
     // ----- events -----
@@ -1154,21 +1419,41 @@ impl Institution {
     /// Pays a claim in the ledger: the coin is spent under its settlement saga, and the
     /// claimant's coin registered.
     fn pay_claim(&mut self, saga: SagaId, coin: &Coin, chain_coin: CoinId) {
-        let ledger = self.sagas.ledgers.get_mut(&chain_coin).expect("a paid claim has a ledger");
-        let claim = ledger.claims.get_mut(&saga).expect("a paid claim was reserved");
+        let ledger = self
+            .sagas
+            .ledgers
+            .get_mut(&chain_coin)
+            .expect("a paid claim has a ledger");
+        let claim = ledger
+            .claims
+            .get_mut(&saga)
+            .expect("a paid claim was reserved");
         assert!(!claim.committed, "a claim is paid once");
         // Invariant: a claim's payment is its leaf's amount, and the ledger never pays more
         // than the coin holds.
-        assert_eq!(claim.leaf().amount, coin.value(), "the claimant's coin is the claim's value");
+        assert_eq!(
+            claim.leaf().amount,
+            coin.value(),
+            "the claimant's coin is the claim's value"
+        );
         claim.committed = true;
         ledger.paid = ledger.paid.checked_add(coin.value()).expect("paid fits");
-        assert!(ledger.paid <= ledger.value, "an offline ledger never pays more than its coin");
+        assert!(
+            ledger.paid <= ledger.value,
+            "an offline ledger never pays more than its coin"
+        );
         self.set_state(&chain_coin, CoinState::Spent(settlement_saga(chain_coin)));
         self.register_coin(coin);
         self.remember_owner(coin.body.owner, self.sagas.claims[&saga].claimant);
     }
 
-    fn claim_record(coordinator: InstitutionId, chain: &TrustChain, claimant: WalletId, state: ClaimState, at_ms: u64) -> ClaimRecord {
+    fn claim_record(
+        coordinator: InstitutionId,
+        chain: &TrustChain,
+        claimant: WalletId,
+        state: ClaimState,
+        at_ms: u64,
+    ) -> ClaimRecord {
         ClaimRecord {
             digest: claim_digest(chain.id(), claimant),
             coordinator,
@@ -1183,7 +1468,13 @@ impl Institution {
         }
     }
 
-    fn redemption(chain: &TrustChain, claimant: WalletId, requester: Address, at_ms: u64, step: RedeemStep) -> Redemption {
+    fn redemption(
+        chain: &TrustChain,
+        claimant: WalletId,
+        requester: Address,
+        at_ms: u64,
+        step: RedeemStep,
+    ) -> Redemption {
         Redemption {
             digest: claim_digest(chain.id(), claimant),
             chain: chain.clone(),
@@ -1250,7 +1541,8 @@ impl Institution {
                 requester,
                 at_ms,
             } => {
-                let r = Self::redemption(chain, *claimant, *requester, *at_ms, RedeemStep::Claiming);
+                let r =
+                    Self::redemption(chain, *claimant, *requester, *at_ms, RedeemStep::Claiming);
                 self.sagas.redemptions.insert(*saga, r);
             }
             OfflineEvent::RedeemRefused {
@@ -1261,11 +1553,21 @@ impl Institution {
                 at_ms,
                 reason,
             } => {
-                let r = Self::redemption(chain, *claimant, *requester, *at_ms, RedeemStep::Aborted { reason: *reason });
+                let r = Self::redemption(
+                    chain,
+                    *claimant,
+                    *requester,
+                    *at_ms,
+                    RedeemStep::Aborted { reason: *reason },
+                );
                 self.sagas.redemptions.insert(*saga, r);
             }
             OfflineEvent::RedeemCommitDecided { saga } => {
-                self.sagas.redemptions.get_mut(saga).expect("decided redemption exists").step = RedeemStep::Committing;
+                self.sagas
+                    .redemptions
+                    .get_mut(saga)
+                    .expect("decided redemption exists")
+                    .step = RedeemStep::Committing;
             }
             OfflineEvent::RedeemAbortDecided {
                 saga,
@@ -1273,7 +1575,11 @@ impl Institution {
                 release,
                 double_spend,
             } => {
-                let r = self.sagas.redemptions.get_mut(saga).expect("decided redemption exists");
+                let r = self
+                    .sagas
+                    .redemptions
+                    .get_mut(saga)
+                    .expect("decided redemption exists");
                 r.step = if *release {
                     RedeemStep::Aborting { reason: *reason }
                 } else {
@@ -1282,7 +1588,11 @@ impl Institution {
                 r.double_spend = double_spend.clone();
             }
             OfflineEvent::RedeemIssuerDone { saga } => {
-                let r = self.sagas.redemptions.get_mut(saga).expect("acknowledged redemption exists");
+                let r = self
+                    .sagas
+                    .redemptions
+                    .get_mut(saga)
+                    .expect("acknowledged redemption exists");
                 r.step = match r.step {
                     RedeemStep::Committing => RedeemStep::Committed,
                     RedeemStep::Aborting { reason } => RedeemStep::Aborted { reason },
@@ -1297,13 +1607,18 @@ impl Institution {
                 at_ms,
                 outcome,
             } => {
-                let mut record = Self::claim_record(self.id, chain, *claimant, ClaimState::Committed, *at_ms);
+                let mut record =
+                    Self::claim_record(self.id, chain, *claimant, ClaimState::Committed, *at_ms);
                 let step = match outcome {
                     Ok(coin) => {
                         record.issued = Some(coin.id);
                         self.sagas.claims.insert(*saga, record);
                         self.open_ledger(chain.coin.id);
-                        let ledger = self.sagas.ledgers.get_mut(&chain.coin.id).expect("just opened");
+                        let ledger = self
+                            .sagas
+                            .ledgers
+                            .get_mut(&chain.coin.id)
+                            .expect("just opened");
                         ledger.claims.insert(
                             *saga,
                             LedgerClaim {
@@ -1340,10 +1655,20 @@ impl Institution {
                 claimant,
                 at_ms,
             } => {
-                let record = Self::claim_record(*coordinator, chain, *claimant, ClaimState::Reserved, *at_ms);
+                let record = Self::claim_record(
+                    *coordinator,
+                    chain,
+                    *claimant,
+                    ClaimState::Reserved,
+                    *at_ms,
+                );
                 self.sagas.claims.insert(*saga, record);
                 self.open_ledger(chain.coin.id);
-                let ledger = self.sagas.ledgers.get_mut(&chain.coin.id).expect("just opened");
+                let ledger = self
+                    .sagas
+                    .ledgers
+                    .get_mut(&chain.coin.id)
+                    .expect("just opened");
                 ledger.claims.insert(
                     *saga,
                     LedgerClaim {
@@ -1361,7 +1686,13 @@ impl Institution {
                 double_spend,
                 at_ms,
             } => {
-                let mut record = Self::claim_record(*coordinator, chain, *claimant, ClaimState::Refused(*reason), *at_ms);
+                let mut record = Self::claim_record(
+                    *coordinator,
+                    chain,
+                    *claimant,
+                    ClaimState::Refused(*reason),
+                    *at_ms,
+                );
                 record.double_spend = double_spend.clone();
                 self.sagas.claims.insert(*saga, record);
                 if double_spend.is_some() {
@@ -1369,7 +1700,11 @@ impl Institution {
                 }
             }
             OfflineEvent::ClaimCommitted { saga, coin, at_ms } => {
-                let c = self.sagas.claims.get_mut(saga).expect("committed claim was reserved");
+                let c = self
+                    .sagas
+                    .claims
+                    .get_mut(saga)
+                    .expect("committed claim was reserved");
                 c.state = ClaimState::Committed;
                 c.issued = Some(coin.id);
                 c.at_ms = *at_ms;
@@ -1377,11 +1712,19 @@ impl Institution {
                 self.pay_claim(*saga, coin, chain_coin);
             }
             OfflineEvent::ClaimReleased { saga, at_ms } => {
-                let c = self.sagas.claims.get_mut(saga).expect("released claim was reserved");
+                let c = self
+                    .sagas
+                    .claims
+                    .get_mut(saga)
+                    .expect("released claim was reserved");
                 c.state = ClaimState::Released;
                 c.at_ms = *at_ms;
                 let coin = c.coin;
-                let ledger = self.sagas.ledgers.get_mut(&coin).expect("a reserved claim has a ledger");
+                let ledger = self
+                    .sagas
+                    .ledgers
+                    .get_mut(&coin)
+                    .expect("a reserved claim has a ledger");
                 ledger.claims.remove(saga);
                 if ledger.claims.is_empty() && ledger.paid.is_zero() {
                     // Nothing was ever paid: the coin is free again.
@@ -1410,6 +1753,4 @@ impl Institution {
             }
         }
     }
-
 }
-

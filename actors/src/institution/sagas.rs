@@ -18,8 +18,8 @@ mod offline;
 
 pub use merge::{backing_key as merge_backing_key, MergeEvent, MergeStep, MergeSummary};
 pub use offline::{
-    settlement_saga, ClaimState, ClaimSummary, LedgerSummary, OfflineEvent, RedeemStep, RedemptionSummary,
-    SplitSummary, SyncSummary,
+    settlement_saga, ClaimState, ClaimSummary, LedgerSummary, OfflineEvent, RedeemStep,
+    RedemptionSummary, SplitSummary, SyncSummary,
 };
 
 use super::{Institution, InstitutionTimer, Out};
@@ -60,16 +60,26 @@ impl SagaBook {
     /// Rebuilds the derived indexes after a restore.
     pub(super) fn reindex(&mut self) {
         self.backing_keys.clear();
-        let merges: Vec<_> = self.merges.iter().map(|(s, m)| (*s, m.institution(), m.issuers())).collect();
+        let merges: Vec<_> = self
+            .merges
+            .iter()
+            .map(|(s, m)| (*s, m.institution(), m.issuers()))
+            .collect();
         for (saga, institution, issuers) in merges {
             self.index_backing(saga, institution, issuers);
         }
     }
 
-    fn index_backing(&mut self, saga: SagaId, institution: InstitutionId, issuers: impl IntoIterator<Item = InstitutionId>) {
+    fn index_backing(
+        &mut self,
+        saga: SagaId,
+        institution: InstitutionId,
+        issuers: impl IntoIterator<Item = InstitutionId>,
+    ) {
         for issuer in issuers {
             if issuer != institution {
-                self.backing_keys.insert(merge::backing_key(saga, issuer), (saga, issuer));
+                self.backing_keys
+                    .insert(merge::backing_key(saga, issuer), (saga, issuer));
             }
         }
     }
@@ -107,11 +117,17 @@ impl Institution {
         match &envelope.payload {
             Payload::Merge(_) | Payload::Offline(_) => true,
             // Replies to a coordinator.
-            Payload::LockReply(_) | Payload::CommitReply(_) | Payload::AbortReply => self.sagas.coordinates(saga),
-            Payload::StatusQuery => self.sagas.coordinates(saga) || self.sagas.splits.contains_key(saga),
+            Payload::LockReply(_) | Payload::CommitReply(_) | Payload::AbortReply => {
+                self.sagas.coordinates(saga)
+            }
+            Payload::StatusQuery => {
+                self.sagas.coordinates(saga) || self.sagas.splits.contains_key(saga)
+            }
             // The decision on a claim reserved here (a merge's lock is a participation of the
             // pay saga's kind, and its commit and abort are handled there).
-            Payload::CommitRequest | Payload::AbortRequest { .. } => self.sagas.claims.contains_key(saga),
+            Payload::CommitRequest | Payload::AbortRequest { .. } => {
+                self.sagas.claims.contains_key(saga)
+            }
             Payload::ReserveAck(_) => {
                 envelope.from == Address::CentralBank && self.sagas.backing_keys.contains_key(saga)
             }
@@ -160,7 +176,9 @@ impl Institution {
     /// Whether a timer belongs to a merge or a redemption coordinated here.
     pub(super) fn owns_saga_timer(&self, key: &InstitutionTimer) -> bool {
         match key {
-            InstitutionTimer::LockTimeout(saga) | InstitutionTimer::Retry { saga, .. } => self.sagas.coordinates(saga),
+            InstitutionTimer::LockTimeout(saga) | InstitutionTimer::Retry { saga, .. } => {
+                self.sagas.coordinates(saga)
+            }
             _ => false,
         }
     }
@@ -192,10 +210,20 @@ impl Institution {
             }
         };
         for (saga, m) in &self.sagas.merges {
-            arm(*saga, m.started_ms, m.step.is_deciding(), m.step.is_terminal());
+            arm(
+                *saga,
+                m.started_ms,
+                m.step.is_deciding(),
+                m.step.is_terminal(),
+            );
         }
         for (saga, r) in &self.sagas.redemptions {
-            arm(*saga, r.started_ms, r.step == RedeemStep::Claiming, r.step.is_terminal());
+            arm(
+                *saga,
+                r.started_ms,
+                r.step == RedeemStep::Claiming,
+                r.step.is_terminal(),
+            );
         }
     }
 
@@ -205,7 +233,11 @@ impl Institution {
         SagaBookSnapshot {
             merges: b.merges.iter().map(|(s, m)| (*s, m.summary())).collect(),
             splits: b.splits.iter().map(|(s, x)| (*s, x.summary())).collect(),
-            redemptions: b.redemptions.iter().map(|(s, r)| (*s, r.summary())).collect(),
+            redemptions: b
+                .redemptions
+                .iter()
+                .map(|(s, r)| (*s, r.summary()))
+                .collect(),
             claims: b.claims.iter().map(|(s, c)| (*s, c.summary())).collect(),
             ledgers: b.ledgers.iter().map(|(id, l)| (*id, l.summary())).collect(),
             synced: b.synced.iter().map(|(w, s)| (*w, *s)).collect(),
@@ -225,8 +257,8 @@ impl Institution {
     /// Records that coins owned by `key` are delivered to `wallet`, a wallet banking
     /// elsewhere (a no-op for this institution's own customers).
     fn remember_owner(&mut self, key: PublicKey, wallet: WalletId) {
-        if !self.wallet_of_key.contains_key(&key) {
-            self.wallet_of_key.insert(key, wallet);
+        if let std::collections::hash_map::Entry::Vacant(entry) = self.wallet_of_key.entry(key) {
+            entry.insert(wallet);
             self.sagas.foreign_owners.insert(key, wallet);
         }
     }
@@ -254,8 +286,12 @@ impl Institution {
             .take(super::DEDUP_PRUNE_BATCH_MAX)
             .collect();
         if !splits.is_empty() || !claims.is_empty() {
-            metrics::counter!("specie_dedup_pruned_total").increment((splits.len() + claims.len()) as u64);
-            self.record(super::InstitutionEvent::Offline(OfflineEvent::Pruned { splits, claims }), out);
+            metrics::counter!("specie_dedup_pruned_total")
+                .increment((splits.len() + claims.len()) as u64);
+            self.record(
+                super::InstitutionEvent::Offline(OfflineEvent::Pruned { splits, claims }),
+                out,
+            );
         }
     }
 }

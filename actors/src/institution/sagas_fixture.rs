@@ -5,14 +5,20 @@
 //! audit runs over the world's snapshot (without wallets: the holdings check is the wallet
 //! and cluster tests' business).
 
-use super::{Institution, InstitutionCommand, InstitutionEvent, InstitutionLimits, InstitutionSnapshot, InstitutionTimer};
+use super::{
+    Institution, InstitutionCommand, InstitutionEvent, InstitutionLimits, InstitutionSnapshot,
+    InstitutionTimer,
+};
 use crate::audit::{audit, AuditReport};
 use crate::central_bank::{CentralBank, CentralBankCommand};
 use crate::cluster::ClusterSnapshot;
 use specie_protocol::envelope::SagaOutcome;
 use specie_protocol::merge::{CoinRef, MergeAuthorization, MergeMessage, SignedMergeAuthorization};
 use specie_protocol::offline::{OfflineMessage, SplitAuthorization, TrustChain};
-use specie_protocol::{Address, Amount, Coin, CoinId, Envelope, InstitutionId, KeyStore, Payload, PublicKey, SagaId, SoftKeyStore, WalletId};
+use specie_protocol::{
+    Address, Amount, Coin, CoinId, Envelope, InstitutionId, KeyStore, Payload, PublicKey, SagaId,
+    SoftKeyStore, WalletId,
+};
 use specie_runtime::{Effects, Notice, StateMachine};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -76,8 +82,15 @@ impl World {
         let mut nodes = BTreeMap::new();
         for i in 0..institutions {
             let id = InstitutionId(i);
-            let inst = Institution::new(id, Arc::new(institution_keys(id)), Arc::new(limits())).with_institutions(institutions);
-            nodes.insert(id, Node { inst, journal: Vec::new() });
+            let inst = Institution::new(id, Arc::new(institution_keys(id)), Arc::new(limits()))
+                .with_institutions(institutions);
+            nodes.insert(
+                id,
+                Node {
+                    inst,
+                    journal: Vec::new(),
+                },
+            );
         }
         World {
             nodes,
@@ -101,14 +114,19 @@ impl World {
     }
 
     fn absorb(&mut self, at: InstitutionId, out: Effects<InstitutionEvent, InstitutionTimer>) {
-        self.nodes.get_mut(&at).expect("known").journal.extend(out.events);
+        self.nodes
+            .get_mut(&at)
+            .expect("known")
+            .journal
+            .extend(out.events);
         for e in out.sends {
             match e.to {
                 Address::Institution(_) | Address::CentralBank => self.queue.push_back(e),
                 _ => self.inbox.push(e),
             }
         }
-        self.timers.extend(out.timers.into_iter().map(|(_, t)| (at, t)));
+        self.timers
+            .extend(out.timers.into_iter().map(|(_, t)| (at, t)));
         self.notices.extend(out.notices);
     }
 
@@ -120,7 +138,11 @@ impl World {
             key: key_of(wallet),
             deposit: DEPOSIT,
         };
-        self.nodes.get_mut(&at).expect("known").inst.on_command(command, 0, &mut out);
+        self.nodes
+            .get_mut(&at)
+            .expect("known")
+            .inst
+            .on_command(command, 0, &mut out);
         self.absorb(at, out);
         assert!(!self.funded, "open every account before the first exchange");
         let minted = self.minted.entry(at).or_default();
@@ -145,9 +167,20 @@ impl World {
 
     /// Exchanges `amount` of `wallet`'s account at `at` into coins (of the fixture's
     /// denominations) and returns them.
-    pub fn exchange(&mut self, wallet: WalletId, at: InstitutionId, id: SagaId, amount: Amount) -> Vec<Coin> {
+    pub fn exchange(
+        &mut self,
+        wallet: WalletId,
+        at: InstitutionId,
+        id: SagaId,
+        amount: Amount,
+    ) -> Vec<Coin> {
         self.fund();
-        self.send(Address::Wallet(wallet), Address::Institution(at), id, Payload::ExchangeRequest { amount });
+        self.send(
+            Address::Wallet(wallet),
+            Address::Institution(at),
+            id,
+            Payload::ExchangeRequest { amount },
+        );
         self.run();
         let coins = self.coins_to(wallet);
         self.inbox.clear();
@@ -172,7 +205,11 @@ impl World {
         let mut out = Effects::default();
         match e.to {
             Address::Institution(id) => {
-                self.nodes.get_mut(&id).expect("known").inst.on_envelope(e, NOW_MS, &mut out);
+                self.nodes
+                    .get_mut(&id)
+                    .expect("known")
+                    .inst
+                    .on_envelope(e, NOW_MS, &mut out);
                 self.absorb(id, out);
             }
             Address::CentralBank => {
@@ -235,7 +272,11 @@ impl World {
     /// anything.
     pub fn fire(&mut self, at: InstitutionId, timer: InstitutionTimer) {
         let mut out = Effects::default();
-        self.nodes.get_mut(&at).expect("known").inst.on_timer(timer, NOW_MS + 10 * SAGA_TIMEOUT_MS, &mut out);
+        self.nodes.get_mut(&at).expect("known").inst.on_timer(
+            timer,
+            NOW_MS + 10 * SAGA_TIMEOUT_MS,
+            &mut out,
+        );
         self.absorb(at, out);
     }
 
@@ -274,9 +315,14 @@ impl World {
     pub fn restart_all(&mut self, institutions: u32, from_checkpoint: bool) {
         let ids: Vec<InstitutionId> = self.nodes.keys().copied().collect();
         for id in ids {
-            let mut fresh = Institution::new(id, Arc::new(institution_keys(id)), Arc::new(limits())).with_institutions(institutions);
+            let mut fresh =
+                Institution::new(id, Arc::new(institution_keys(id)), Arc::new(limits()))
+                    .with_institutions(institutions);
             if from_checkpoint {
-                let bytes = self.nodes[&id].inst.checkpoint().expect("institutions take snapshots");
+                let bytes = self.nodes[&id]
+                    .inst
+                    .checkpoint()
+                    .expect("institutions take snapshots");
                 fresh.restore(&bytes).expect("own checkpoint restores");
             } else {
                 for e in &self.nodes[&id].journal {
@@ -285,7 +331,11 @@ impl World {
             }
             self.nodes.get_mut(&id).expect("known").inst = fresh;
             let mut out = Effects::default();
-            self.nodes.get_mut(&id).expect("known").inst.on_start(NOW_MS, &mut out);
+            self.nodes
+                .get_mut(&id)
+                .expect("known")
+                .inst
+                .on_start(NOW_MS, &mut out);
             self.absorb(id, out);
         }
     }
@@ -320,7 +370,13 @@ impl World {
 }
 
 /// The wallet's signed merge request.
-pub fn merge_request(id: SagaId, wallet: WalletId, institution: InstitutionId, coins: &[&Coin], total: Amount) -> SignedMergeAuthorization {
+pub fn merge_request(
+    id: SagaId,
+    wallet: WalletId,
+    institution: InstitutionId,
+    coins: &[&Coin],
+    total: Amount,
+) -> SignedMergeAuthorization {
     MergeAuthorization {
         saga_id: id,
         wallet,
@@ -359,6 +415,18 @@ pub fn split_payload(id: SagaId, wallet: WalletId, coin: &Coin, amount: Amount) 
 }
 
 /// `holder` pays `amount` of `chain` to `payee` offline; returns (paid, remainder).
-pub fn pay_offline(chain: &TrustChain, holder: WalletId, payee: WalletId, amount: Amount, sequence: u64) -> (TrustChain, Option<TrustChain>) {
-    chain.split(&wallet_keys(holder), holder, (payee, key_of(payee)), Amount(amount.0), sequence)
+pub fn pay_offline(
+    chain: &TrustChain,
+    holder: WalletId,
+    payee: WalletId,
+    amount: Amount,
+    sequence: u64,
+) -> (TrustChain, Option<TrustChain>) {
+    chain.split(
+        &wallet_keys(holder),
+        holder,
+        (payee, key_of(payee)),
+        Amount(amount.0),
+        sequence,
+    )
 }

@@ -152,7 +152,11 @@ impl Institution {
 
     /// The rule for "may these coins be withdrawn to this account?": everything checked before
     /// the coins are retired, in order. Changes nothing; the answer is the amount to credit.
-    pub fn check_withdraw(&self, from: Address, signed: &SignedWithdraw) -> Result<Amount, AbortReason> {
+    pub fn check_withdraw(
+        &self,
+        from: Address,
+        signed: &SignedWithdraw,
+    ) -> Result<Amount, AbortReason> {
         let a = &signed.authorization;
         if from != Address::Wallet(a.wallet) {
             return Err(AbortReason::WrongParty);
@@ -170,7 +174,10 @@ impl Institution {
         if !a.coin_ids.iter().all(|id| seen.insert(id)) {
             return Err(AbortReason::DuplicateCoin);
         }
-        let account = self.accounts.get(&a.wallet).ok_or(AbortReason::UnknownWallet)?;
+        let account = self
+            .accounts
+            .get(&a.wallet)
+            .ok_or(AbortReason::UnknownWallet)?;
         if account.key != a.wallet_key {
             return Err(AbortReason::CoinNotOwned);
         }
@@ -190,7 +197,8 @@ impl Institution {
                 CoinState::Spent(_) => return Err(AbortReason::CoinSpent),
             }
         }
-        let total = Amount::sum(records.iter().map(|r| r.coin.value())).ok_or(AbortReason::InvalidAmount)?;
+        let total = Amount::sum(records.iter().map(|r| r.coin.value()))
+            .ok_or(AbortReason::InvalidAmount)?;
         if total != a.amount {
             return Err(AbortReason::InvalidAmount);
         }
@@ -198,9 +206,16 @@ impl Institution {
     }
 
     /// Routes a wallet update message addressed to this institution.
-    pub(super) fn on_update_message(&mut self, from: Address, saga: SagaId, message: UpdateMessage, out: &mut Out) {
+    pub(super) fn on_update_message(
+        &mut self,
+        from: Address,
+        saga: SagaId,
+        message: UpdateMessage,
+        out: &mut Out,
+    ) {
         let Address::Wallet(wallet) = from else {
-            metrics::counter!("specie_envelopes_rejected_total", "reason" => "unexpected").increment(1);
+            metrics::counter!("specie_envelopes_rejected_total", "reason" => "unexpected")
+                .increment(1);
             return;
         };
         match message {
@@ -218,7 +233,13 @@ impl Institution {
                 // records is the offline payment saga's work.
                 let count = u32::try_from(records.len()).expect("uploads are bounded");
                 if !self.platform.uploads.contains_key(&saga) {
-                    self.record(InstitutionEvent::Update(PlatformEvent::OfflineUploaded { saga, records: count }), out);
+                    self.record(
+                        InstitutionEvent::Update(PlatformEvent::OfflineUploaded {
+                            saga,
+                            records: count,
+                        }),
+                        out,
+                    );
                 }
                 let accepted = self.platform.uploads[&saga];
                 self.update_send(saga, from, UpdateMessage::UploadReply { accepted }, out);
@@ -235,7 +256,8 @@ impl Institution {
                 self.update_send(saga, from, reply, out);
             }
             _ => {
-                metrics::counter!("specie_envelopes_rejected_total", "reason" => "unexpected").increment(1);
+                metrics::counter!("specie_envelopes_rejected_total", "reason" => "unexpected")
+                    .increment(1);
             }
         }
     }
@@ -244,10 +266,15 @@ impl Institution {
         let digest = signed.digest();
         if let Some(w) = self.platform.withdrawals.get(&saga) {
             match w.state {
-                _ if w.digest != digest => {
-                    self.update_send(saga, from, UpdateMessage::WithdrawReply(Err(AbortReason::Conflict)), out)
+                _ if w.digest != digest => self.update_send(
+                    saga,
+                    from,
+                    UpdateMessage::WithdrawReply(Err(AbortReason::Conflict)),
+                    out,
+                ),
+                WithdrawState::Refused(reason) => {
+                    self.update_send(saga, from, UpdateMessage::WithdrawReply(Err(reason)), out)
                 }
-                WithdrawState::Refused(reason) => self.update_send(saga, from, UpdateMessage::WithdrawReply(Err(reason)), out),
                 WithdrawState::Done { backed: true } => {
                     self.update_send(saga, from, UpdateMessage::WithdrawReply(Ok(w.amount)), out)
                 }
@@ -257,7 +284,12 @@ impl Institution {
         }
         let a = &signed.authorization;
         if signed.authorization.saga_id != saga {
-            self.update_send(saga, from, UpdateMessage::WithdrawReply(Err(AbortReason::Conflict)), out);
+            self.update_send(
+                saga,
+                from,
+                UpdateMessage::WithdrawReply(Err(AbortReason::Conflict)),
+                out,
+            );
             return;
         }
         match self.check_withdraw(from, &signed) {
@@ -295,7 +327,12 @@ impl Institution {
     }
 
     fn release_backing(&self, saga: SagaId, amount: Amount, out: &mut Out) {
-        out.send(self.envelope(saga, Address::CentralBank, 0, Payload::ReleaseBacking { amount }));
+        out.send(self.envelope(
+            saga,
+            Address::CentralBank,
+            0,
+            Payload::ReleaseBacking { amount },
+        ));
     }
 
     /// Whether a central bank answer for `saga` is about a withdraw made here.
@@ -304,18 +341,37 @@ impl Institution {
     }
 
     /// The central bank released (or refused to release) a withdraw's backing.
-    pub(super) fn on_withdraw_backing(&mut self, saga: SagaId, ack: Result<(), AbortReason>, out: &mut Out) {
-        let Some(w) = self.platform.withdrawals.get(&saga) else { return };
+    pub(super) fn on_withdraw_backing(
+        &mut self,
+        saga: SagaId,
+        ack: Result<(), AbortReason>,
+        out: &mut Out,
+    ) {
+        let Some(w) = self.platform.withdrawals.get(&saga) else {
+            return;
+        };
         match (ack, w.state) {
             (Ok(()), WithdrawState::Done { backed: false }) => {
                 let (wallet, amount) = (w.wallet, w.amount);
-                self.record(InstitutionEvent::Update(PlatformEvent::WithdrawBacked { saga }), out);
-                self.update_send(saga, Address::Wallet(wallet), UpdateMessage::WithdrawReply(Ok(amount)), out);
+                self.record(
+                    InstitutionEvent::Update(PlatformEvent::WithdrawBacked { saga }),
+                    out,
+                );
+                self.update_send(
+                    saga,
+                    Address::Wallet(wallet),
+                    UpdateMessage::WithdrawReply(Ok(amount)),
+                    out,
+                );
             }
             (Ok(()), _) => {}
             (Err(reason), _) => {
-                metrics::counter!("specie_protocol_violations_total", "what" => "backing_refused").increment(1);
-                eprintln!("{}: central bank refused backing release of withdraw {saga}: {reason}", self.id);
+                metrics::counter!("specie_protocol_violations_total", "what" => "backing_refused")
+                    .increment(1);
+                eprintln!(
+                    "{}: central bank refused backing release of withdraw {saga}: {reason}",
+                    self.id
+                );
             }
         }
     }
@@ -324,7 +380,10 @@ impl Institution {
     /// newer version replaces the current one.
     pub(super) fn publish_params(&mut self, params: WalletParams, out: &mut Out) {
         if params.version > self.platform.params.version {
-            self.record(InstitutionEvent::Update(PlatformEvent::ParamsPublished { params }), out);
+            self.record(
+                InstitutionEvent::Update(PlatformEvent::ParamsPublished { params }),
+                out,
+            );
         }
     }
 
@@ -343,8 +402,14 @@ impl Institution {
                     self.set_state(id, CoinState::Spent(*saga));
                     self.undelivered.remove(id);
                 }
-                let account = self.accounts.get_mut(wallet).expect("withdraw checked the account");
-                account.balance = account.balance.checked_add(*amount).expect("supply fits u64");
+                let account = self
+                    .accounts
+                    .get_mut(wallet)
+                    .expect("withdraw checked the account");
+                account.balance = account
+                    .balance
+                    .checked_add(*amount)
+                    .expect("supply fits u64");
                 self.platform.withdrawals.insert(
                     *saga,
                     Withdrawal {

@@ -12,7 +12,8 @@ use super::{Out, Wallet, WalletEvent, WalletOp};
 use serde::{Deserialize, Serialize};
 use specie_protocol::escrow::{host_of, EscrowMessage, EscrowStep, EscrowTerms, SignedTerms};
 use specie_protocol::{
-    AbortReason, Address, Amount, CoinId, Envelope, InstitutionId, KeyStore, Payload, SagaId, SagaKind, WalletId,
+    AbortReason, Address, Amount, CoinId, Envelope, InstitutionId, KeyStore, Payload, SagaId,
+    SagaKind, WalletId,
 };
 use specie_runtime::StateMachine;
 
@@ -103,16 +104,18 @@ impl EscrowOp {
     /// The escrow contract, whose answers are the only ones that count.
     pub fn coordinator(&self) -> Address {
         match self {
-            EscrowOp::Deposit { contract, .. } | EscrowOp::Claim { contract, .. } | EscrowOp::Release { contract } => {
-                Address::Escrow(*contract)
-            }
+            EscrowOp::Deposit { contract, .. }
+            | EscrowOp::Claim { contract, .. }
+            | EscrowOp::Release { contract } => Address::Escrow(*contract),
         }
     }
 
     /// The coins the wallet gives up when the operation commits: a deposit's frozen coins.
     pub fn spent_coins(&self) -> Vec<CoinId> {
         match self {
-            EscrowOp::Deposit { signed: Some(s), .. } => s.terms.coin_ids.clone(),
+            EscrowOp::Deposit {
+                signed: Some(s), ..
+            } => s.terms.coin_ids.clone(),
             _ => Vec::new(),
         }
     }
@@ -139,8 +142,19 @@ pub enum EscrowWalletEvent {
 }
 
 impl Wallet {
-    fn escrow_envelope(&self, saga: SagaId, contract: u64, attempt: u32, message: EscrowMessage) -> Envelope {
-        self.envelope(saga, Address::Escrow(contract), attempt, Payload::Escrow(message))
+    fn escrow_envelope(
+        &self,
+        saga: SagaId,
+        contract: u64,
+        attempt: u32,
+        message: EscrowMessage,
+    ) -> Envelope {
+        self.envelope(
+            saga,
+            Address::Escrow(contract),
+            attempt,
+            Payload::Escrow(message),
+        )
     }
 
     /// Starts an escrow operation.
@@ -204,13 +218,18 @@ impl Wallet {
             out,
         );
         out.send(first);
-        out.timer(self.limits.outcome_timeout_ms, super::WalletTimer { saga, attempt: 1 });
+        out.timer(
+            self.limits.outcome_timeout_ms,
+            super::WalletTimer { saga, attempt: 1 },
+        );
     }
 
     /// The request an escrow operation (re)sends at its current step.
     pub(super) fn escrow_request(&self, saga: SagaId, op: &EscrowOp, attempt: u32) -> Envelope {
         match op {
-            EscrowOp::Deposit { signed: None, cap, .. } => self.envelope(
+            EscrowOp::Deposit {
+                signed: None, cap, ..
+            } => self.envelope(
                 saga,
                 Address::Institution(self.institution),
                 attempt,
@@ -220,7 +239,12 @@ impl Wallet {
                 signed: Some(signed),
                 contract,
                 ..
-            } => self.escrow_envelope(saga, *contract, attempt, EscrowMessage::Open(signed.clone())),
+            } => self.escrow_envelope(
+                saga,
+                *contract,
+                attempt,
+                EscrowMessage::Open(signed.clone()),
+            ),
             EscrowOp::Claim {
                 contract,
                 claim_id,
@@ -235,13 +259,18 @@ impl Wallet {
                     merchant_institution: self.institution,
                 },
             ),
-            EscrowOp::Release { contract } => self.escrow_envelope(saga, *contract, attempt, EscrowMessage::Release),
+            EscrowOp::Release { contract } => {
+                self.escrow_envelope(saga, *contract, attempt, EscrowMessage::Release)
+            }
         }
     }
 
     /// Whether `saga` is an escrow deposit still choosing its coins.
     pub(super) fn is_escrow_choosing(&self, saga: &SagaId) -> bool {
-        matches!(self.ops.get(saga), Some(WalletOp::Escrow(EscrowOp::Deposit { signed: None, .. })))
+        matches!(
+            self.ops.get(saga),
+            Some(WalletOp::Escrow(EscrowOp::Deposit { signed: None, .. }))
+        )
     }
 
     /// The institution chose the coins of a deposit (or found none): sign the terms.
@@ -285,9 +314,16 @@ impl Wallet {
     }
 
     /// An escrow answered: the outcome of the operation it belongs to.
-    pub(super) fn on_escrow_message(&mut self, from: Address, saga: SagaId, message: EscrowMessage, out: &mut Out) {
+    pub(super) fn on_escrow_message(
+        &mut self,
+        from: Address,
+        saga: SagaId,
+        message: EscrowMessage,
+        out: &mut Out,
+    ) {
         let EscrowMessage::Result(r) = message else {
-            metrics::counter!("specie_envelopes_rejected_total", "reason" => "unexpected").increment(1);
+            metrics::counter!("specie_envelopes_rejected_total", "reason" => "unexpected")
+                .increment(1);
             return;
         };
         let Some(WalletOp::Escrow(op)) = self.ops.get(&saga) else {
@@ -307,7 +343,9 @@ impl Wallet {
     pub(super) fn apply_escrow(&mut self, event: &EscrowWalletEvent) {
         match event {
             EscrowWalletEvent::Signed { saga, signed } => {
-                if let Some(WalletOp::Escrow(EscrowOp::Deposit { signed: slot, .. })) = self.ops.get_mut(saga) {
+                if let Some(WalletOp::Escrow(EscrowOp::Deposit { signed: slot, .. })) =
+                    self.ops.get_mut(saga)
+                {
                     *slot = Some(signed.clone());
                 }
             }

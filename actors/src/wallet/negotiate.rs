@@ -12,7 +12,9 @@
 use super::{Out, Wallet, WalletEvent, WalletOp, WalletTimer};
 use serde::{Deserialize, Serialize};
 use specie_protocol::negotiate::{negotiate, AgreedFeatures, Capabilities, NegotiationMessage};
-use specie_protocol::{AbortReason, Address, Amount, Envelope, Payload, SagaId, SagaKind, WalletId};
+use specie_protocol::{
+    AbortReason, Address, Amount, Envelope, Payload, SagaId, SagaKind, WalletId,
+};
 use specie_runtime::StateMachine;
 
 /// The most peers whose agreed features a wallet keeps (the oldest is forgotten first).
@@ -59,8 +61,19 @@ pub enum NegotiationEvent {
 }
 
 impl Wallet {
-    fn negotiation_envelope(&self, saga: SagaId, peer: WalletId, attempt: u32, message: NegotiationMessage) -> Envelope {
-        self.envelope(saga, Address::Wallet(peer), attempt, Payload::Negotiation(message))
+    fn negotiation_envelope(
+        &self,
+        saga: SagaId,
+        peer: WalletId,
+        attempt: u32,
+        message: NegotiationMessage,
+    ) -> Envelope {
+        self.envelope(
+            saga,
+            Address::Wallet(peer),
+            attempt,
+            Payload::Negotiation(message),
+        )
     }
 
     /// What this wallet can do now (from its parameters).
@@ -70,7 +83,11 @@ impl Wallet {
 
     /// The features last agreed with `peer`, if any.
     pub fn agreed_with(&self, peer: WalletId) -> Option<AgreedFeatures> {
-        self.agreements.iter().rev().find(|(p, _)| *p == peer).map(|(_, f)| *f)
+        self.agreements
+            .iter()
+            .rev()
+            .find(|(p, _)| *p == peer)
+            .map(|(_, f)| *f)
     }
 
     /// Starts a negotiation.
@@ -103,11 +120,19 @@ impl Wallet {
             out,
         );
         out.send(first);
-        out.timer(self.limits.outcome_timeout_ms, WalletTimer { saga, attempt: 1 });
+        out.timer(
+            self.limits.outcome_timeout_ms,
+            WalletTimer { saga, attempt: 1 },
+        );
     }
 
     /// The offer a negotiation (re)sends.
-    pub(super) fn negotiation_request(&self, saga: SagaId, op: &NegotiateOp, attempt: u32) -> Envelope {
+    pub(super) fn negotiation_request(
+        &self,
+        saga: SagaId,
+        op: &NegotiateOp,
+        attempt: u32,
+    ) -> Envelope {
         let offer = NegotiationMessage::Offer {
             capabilities: op.offer.clone(),
             amount: op.amount,
@@ -117,7 +142,13 @@ impl Wallet {
     }
 
     /// A negotiation message from another wallet.
-    pub(super) fn on_negotiation(&mut self, from: Address, saga: SagaId, message: NegotiationMessage, out: &mut Out) {
+    pub(super) fn on_negotiation(
+        &mut self,
+        from: Address,
+        saga: SagaId,
+        message: NegotiationMessage,
+        out: &mut Out,
+    ) {
         let Address::Wallet(peer) = from else { return };
         match message {
             NegotiationMessage::Offer {
@@ -127,19 +158,26 @@ impl Wallet {
             } => {
                 // The peer's side: a pure answer from the current parameters, nothing recorded
                 // (a repeated offer gets the same answer).
-                let verdict = negotiate(&self.params.capabilities, &capabilities, amount, offline).map_err(|e| e.reason());
+                let verdict = negotiate(&self.params.capabilities, &capabilities, amount, offline)
+                    .map_err(|e| e.reason());
                 let answer = NegotiationMessage::Answer {
                     capabilities: self.params.capabilities.clone(),
                     verdict,
                 };
                 out.send(self.negotiation_envelope(saga, peer, 0, answer));
             }
-            NegotiationMessage::Answer { capabilities, verdict } => {
-                let Some(WalletOp::Negotiate(op)) = self.ops.get(&saga) else { return };
+            NegotiationMessage::Answer {
+                capabilities,
+                verdict,
+            } => {
+                let Some(WalletOp::Negotiate(op)) = self.ops.get(&saga) else {
+                    return;
+                };
                 if op.peer != peer {
                     return;
                 }
-                let ours = negotiate(&op.offer, &capabilities, op.amount, op.offline).map_err(|e| e.reason());
+                let ours = negotiate(&op.offer, &capabilities, op.amount, op.offline)
+                    .map_err(|e| e.reason());
                 let result = match (ours, verdict) {
                     (Ok(features), Ok(theirs)) if features == theirs => Ok(features),
                     (Err(reason), Err(_)) => Err(reason),
@@ -151,7 +189,10 @@ impl Wallet {
                 };
                 match result {
                     Ok(features) => {
-                        self.record(WalletEvent::Negotiation(NegotiationEvent::Agreed { peer, features }), out);
+                        self.record(
+                            WalletEvent::Negotiation(NegotiationEvent::Agreed { peer, features }),
+                            out,
+                        );
                         self.finish(saga, Ok(()), out);
                     }
                     Err(reason) => self.finish(saga, Err(reason), out),
@@ -186,7 +227,13 @@ mod tests {
     const A: WalletId = WalletId(1);
     const B: WalletId = WalletId(2);
 
-    fn negotiate(r: &mut Router, n: u128, amount: u64, offline: bool, offer: Option<Capabilities>) -> Vec<Result<(), AbortReason>> {
+    fn negotiate(
+        r: &mut Router,
+        n: u128,
+        amount: u64,
+        offline: bool,
+        offer: Option<Capabilities>,
+    ) -> Vec<Result<(), AbortReason>> {
         let saga = SagaId::from_u128(n);
         let command = NegotiateCommand {
             saga,
@@ -206,28 +253,70 @@ mod tests {
         let agreed = r.wallets[&A].agreed_with(B).expect("kept for the payment");
         assert_eq!(agreed.protocol_version, 1);
         assert_eq!(agreed.signature_scheme, SignatureScheme::Ed25519);
-        assert_eq!(agreed.offline_limit, WalletParams::shipped().capabilities.offline_limit);
-        assert!(r.wallets[&B].agreed_with(A).is_none(), "the peer answers without recording");
+        assert_eq!(
+            agreed.offline_limit,
+            WalletParams::shipped().capabilities.offline_limit
+        );
+        assert!(
+            r.wallets[&B].agreed_with(A).is_none(),
+            "the peer answers without recording"
+        );
     }
 
     #[test]
     fn every_refusal_is_clear_and_nothing_is_agreed() {
         let mut r = Router::new(2, &[1, 2]);
         let shipped = WalletParams::shipped().capabilities;
-        let newer = Capabilities { protocol_versions: vec![3], ..shipped.clone() };
-        assert_eq!(negotiate(&mut r, 1, 100, false, Some(newer)), vec![Err(AbortReason::NoCommonVersion)]);
-        let foreign = Capabilities { signature_schemes: vec![SignatureScheme::Sm2], ..shipped.clone() };
-        assert_eq!(negotiate(&mut r, 2, 100, false, Some(foreign)), vec![Err(AbortReason::NoCommonScheme)]);
+        let newer = Capabilities {
+            protocol_versions: vec![3],
+            ..shipped.clone()
+        };
+        assert_eq!(
+            negotiate(&mut r, 1, 100, false, Some(newer)),
+            vec![Err(AbortReason::NoCommonVersion)]
+        );
+        let foreign = Capabilities {
+            signature_schemes: vec![SignatureScheme::Sm2],
+            ..shipped.clone()
+        };
+        assert_eq!(
+            negotiate(&mut r, 2, 100, false, Some(foreign)),
+            vec![Err(AbortReason::NoCommonScheme)]
+        );
         let above = shipped.max_amount.0 + 1;
-        assert_eq!(negotiate(&mut r, 3, above, false, None), vec![Err(AbortReason::AmountAboveMax)]);
-        let offline_limit = shipped.offline_limit.expect("shipped wallets pay offline").0;
-        assert_eq!(negotiate(&mut r, 4, offline_limit + 1, true, None), vec![Err(AbortReason::AmountAboveMax)]);
-        let online_only = Capabilities { offline_limit: None, ..shipped };
-        assert_eq!(negotiate(&mut r, 5, 100, true, Some(online_only)), vec![Err(AbortReason::OfflineUnsupported)]);
+        assert_eq!(
+            negotiate(&mut r, 3, above, false, None),
+            vec![Err(AbortReason::AmountAboveMax)]
+        );
+        let offline_limit = shipped
+            .offline_limit
+            .expect("shipped wallets pay offline")
+            .0;
+        assert_eq!(
+            negotiate(&mut r, 4, offline_limit + 1, true, None),
+            vec![Err(AbortReason::AmountAboveMax)]
+        );
+        let online_only = Capabilities {
+            offline_limit: None,
+            ..shipped
+        };
+        assert_eq!(
+            negotiate(&mut r, 5, 100, true, Some(online_only)),
+            vec![Err(AbortReason::OfflineUnsupported)]
+        );
         assert!(r.wallets[&A].agreed_with(B).is_none());
         // Negotiating with itself is refused before anything is sent.
         let saga = SagaId::from_u128(6);
-        r.command(A, WalletCommand::Negotiate(NegotiateCommand { saga, peer: A, amount: Amount(1), offline: false, offer: None }));
+        r.command(
+            A,
+            WalletCommand::Negotiate(NegotiateCommand {
+                saga,
+                peer: A,
+                amount: Amount(1),
+                offline: false,
+                offer: None,
+            }),
+        );
         assert_eq!(r.outcomes(saga), vec![Err(AbortReason::PayeeMismatch)]);
     }
 

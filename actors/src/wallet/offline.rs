@@ -18,8 +18,13 @@ use super::super::{Out, Wallet, WalletEvent};
 use super::{derived_saga, HeldChain, SagaOp, SagaWalletEvent};
 use serde::{Deserialize, Serialize};
 use specie_protocol::crypto::PublicKey;
-use specie_protocol::offline::{ChainId, DoubleSpend, OfflineMessage, SignedTransfer, TrustChain, SYNC_TRANSFERS_MAX, TRANSFERS_MAX};
-use specie_protocol::{AbortReason, Address, Amount, CoinId, KeyStore, Payload, SagaId, SagaKind, WalletId};
+use specie_protocol::offline::{
+    ChainId, DoubleSpend, OfflineMessage, SignedTransfer, TrustChain, SYNC_TRANSFERS_MAX,
+    TRANSFERS_MAX,
+};
+use specie_protocol::{
+    AbortReason, Address, Amount, CoinId, KeyStore, Payload, SagaId, SagaKind, WalletId,
+};
 use specie_runtime::{Notice, StateMachine};
 use std::collections::BTreeSet;
 
@@ -116,23 +121,61 @@ impl Wallet {
     /// Paid offline to other wallets and not yet on record at the institution.
     fn offline_unsynced(&self) -> Amount {
         let me = self.keys.public_key();
-        Amount::sum(self.sagas.unsynced.iter().filter(|t| t.record.to_key != me).map(|t| t.record.amount))
-            .expect("bounded by the offline limit")
+        Amount::sum(
+            self.sagas
+                .unsynced
+                .iter()
+                .filter(|t| t.record.to_key != me)
+                .map(|t| t.record.amount),
+        )
+        .expect("bounded by the offline limit")
     }
 
     /// The offline records to upload next, in sequence order (at most a message's worth).
     pub(super) fn upload_batch(&self) -> Vec<SignedTransfer> {
-        self.sagas.unsynced.iter().take(SYNC_TRANSFERS_MAX).cloned().collect()
+        self.sagas
+            .unsynced
+            .iter()
+            .take(SYNC_TRANSFERS_MAX)
+            .cloned()
+            .collect()
     }
 
     /// The offline records not yet synced, encoded (for an upload that carries them opaquely,
     /// such as the wallet update's).
     pub(in super::super) fn offline_records_encoded(&self) -> Vec<Vec<u8>> {
-        self.upload_batch().iter().map(SignedTransfer::to_bytes).collect()
+        self.upload_batch()
+            .iter()
+            .map(SignedTransfer::to_bytes)
+            .collect()
+    }
+
+    /// The institution took the first `accepted` records of [`Wallet::offline_records_encoded`]
+    /// (an upload other than a sync's, such as the wallet update's): they are synced, which
+    /// frees the offline limit they used.
+    #[allow(dead_code)] // for the wallet update's upload reply
+    pub(in super::super) fn offline_records_uploaded(&mut self, accepted: usize, out: &mut Out) {
+        let batch = accepted.min(SYNC_TRANSFERS_MAX);
+        let Some(last) = self.sagas.unsynced.iter().take(batch).last() else {
+            return;
+        };
+        let sequence = last.record.sequence;
+        self.record(
+            WalletEvent::Sagas(SagaWalletEvent::Synced {
+                saga: SagaId::NONE,
+                sequence,
+            }),
+            out,
+        );
     }
 
     /// `WalletCommand::Offline`.
-    pub(in super::super) fn on_offline_command(&mut self, command: OfflineCommand, now_ms: u64, out: &mut Out) {
+    pub(in super::super) fn on_offline_command(
+        &mut self,
+        command: OfflineCommand,
+        now_ms: u64,
+        out: &mut Out,
+    ) {
         self.prune_offline(now_ms, out);
         match command {
             OfflineCommand::Pay {
@@ -144,16 +187,23 @@ impl Wallet {
             } => self.offline_pay(saga, (payee, payee_key), amount, reuse, now_ms, out),
             OfflineCommand::HandedOver { saga } => {
                 if self.sagas.outbox.contains_key(&saga) {
-                    self.record(WalletEvent::Sagas(SagaWalletEvent::HandedOver { saga }), out);
+                    self.record(
+                        WalletEvent::Sagas(SagaWalletEvent::HandedOver { saga }),
+                        out,
+                    );
                 }
             }
-            OfflineCommand::Receive { saga, chain } => self.receive_offline(saga, chain, now_ms, out),
+            OfflineCommand::Receive { saga, chain } => {
+                self.receive_offline(saga, chain, now_ms, out)
+            }
             OfflineCommand::Redeem { saga, chain } => {
                 if self.saga_taken(&saga) {
                     return self.refuse(saga, SagaKind::OfflineRedeem, AbortReason::Conflict, out);
                 }
                 match self.sagas.chains.get(&chain) {
-                    None => self.refuse(saga, SagaKind::OfflineRedeem, AbortReason::CoinUnknown, out),
+                    None => {
+                        self.refuse(saga, SagaKind::OfflineRedeem, AbortReason::CoinUnknown, out)
+                    }
                     Some(held) if held.redeeming.is_some() => {
                         self.refuse(saga, SagaKind::OfflineRedeem, AbortReason::Busy, out)
                     }
@@ -177,13 +227,24 @@ impl Wallet {
     }
 
     /// The payer's rule for an offline payment: what it pays from, or why it cannot pay.
-    fn offline_source(&self, amount: Amount, reuse: Option<CoinId>) -> Result<(OfflineSource, TrustChain), AbortReason> {
+    fn offline_source(
+        &self,
+        amount: Amount,
+        reuse: Option<CoinId>,
+    ) -> Result<(OfflineSource, TrustChain), AbortReason> {
         if let Some(coin) = reuse {
-            let (coin, _) = self.sagas.spent_offline.get(&coin).ok_or(AbortReason::CoinNotOwned)?;
+            let (coin, _) = self
+                .sagas
+                .spent_offline
+                .get(&coin)
+                .ok_or(AbortReason::CoinNotOwned)?;
             if coin.value() < amount {
                 return Err(AbortReason::InsufficientFunds);
             }
-            return Ok((OfflineSource::Reused(coin.id), TrustChain::of_coin(coin.clone())));
+            return Ok((
+                OfflineSource::Reused(coin.id),
+                TrustChain::of_coin(coin.clone()),
+            ));
         }
         let busy = self.coins_in_flight();
         let coin = self
@@ -191,12 +252,22 @@ impl Wallet {
             .values()
             .filter(|c| c.value() >= amount && !busy.contains(&c.id))
             .min_by_key(|c| (c.value(), c.id))
-            .map(|c| (c.value(), OfflineSource::Coin(c.id), TrustChain::of_coin(c.clone())));
+            .map(|c| {
+                (
+                    c.value(),
+                    OfflineSource::Coin(c.id),
+                    TrustChain::of_coin(c.clone()),
+                )
+            });
         let chain = self
             .sagas
             .chains
             .iter()
-            .filter(|(_, h)| h.redeeming.is_none() && h.chain.value() >= amount && h.chain.transfers.len() < TRANSFERS_MAX)
+            .filter(|(_, h)| {
+                h.redeeming.is_none()
+                    && h.chain.value() >= amount
+                    && h.chain.transfers.len() < TRANSFERS_MAX
+            })
             .min_by_key(|(id, h)| (h.chain.value(), **id))
             .map(|(id, h)| (h.chain.value(), OfflineSource::Chain(*id), h.chain.clone()));
         match (coin, chain) {
@@ -207,7 +278,15 @@ impl Wallet {
         }
     }
 
-    fn offline_pay(&mut self, saga: SagaId, payee: (WalletId, PublicKey), amount: Amount, reuse: Option<CoinId>, now_ms: u64, out: &mut Out) {
+    fn offline_pay(
+        &mut self,
+        saga: SagaId,
+        payee: (WalletId, PublicKey),
+        amount: Amount,
+        reuse: Option<CoinId>,
+        now_ms: u64,
+        out: &mut Out,
+    ) {
         let refuse = |w: &Self, reason, out: &mut Out| w.offline_notice(saga, Err(reason), out);
         if self.saga_taken(&saga) {
             return refuse(self, AbortReason::Conflict, out);
@@ -221,7 +300,11 @@ impl Wallet {
         let Some(limit) = self.offline_limit() else {
             return refuse(self, AbortReason::OfflineUnsupported, out);
         };
-        if self.offline_unsynced().checked_add(amount).is_none_or(|total| total > limit) {
+        if self
+            .offline_unsynced()
+            .checked_add(amount)
+            .is_none_or(|total| total > limit)
+        {
             return refuse(self, AbortReason::OfflineLimit, out);
         }
         if self.spending_in_flight() {
@@ -232,7 +315,13 @@ impl Wallet {
             Ok(found) => found,
             Err(reason) => return refuse(self, reason, out),
         };
-        let (paid, remainder) = from.split(self.keys.as_ref(), self.id, payee, amount, self.sagas.sequence + 1);
+        let (paid, remainder) = from.split(
+            self.keys.as_ref(),
+            self.id,
+            payee,
+            amount,
+            self.sagas.sequence + 1,
+        );
         self.record(
             WalletEvent::Sagas(SagaWalletEvent::OfflineSigned {
                 saga,
@@ -247,7 +336,12 @@ impl Wallet {
     }
 
     fn receive_offline(&mut self, saga: SagaId, chain: TrustChain, now_ms: u64, out: &mut Out) {
-        if self.finished.get(&saga).is_some_and(|(result, _)| result.is_ok()) && !self.sagas.ops.contains_key(&saga) {
+        if self
+            .finished
+            .get(&saga)
+            .is_some_and(|(result, _)| result.is_ok())
+            && !self.sagas.ops.contains_key(&saga)
+        {
             // A repeated hand-over (the chain may even be redeemed by now).
             return self.offline_notice(saga, Ok(()), out);
         }
@@ -272,7 +366,14 @@ impl Wallet {
             metrics::counter!("specie_offline_chains_refused_total").increment(1);
             return self.offline_notice(saga, Err(reason), out);
         }
-        self.record(WalletEvent::Sagas(SagaWalletEvent::ChainReceived { saga, chain, at_ms: now_ms }), out);
+        self.record(
+            WalletEvent::Sagas(SagaWalletEvent::ChainReceived {
+                saga,
+                chain,
+                at_ms: now_ms,
+            }),
+            out,
+        );
         self.offline_notice(saga, Ok(()), out);
     }
 
@@ -287,7 +388,10 @@ impl Wallet {
         );
         let request = Payload::Offline(OfflineMessage::RedeemRequest(held));
         out.send(self.envelope(saga, Address::Institution(self.institution), 0, request));
-        out.timer(self.limits.outcome_timeout_ms, super::super::WalletTimer { saga, attempt: 1 });
+        out.timer(
+            self.limits.outcome_timeout_ms,
+            super::super::WalletTimer { saga, attempt: 1 },
+        );
     }
 
     fn start_sync(&mut self, saga: SagaId, out: &mut Out) {
@@ -324,17 +428,35 @@ impl Wallet {
                 self.start_redeem(redemption, chain, Some(saga), out);
             }
         }
-        out.timer(self.limits.outcome_timeout_ms, super::super::WalletTimer { saga, attempt: 1 });
+        out.timer(
+            self.limits.outcome_timeout_ms,
+            super::super::WalletTimer { saga, attempt: 1 },
+        );
         // Nothing to upload and nothing to redeem: done at once.
         self.finish_saga(saga, Ok(()), out);
     }
 
     pub(super) fn on_sync_ack(&mut self, saga: SagaId, sequence: u64, out: &mut Out) {
-        if !matches!(self.sagas.ops.get(&saga), Some(SagaOp::Sync { upload_done: false, .. })) {
+        if !matches!(
+            self.sagas.ops.get(&saga),
+            Some(SagaOp::Sync {
+                upload_done: false,
+                ..
+            })
+        ) {
             return;
         }
-        self.record(WalletEvent::Sagas(SagaWalletEvent::Synced { saga, sequence }), out);
-        let more = matches!(self.sagas.ops.get(&saga), Some(SagaOp::Sync { upload_done: false, .. }));
+        self.record(
+            WalletEvent::Sagas(SagaWalletEvent::Synced { saga, sequence }),
+            out,
+        );
+        let more = matches!(
+            self.sagas.ops.get(&saga),
+            Some(SagaOp::Sync {
+                upload_done: false,
+                ..
+            })
+        );
         if more {
             // More records than one message carries: upload the next batch.
             if let Some(request) = self.saga_request(saga, 0) {
@@ -373,7 +495,10 @@ impl Wallet {
             } => {
                 match source {
                     OfflineSource::Coin(id) => {
-                        let coin = self.coins.remove(id).expect("the payer held the coin it split");
+                        let coin = self
+                            .coins
+                            .remove(id)
+                            .expect("the payer held the coin it split");
                         self.sagas.spent_offline.insert(*id, (coin, *at_ms));
                     }
                     OfflineSource::Chain(id) => {
@@ -383,7 +508,11 @@ impl Wallet {
                 }
                 let mut sequence = self.sagas.sequence;
                 for chain in std::iter::once(paid).chain(remainder) {
-                    let t = chain.transfers.last().expect("a split adds a transfer").clone();
+                    let t = chain
+                        .transfers
+                        .last()
+                        .expect("a split adds a transfer")
+                        .clone();
                     sequence = sequence.max(t.record.sequence);
                     self.sagas.unsynced.push(t);
                 }
@@ -414,7 +543,9 @@ impl Wallet {
                 self.finished.insert(*saga, (Ok(()), *at_ms));
             }
             SagaWalletEvent::Synced { saga, sequence } => {
-                self.sagas.unsynced.retain(|t| t.record.sequence > *sequence);
+                self.sagas
+                    .unsynced
+                    .retain(|t| t.record.sequence > *sequence);
                 if let Some(SagaOp::Sync {
                     uploaded_to,
                     upload_done,
@@ -423,7 +554,14 @@ impl Wallet {
                 {
                     if *sequence >= *uploaded_to {
                         // Whatever remains unsynced (records beyond one message) goes next.
-                        match self.sagas.unsynced.iter().take(SYNC_TRANSFERS_MAX).map(|t| t.record.sequence).max() {
+                        match self
+                            .sagas
+                            .unsynced
+                            .iter()
+                            .take(SYNC_TRANSFERS_MAX)
+                            .map(|t| t.record.sequence)
+                            .max()
+                        {
                             Some(next) => *uploaded_to = next,
                             None => *upload_done = true,
                         }
@@ -435,7 +573,9 @@ impl Wallet {
                     self.sagas.spent_offline.remove(id);
                 }
             }
-            SagaWalletEvent::OpStarted { .. } | SagaWalletEvent::OpFinished { .. } | SagaWalletEvent::DoubleSpendReported { .. } => {
+            SagaWalletEvent::OpStarted { .. }
+            | SagaWalletEvent::OpFinished { .. }
+            | SagaWalletEvent::DoubleSpendReported { .. } => {
                 unreachable!("applied by apply_sagas")
             }
         }
@@ -449,7 +589,11 @@ impl Wallet {
             unsynced: self.offline_unsynced(),
             sequence: s.sequence,
             chains: s.chains.values().map(|h| h.chain.clone()).collect(),
-            outbox: s.outbox.iter().map(|(saga, c)| (*saga, c.clone())).collect(),
+            outbox: s
+                .outbox
+                .iter()
+                .map(|(saga, c)| (*saga, c.clone()))
+                .collect(),
             spent_offline: s.spent_offline.keys().copied().collect(),
             double_spends_detected: s.double_spends_detected,
             double_spend_reports: s.reports.iter().map(|(_, d)| d.clone()).collect(),

@@ -20,9 +20,17 @@ pub use offline::{OfflineCommand, OfflineSnapshot, OfflineSource, CHAINS_HELD_MA
 use super::{Out, Wallet, WalletEvent, WalletOp, WalletTimer};
 use serde::{Deserialize, Serialize};
 use specie_protocol::envelope::SagaOutcome;
-use specie_protocol::merge::{CoinRef, MergeAuthorization, MergeMessage, SignedMergeAuthorization, MERGE_COINS_MAX};
-use specie_protocol::offline::{ChainId, DoubleSpend, OfflineMessage, SignedSplitAuthorization, SignedTransfer, SplitAuthorization, TrustChain};
-use specie_protocol::{AbortReason, Address, Amount, Coin, CoinId, Envelope, KeyStore, Payload, SagaId, SagaKind, SagaState};
+use specie_protocol::merge::{
+    CoinRef, MergeAuthorization, MergeMessage, SignedMergeAuthorization, MERGE_COINS_MAX,
+};
+use specie_protocol::offline::{
+    ChainId, DoubleSpend, OfflineMessage, SignedSplitAuthorization, SignedTransfer,
+    SplitAuthorization, TrustChain,
+};
+use specie_protocol::{
+    AbortReason, Address, Amount, Coin, CoinId, Envelope, KeyStore, Payload, SagaId, SagaKind,
+    SagaState,
+};
 use specie_runtime::{Notice, StateMachine};
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
@@ -141,6 +149,9 @@ impl WalletSagas {
 }
 
 /// Journaled facts of the wallet's merge, split and offline payments.
+// Events live for one step; an offline payment's carries both chains it signed, and boxing
+// them would add allocations to the step for no saving.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SagaWalletEvent {
     /// An operation started.
@@ -234,7 +245,9 @@ impl Wallet {
     pub(super) fn routes_to_sagas(&self, envelope: &Envelope) -> bool {
         match envelope.payload {
             Payload::Merge(_) | Payload::Offline(_) => true,
-            Payload::SagaOutcome(_) | Payload::StatusReply { .. } => self.sagas.ops.contains_key(&envelope.saga_id),
+            Payload::SagaOutcome(_) | Payload::StatusReply { .. } => {
+                self.sagas.ops.contains_key(&envelope.saga_id)
+            }
             _ => false,
         }
     }
@@ -244,18 +257,23 @@ impl Wallet {
         let (from, saga) = (envelope.from, envelope.saga_id);
         let from_coordinator = self.saga_coordinator(saga) == Some(from);
         match envelope.payload {
-            Payload::SagaOutcome(outcome) if from_coordinator => self.on_saga_outcome(saga, outcome, out),
+            Payload::SagaOutcome(outcome) if from_coordinator => {
+                self.on_saga_outcome(saga, outcome, out)
+            }
             Payload::StatusReply { state, reason } if from_coordinator => {
                 self.on_saga_status(saga, state, reason, now_ms, out)
             }
             Payload::Offline(OfflineMessage::SyncAck { sequence }) if from_coordinator => {
                 self.on_sync_ack(saga, sequence, out)
             }
-            Payload::Offline(OfflineMessage::DoubleSpendReport(report)) if from_coordinator => {
-                self.record(WalletEvent::Sagas(SagaWalletEvent::DoubleSpendReported { saga, report }), out)
-            }
+            Payload::Offline(OfflineMessage::DoubleSpendReport(report)) if from_coordinator => self
+                .record(
+                    WalletEvent::Sagas(SagaWalletEvent::DoubleSpendReported { saga, report }),
+                    out,
+                ),
             _ => {
-                metrics::counter!("specie_envelopes_rejected_total", "reason" => "unexpected").increment(1);
+                metrics::counter!("specie_envelopes_rejected_total", "reason" => "unexpected")
+                    .increment(1);
             }
         }
     }
@@ -265,13 +283,17 @@ impl Wallet {
     fn saga_coordinator(&self, saga: SagaId) -> Option<Address> {
         Some(match self.sagas.ops.get(&saga)? {
             SagaOp::Split { signed } => Address::Institution(signed.authorization.issuer),
-            SagaOp::Merge { .. } | SagaOp::Redeem { .. } | SagaOp::Sync { .. } => Address::Institution(self.institution),
+            SagaOp::Merge { .. } | SagaOp::Redeem { .. } | SagaOp::Sync { .. } => {
+                Address::Institution(self.institution)
+            }
         })
     }
 
     /// Whether a saga id is taken by any operation, running or finished.
     fn saga_taken(&self, saga: &SagaId) -> bool {
-        self.ops.contains_key(saga) || self.finished.contains_key(saga) || self.sagas.ops.contains_key(saga)
+        self.ops.contains_key(saga)
+            || self.finished.contains_key(saga)
+            || self.sagas.ops.contains_key(saga)
     }
 
     /// Coins an operation in flight may spend: they are not offered to another.
@@ -280,7 +302,11 @@ impl Wallet {
         for op in self.ops.values() {
             if let WalletOp::Pay { chosen, signed, .. } = op {
                 coins.extend(chosen.iter().flatten().copied());
-                coins.extend(signed.iter().flat_map(|s| s.authorization.coin_ids.iter().copied()));
+                coins.extend(
+                    signed
+                        .iter()
+                        .flat_map(|s| s.authorization.coin_ids.iter().copied()),
+                );
             }
         }
         coins
@@ -289,12 +315,18 @@ impl Wallet {
     /// Whether an operation that may spend this wallet's coins is in flight (so that the
     /// coins it spends are not known yet, or are promised).
     fn spending_in_flight(&self) -> bool {
-        let merging = self.sagas.ops.values().any(|op| matches!(op, SagaOp::Merge { .. } | SagaOp::Split { .. }));
+        let merging = self
+            .sagas
+            .ops
+            .values()
+            .any(|op| matches!(op, SagaOp::Merge { .. } | SagaOp::Split { .. }));
         merging
-            || self
-                .ops
-                .values()
-                .any(|op| !matches!(op, WalletOp::Collect { .. } | WalletOp::Exchange { .. } | WalletOp::Negotiate(_)))
+            || self.ops.values().any(|op| {
+                !matches!(
+                    op,
+                    WalletOp::Collect { .. } | WalletOp::Exchange { .. } | WalletOp::Negotiate(_)
+                )
+            })
     }
 
     /// Coins for a payment chosen by the wallet itself, when its institution cannot be asked:
@@ -331,10 +363,33 @@ impl Wallet {
         Some(Vec::new())
     }
 
+    /// An institution's coin selection (`BalanceReply`) naming a coin this wallet split
+    /// offline — its issuer still shows it active until a chain of it is redeemed — becomes
+    /// no selection: the operation that asked is refused for insufficient funds instead of
+    /// spending the coin twice. Every other envelope passes unchanged.
+    pub(in super::super) fn without_coins_spent_offline(&self, mut envelope: Envelope) -> Envelope {
+        if let Payload::BalanceReply { coin_ids, .. } = &mut envelope.payload {
+            if coin_ids
+                .iter()
+                .any(|id| self.sagas.spent_offline.contains_key(id))
+            {
+                metrics::counter!("specie_offline_spent_coins_unselected_total").increment(1);
+                coin_ids.clear();
+            }
+        }
+        envelope
+    }
+
     // ----- merge -----
 
     /// `WalletCommand::Merge`: merge these coins into one coin of the wallet's institution.
-    pub(super) fn on_merge_command(&mut self, saga: SagaId, coins: Vec<CoinId>, now_ms: u64, out: &mut Out) {
+    pub(super) fn on_merge_command(
+        &mut self,
+        saga: SagaId,
+        coins: Vec<CoinId>,
+        now_ms: u64,
+        out: &mut Out,
+    ) {
         let refuse = |w: &Self, reason, out: &mut Out| w.refuse(saga, SagaKind::Merge, reason, out);
         if self.saga_taken(&saga) {
             return refuse(self, AbortReason::Conflict, out);
@@ -349,7 +404,11 @@ impl Wallet {
         if coins.len() > MERGE_COINS_MAX {
             return refuse(self, AbortReason::TooManyCoins, out);
         }
-        let Some(held) = coins.iter().map(|id| self.coins.get(id)).collect::<Option<Vec<&Coin>>>() else {
+        let Some(held) = coins
+            .iter()
+            .map(|id| self.coins.get(id))
+            .collect::<Option<Vec<&Coin>>>()
+        else {
             return refuse(self, AbortReason::CoinNotOwned, out);
         };
         let busy = self.coins_in_flight();
@@ -382,13 +441,23 @@ impl Wallet {
             out,
         );
         out.send(self.envelope(saga, Address::Institution(self.institution), 0, request));
-        out.timer(self.limits.outcome_timeout_ms, WalletTimer { saga, attempt: 1 });
+        out.timer(
+            self.limits.outcome_timeout_ms,
+            WalletTimer { saga, attempt: 1 },
+        );
     }
 
     // ----- split -----
 
     /// `WalletCommand::Split`: split a coin at its issuer into `amount` and the rest.
-    pub(super) fn on_split_command(&mut self, saga: SagaId, coin: CoinId, amount: Amount, now_ms: u64, out: &mut Out) {
+    pub(super) fn on_split_command(
+        &mut self,
+        saga: SagaId,
+        coin: CoinId,
+        amount: Amount,
+        now_ms: u64,
+        out: &mut Out,
+    ) {
         let refuse = |w: &Self, reason, out: &mut Out| w.refuse(saga, SagaKind::Split, reason, out);
         if self.saga_taken(&saga) {
             return refuse(self, AbortReason::Conflict, out);
@@ -422,7 +491,10 @@ impl Wallet {
             out,
         );
         out.send(self.envelope(saga, Address::Institution(issuer), 0, request));
-        out.timer(self.limits.outcome_timeout_ms, WalletTimer { saga, attempt: 1 });
+        out.timer(
+            self.limits.outcome_timeout_ms,
+            WalletTimer { saga, attempt: 1 },
+        );
     }
 
     // ----- outcomes, status, timers -----
@@ -436,9 +508,15 @@ impl Wallet {
 
     /// Ends an operation with its coordinator's verdict, and publishes it.
     fn finish_saga(&mut self, saga: SagaId, result: Result<(), AbortReason>, out: &mut Out) {
-        let Some(op) = self.sagas.ops.get(&saga) else { return };
+        let Some(op) = self.sagas.ops.get(&saga) else {
+            return;
+        };
         let kind = op.kind();
-        let spent = if result.is_ok() { op.coins() } else { Vec::new() };
+        let spent = if result.is_ok() {
+            op.coins()
+        } else {
+            Vec::new()
+        };
         let parent = match op {
             SagaOp::Redeem { sync, .. } => *sync,
             _ => None,
@@ -460,7 +538,11 @@ impl Wallet {
         // A chain refused for a reason that will not change is worthless: drop it.
         let retryable = matches!(
             result,
-            Err(AbortReason::Timeout | AbortReason::CoinLocked | AbortReason::SagaAborted | AbortReason::Conflict | AbortReason::Busy)
+            Err(AbortReason::Timeout
+                | AbortReason::CoinLocked
+                | AbortReason::SagaAborted
+                | AbortReason::Conflict
+                | AbortReason::Busy)
         );
         let drop_chain = matches!(op, SagaOp::Redeem { .. }) && !retryable;
         self.record(
@@ -488,10 +570,19 @@ impl Wallet {
         }
     }
 
-    fn on_saga_status(&mut self, saga: SagaId, state: SagaState, reason: Option<AbortReason>, now_ms: u64, out: &mut Out) {
+    fn on_saga_status(
+        &mut self,
+        saga: SagaId,
+        state: SagaState,
+        reason: Option<AbortReason>,
+        now_ms: u64,
+        out: &mut Out,
+    ) {
         match state {
             SagaState::Committed => self.finish_saga(saga, Ok(()), out),
-            SagaState::Aborted => self.finish_saga(saga, Err(reason.unwrap_or(AbortReason::SagaAborted)), out),
+            SagaState::Aborted => {
+                self.finish_saga(saga, Err(reason.unwrap_or(AbortReason::SagaAborted)), out)
+            }
             SagaState::InProgress => {}
             SagaState::Unknown => {
                 // The request may have been lost on the way: hand it over again while it can
@@ -520,12 +611,16 @@ impl Wallet {
         let to = self.saga_coordinator(saga)?;
         let payload = match &self.sagas.ops[&saga] {
             SagaOp::Merge { signed } => Payload::Merge(MergeMessage::Request(signed.clone())),
-            SagaOp::Split { signed } => Payload::Offline(OfflineMessage::SplitRequest(signed.clone())),
+            SagaOp::Split { signed } => {
+                Payload::Offline(OfflineMessage::SplitRequest(signed.clone()))
+            }
             SagaOp::Redeem { chain, .. } => {
                 let chain = self.sagas.chains.get(chain)?.chain.clone();
                 Payload::Offline(OfflineMessage::RedeemRequest(chain))
             }
-            SagaOp::Sync { upload_done: false, .. } => Payload::Offline(OfflineMessage::Sync {
+            SagaOp::Sync {
+                upload_done: false, ..
+            } => Payload::Offline(OfflineMessage::Sync {
                 transfers: self.upload_batch(),
             }),
             SagaOp::Sync { .. } => return None,
@@ -542,9 +637,13 @@ impl Wallet {
     /// the others ask their coordinator where the saga stands.
     pub(super) fn on_saga_timer(&mut self, key: WalletTimer, out: &mut Out) {
         let WalletTimer { saga, attempt } = key;
-        let Some(to) = self.saga_coordinator(saga) else { return };
+        let Some(to) = self.saga_coordinator(saga) else {
+            return;
+        };
         match &self.sagas.ops[&saga] {
-            SagaOp::Sync { upload_done: true, .. } => {}
+            SagaOp::Sync {
+                upload_done: true, ..
+            } => {}
             SagaOp::Sync { .. } => {
                 if let Some(request) = self.saga_request(saga, attempt) {
                     out.send(request);
@@ -552,13 +651,25 @@ impl Wallet {
             }
             _ => out.send(self.envelope(saga, to, attempt, Payload::StatusQuery)),
         }
-        out.timer(self.limits.outcome_timeout_ms, WalletTimer { saga, attempt: attempt + 1 });
+        out.timer(
+            self.limits.outcome_timeout_ms,
+            WalletTimer {
+                saga,
+                attempt: attempt + 1,
+            },
+        );
     }
 
     /// Re-arms the timers of every operation in flight (after a start or a restart).
     pub(super) fn on_sagas_start(&mut self, out: &mut Out) {
         for saga in self.sagas.ops.keys() {
-            out.timer(self.limits.outcome_timeout_ms, WalletTimer { saga: *saga, attempt: 1 });
+            out.timer(
+                self.limits.outcome_timeout_ms,
+                WalletTimer {
+                    saga: *saga,
+                    attempt: 1,
+                },
+            );
         }
     }
 
@@ -575,7 +686,9 @@ impl Wallet {
                     if let Some(held) = self.sagas.chains.get_mut(chain) {
                         held.redeeming = Some(*saga);
                     }
-                    if let Some(SagaOp::Sync { redemptions, .. }) = sync.and_then(|s| self.sagas.ops.get_mut(&s)) {
+                    if let Some(SagaOp::Sync { redemptions, .. }) =
+                        sync.and_then(|s| self.sagas.ops.get_mut(&s))
+                    {
                         redemptions.insert(*saga);
                     }
                 }
@@ -603,7 +716,9 @@ impl Wallet {
                     if *result == Err(AbortReason::OfflineDoubleSpend) {
                         self.sagas.double_spends_detected += 1;
                     }
-                    if let Some(SagaOp::Sync { redemptions, .. }) = sync.and_then(|s| self.sagas.ops.get_mut(&s)) {
+                    if let Some(SagaOp::Sync { redemptions, .. }) =
+                        sync.and_then(|s| self.sagas.ops.get_mut(&s))
+                    {
                         redemptions.remove(saga);
                     }
                 }

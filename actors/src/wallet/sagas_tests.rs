@@ -5,13 +5,15 @@
 //! the signed requests, the outcome notices, the coins and chains it keeps, its offline
 //! limit and double-spend counters.
 
-use super::{OfflineCommand, OfflineSettings, Wallet, WalletCommand, WalletEvent, WalletLimits, WalletTimer};
+use super::{
+    OfflineCommand, OfflineSettings, Wallet, WalletCommand, WalletEvent, WalletLimits, WalletTimer,
+};
 use specie_protocol::envelope::SagaOutcome;
 use specie_protocol::merge::MergeMessage;
 use specie_protocol::offline::{DoubleSpend, OfflineMessage, TrustChain};
 use specie_protocol::{
-    AbortReason, Address, Amount, Coin, CoinBody, CoinId, Envelope, InstitutionId, KeyStore, Payload, PublicKey, SagaId, SagaKind, SagaState,
-    SoftKeyStore, WalletId,
+    AbortReason, Address, Amount, Coin, CoinBody, CoinId, Envelope, InstitutionId, KeyStore,
+    Payload, PublicKey, SagaId, SagaKind, SagaState, SoftKeyStore, WalletId,
 };
 use specie_runtime::{Effects, StateMachine};
 use std::collections::HashMap;
@@ -80,20 +82,31 @@ struct Node {
 
 impl Node {
     fn new(id: WalletId, institution: InstitutionId) -> Node {
-        let issuers: HashMap<InstitutionId, PublicKey> = [A, B].into_iter().map(|i| (i, institution_keys(i).public_key())).collect();
+        let issuers: HashMap<InstitutionId, PublicKey> = [A, B]
+            .into_iter()
+            .map(|i| (i, institution_keys(i).public_key()))
+            .collect();
         let limits = WalletLimits {
             authorization_ttl_ms: TTL_MS,
             outcome_timeout_ms: OUTCOME_TIMEOUT_MS,
             saga_timeout_ms: SAGA_TIMEOUT_MS,
             dedup_retention_ms: 86_400_000,
         };
-        let wallet = Wallet::new(id, institution, Arc::new(wallet_keys(id)), Arc::new(issuers), Arc::new(limits)).with_offline_settings(
-            OfflineSettings {
-                offline_limit: OFFLINE_LIMIT,
-                coin_inputs_max: 4,
-            },
-        );
-        Node { wallet, journal: Vec::new() }
+        let wallet = Wallet::new(
+            id,
+            institution,
+            Arc::new(wallet_keys(id)),
+            Arc::new(issuers),
+            Arc::new(limits),
+        )
+        .with_offline_settings(OfflineSettings {
+            offline_limit: OFFLINE_LIMIT,
+            coin_inputs_max: 4,
+        });
+        Node {
+            wallet,
+            journal: Vec::new(),
+        }
     }
 
     fn keep(&mut self, out: Out) -> Out {
@@ -104,7 +117,8 @@ impl Node {
     fn deliver(&mut self, from: Address, id: SagaId, payload: Payload) -> Out {
         let mut out = Out::default();
         let to = self.wallet.address();
-        self.wallet.on_envelope(envelope(from, to, id, payload), NOW_MS, &mut out);
+        self.wallet
+            .on_envelope(envelope(from, to, id, payload), NOW_MS, &mut out);
         self.keep(out)
     }
 
@@ -120,13 +134,24 @@ impl Node {
 
     fn fire(&mut self, id: SagaId, now_ms: u64) -> Out {
         let mut out = Out::default();
-        self.wallet.on_timer(WalletTimer { saga: id, attempt: 1 }, now_ms, &mut out);
+        self.wallet.on_timer(
+            WalletTimer {
+                saga: id,
+                attempt: 1,
+            },
+            now_ms,
+            &mut out,
+        );
         self.keep(out)
     }
 
     /// Gives the wallet a coin, delivered by its issuer.
     fn give(&mut self, c: &Coin) {
-        let out = self.deliver(Address::Institution(c.body.issuer), c.body.origin_saga, Payload::CoinIssued(c.clone()));
+        let out = self.deliver(
+            Address::Institution(c.body.issuer),
+            c.body.origin_saga,
+            Payload::CoinIssued(c.clone()),
+        );
         assert_eq!(out.events.len(), 1, "a genuine coin is taken");
     }
 
@@ -136,13 +161,23 @@ impl Node {
         ids
     }
 
-    fn outcome(&mut self, from: InstitutionId, id: SagaId, kind: SagaKind, result: Result<(), AbortReason>) -> Out {
+    fn outcome(
+        &mut self,
+        from: InstitutionId,
+        id: SagaId,
+        kind: SagaKind,
+        result: Result<(), AbortReason>,
+    ) -> Out {
         let outcome = SagaOutcome {
             kind,
             result,
             spent_coin_ids: Vec::new(),
         };
-        self.deliver(Address::Institution(from), id, Payload::SagaOutcome(outcome))
+        self.deliver(
+            Address::Institution(from),
+            id,
+            Payload::SagaOutcome(outcome),
+        )
     }
 }
 
@@ -176,8 +211,17 @@ fn merge_signs_the_coins_with_their_issuers_and_total_and_asks_the_own_instituti
     };
     assert_eq!(signed.verify(), Ok(()));
     let auth = &signed.authorization;
-    assert_eq!((auth.wallet, auth.wallet_key, auth.institution, auth.total), (W1, key_of(W1), A, Amount(1_500)));
-    assert_eq!(auth.coins.iter().map(|c| (c.id, c.issuer)).collect::<Vec<_>>(), vec![(a.id, A), (b.id, B)]);
+    assert_eq!(
+        (auth.wallet, auth.wallet_key, auth.institution, auth.total),
+        (W1, key_of(W1), A, Amount(1_500))
+    );
+    assert_eq!(
+        auth.coins
+            .iter()
+            .map(|c| (c.id, c.issuer))
+            .collect::<Vec<_>>(),
+        vec![(a.id, A), (b.id, B)]
+    );
     assert_eq!(auth.expires_at_ms, NOW_MS + TTL_MS);
     assert!(out.notices.is_empty());
     assert_eq!(w.wallet.snapshot().pending, 1);
@@ -190,7 +234,11 @@ fn merge_signs_the_coins_with_their_issuers_and_total_and_asks_the_own_instituti
     assert_eq!(notice(&out), (SagaKind::Merge, Ok(())));
     assert!(w.coins().is_empty(), "the inputs are gone");
     // A late redelivery of an input does not bring it back; the merged coin is taken.
-    let late = w.deliver(Address::Institution(B), b.body.origin_saga, Payload::CoinIssued(b.clone()));
+    let late = w.deliver(
+        Address::Institution(B),
+        b.body.origin_saga,
+        Payload::CoinIssued(b.clone()),
+    );
     assert!(late.events.is_empty());
     w.give(&coin(A, W1, 1_500, 3));
     assert_eq!(w.wallet.balance(), Amount(1_500));
@@ -206,8 +254,16 @@ fn merge_commands_the_wallet_refuses_send_nothing() {
     let someone_elses = coin(B, W2, 700, 3);
     let cases = [
         ("empty", vec![], AbortReason::EmptyRequest),
-        ("the same coin twice", vec![a.id, a.id], AbortReason::DuplicateCoin),
-        ("a coin it does not hold", vec![a.id, someone_elses.id], AbortReason::CoinNotOwned),
+        (
+            "the same coin twice",
+            vec![a.id, a.id],
+            AbortReason::DuplicateCoin,
+        ),
+        (
+            "a coin it does not hold",
+            vec![a.id, someone_elses.id],
+            AbortReason::CoinNotOwned,
+        ),
     ];
     for (i, (what, coins, reason)) in cases.into_iter().enumerate() {
         let out = w.command(WalletCommand::Merge {
@@ -227,7 +283,10 @@ fn merge_commands_the_wallet_refuses_send_nothing() {
         saga: saga(21),
         coins: vec![a.id, b.id],
     });
-    assert_eq!(notice(&out), (SagaKind::Merge, Err(AbortReason::CoinLocked)));
+    assert_eq!(
+        notice(&out),
+        (SagaKind::Merge, Err(AbortReason::CoinLocked))
+    );
     // A saga id in use is a conflict.
     let out = w.command(WalletCommand::Merge {
         saga: saga(20),
@@ -255,11 +314,20 @@ fn a_slow_merge_is_chased_resent_while_it_can_start_and_expires_after() {
         reason: None,
     };
     let resend = w.deliver(Address::Institution(A), saga(30), unknown.clone());
-    assert!(matches!(only_send(&resend).payload, Payload::Merge(MergeMessage::Request(_))));
+    assert!(matches!(
+        only_send(&resend).payload,
+        Payload::Merge(MergeMessage::Request(_))
+    ));
     // After the request's expiry plus the lock timeout it can never start.
     let mut out = Out::default();
-    let late = envelope(Address::Institution(A), Address::Wallet(W1), saga(30), unknown);
-    w.wallet.on_envelope(late, NOW_MS + TTL_MS + SAGA_TIMEOUT_MS + 1, &mut out);
+    let late = envelope(
+        Address::Institution(A),
+        Address::Wallet(W1),
+        saga(30),
+        unknown,
+    );
+    w.wallet
+        .on_envelope(late, NOW_MS + TTL_MS + SAGA_TIMEOUT_MS + 1, &mut out);
     assert_eq!(notice(&out), (SagaKind::Merge, Err(AbortReason::Expired)));
     assert_eq!(w.coins(), vec![a.id], "an aborted merge spent nothing");
 }
@@ -271,7 +339,10 @@ fn split_asks_the_coins_issuer_and_its_outcome_spends_the_coin() {
     let mut w = Node::new(W2, B);
     let foreign = coin(A, W2, 5_000, 1);
     w.give(&foreign);
-    for (amount, reason) in [(Amount(0), AbortReason::InvalidAmount), (Amount(5_000), AbortReason::InvalidAmount)] {
+    for (amount, reason) in [
+        (Amount(0), AbortReason::InvalidAmount),
+        (Amount(5_000), AbortReason::InvalidAmount),
+    ] {
         let out = w.command(WalletCommand::Split {
             saga: saga(40),
             coin: foreign.id,
@@ -284,7 +355,10 @@ fn split_asks_the_coins_issuer_and_its_outcome_spends_the_coin() {
         coin: CoinId([3; 32]),
         amount: Amount(1),
     });
-    assert_eq!(notice(&out), (SagaKind::Split, Err(AbortReason::CoinNotOwned)));
+    assert_eq!(
+        notice(&out),
+        (SagaKind::Split, Err(AbortReason::CoinNotOwned))
+    );
 
     let out = w.command(WalletCommand::Split {
         saga: saga(42),
@@ -292,20 +366,67 @@ fn split_asks_the_coins_issuer_and_its_outcome_spends_the_coin() {
         amount: Amount(2_000),
     });
     let e = only_send(&out);
-    assert_eq!(e.to, Address::Institution(A), "the coin's issuer, not the wallet's institution");
+    assert_eq!(
+        e.to,
+        Address::Institution(A),
+        "the coin's issuer, not the wallet's institution"
+    );
     let Payload::Offline(OfflineMessage::SplitRequest(signed)) = &e.payload else {
         panic!("a split request")
     };
     assert_eq!(signed.verify(), Ok(()));
-    assert_eq!((signed.authorization.coin_id, signed.authorization.amount), (foreign.id, Amount(2_000)));
+    assert_eq!(
+        (signed.authorization.coin_id, signed.authorization.amount),
+        (foreign.id, Amount(2_000))
+    );
     // The wallet's own institution is not the coordinator of this split.
-    assert!(w.outcome(B, saga(42), SagaKind::Split, Ok(())).events.is_empty());
+    assert!(w
+        .outcome(B, saga(42), SagaKind::Split, Ok(()))
+        .events
+        .is_empty());
     let out = w.outcome(A, saga(42), SagaKind::Split, Ok(()));
     assert_eq!(notice(&out), (SagaKind::Split, Ok(())));
     assert!(w.coins().is_empty());
     w.give(&coin(A, W2, 2_000, 2));
     w.give(&coin(A, W2, 3_000, 3));
     assert_eq!(w.wallet.balance(), Amount(5_000));
+}
+
+#[test]
+fn a_split_whose_request_or_outcome_was_lost_is_chased_at_the_issuer() {
+    let mut w = Node::new(W2, B);
+    let foreign = coin(A, W2, 5_000, 1);
+    w.give(&foreign);
+    w.command(WalletCommand::Split {
+        saga: saga(43),
+        coin: foreign.id,
+        amount: Amount(1_000),
+    });
+    // Before the decision: the request was lost, the issuer never heard of it.
+    let chase = w.fire(saga(43), NOW_MS + OUTCOME_TIMEOUT_MS);
+    assert_eq!(only_send(&chase).to, Address::Institution(A));
+    assert_eq!(only_send(&chase).payload, Payload::StatusQuery);
+    let unknown = Payload::StatusReply {
+        state: SagaState::Unknown,
+        reason: None,
+    };
+    let resend = w.deliver(Address::Institution(A), saga(43), unknown);
+    assert!(matches!(
+        only_send(&resend).payload,
+        Payload::Offline(OfflineMessage::SplitRequest(_))
+    ));
+    // After the decision: the outcome was lost; the status tells it.
+    let committed = Payload::StatusReply {
+        state: SagaState::Committed,
+        reason: None,
+    };
+    let out = w.deliver(Address::Institution(A), saga(43), committed);
+    assert_eq!(notice(&out), (SagaKind::Split, Ok(())));
+    assert!(
+        w.coins().is_empty(),
+        "the split coin is spent; its parts arrive from the issuer"
+    );
+    assert_eq!(w.wallet.snapshot().pending, 0);
 }
 
 // ----- offline -----
@@ -321,7 +442,14 @@ fn pay(w: &mut Node, id: SagaId, payee: WalletId, amount: u64) -> Out {
 }
 
 fn outbox(w: &Node, id: SagaId) -> TrustChain {
-    w.wallet.snapshot().offline.outbox.into_iter().find(|(s, _)| *s == id).expect("in the outbox").1
+    w.wallet
+        .snapshot()
+        .offline
+        .outbox
+        .into_iter()
+        .find(|(s, _)| *s == id)
+        .expect("in the outbox")
+        .1
 }
 
 #[test]
@@ -334,13 +462,26 @@ fn an_offline_payment_splits_the_smallest_covering_coin_and_keeps_the_remainder(
     assert_eq!(notice(&out), (SagaKind::OfflinePay, Ok(())));
     assert!(out.sends.is_empty(), "no network");
     let paid = outbox(&w, saga(50));
-    assert_eq!((paid.coin.id, paid.value(), paid.holder(), paid.holder_key()), (small.id, Amount(800), Some(W2), key_of(W2)));
+    assert_eq!(
+        (paid.coin.id, paid.value(), paid.holder(), paid.holder_key()),
+        (small.id, Amount(800), Some(W2), key_of(W2))
+    );
     let s = w.wallet.snapshot();
     assert_eq!(s.offline.chains.len(), 1);
-    assert_eq!(s.offline.chains[0].value(), Amount(200), "the remainder stays with the payer");
+    assert_eq!(
+        s.offline.chains[0].value(),
+        Amount(200),
+        "the remainder stays with the payer"
+    );
     assert_eq!(s.offline.spent_offline, vec![small.id]);
-    assert_eq!(s.coins.iter().map(|c| c.id).collect::<Vec<_>>(), vec![big.id]);
-    assert_eq!((s.offline.unsynced, s.offline.sequence, s.offline.limit), (Amount(800), 2, OFFLINE_LIMIT));
+    assert_eq!(
+        s.coins.iter().map(|c| c.id).collect::<Vec<_>>(),
+        vec![big.id]
+    );
+    assert_eq!(
+        (s.offline.unsynced, s.offline.sequence, s.offline.limit),
+        (Amount(800), 2, OFFLINE_LIMIT)
+    );
     // The hand-over empties the outbox.
     w.offline(OfflineCommand::HandedOver { saga: saga(50) });
     assert!(w.wallet.snapshot().offline.outbox.is_empty());
@@ -351,29 +492,85 @@ fn the_offline_limit_bounds_what_is_paid_before_a_sync_and_a_sync_frees_it() {
     let mut w = Node::new(W1, A);
     w.give(&coin(A, W1, 5_000, 1));
     w.give(&coin(A, W1, 5_000, 2));
-    assert_eq!(notice(&pay(&mut w, saga(60), W2, 2_000)), (SagaKind::OfflinePay, Ok(())));
-    assert_eq!(notice(&pay(&mut w, saga(61), W2, 1_500)), (SagaKind::OfflinePay, Err(AbortReason::OfflineLimit)));
-    assert_eq!(notice(&pay(&mut w, saga(62), W2, 0)), (SagaKind::OfflinePay, Err(AbortReason::InvalidAmount)));
-    assert_eq!(notice(&pay(&mut w, saga(63), W1, 10)), (SagaKind::OfflinePay, Err(AbortReason::PayeeMismatch)));
-    assert_eq!(notice(&pay(&mut w, saga(64), W2, 9_000)), (SagaKind::OfflinePay, Err(AbortReason::OfflineLimit)));
+    assert_eq!(
+        notice(&pay(&mut w, saga(60), W2, 2_000)),
+        (SagaKind::OfflinePay, Ok(()))
+    );
+    assert_eq!(
+        notice(&pay(&mut w, saga(61), W2, 1_500)),
+        (SagaKind::OfflinePay, Err(AbortReason::OfflineLimit))
+    );
+    assert_eq!(
+        notice(&pay(&mut w, saga(62), W2, 0)),
+        (SagaKind::OfflinePay, Err(AbortReason::InvalidAmount))
+    );
+    assert_eq!(
+        notice(&pay(&mut w, saga(63), W1, 10)),
+        (SagaKind::OfflinePay, Err(AbortReason::PayeeMismatch))
+    );
+    assert_eq!(
+        notice(&pay(&mut w, saga(64), W2, 9_000)),
+        (SagaKind::OfflinePay, Err(AbortReason::OfflineLimit))
+    );
 
     // Sync: the records go to the institution, and the remainder chain is redeemed.
     let out = w.offline(OfflineCommand::Sync { saga: saga(65) });
-    let upload = out.sends.iter().find(|e| matches!(e.payload, Payload::Offline(OfflineMessage::Sync { .. }))).expect("an upload");
-    let Payload::Offline(OfflineMessage::Sync { transfers }) = &upload.payload else { unreachable!() };
-    assert_eq!(transfers.iter().map(|t| t.record.sequence).collect::<Vec<_>>(), vec![1, 2]);
-    let redemptions: Vec<&Envelope> = out.sends.iter().filter(|e| matches!(e.payload, Payload::Offline(OfflineMessage::RedeemRequest(_)))).collect();
+    let upload = out
+        .sends
+        .iter()
+        .find(|e| matches!(e.payload, Payload::Offline(OfflineMessage::Sync { .. })))
+        .expect("an upload");
+    let Payload::Offline(OfflineMessage::Sync { transfers }) = &upload.payload else {
+        unreachable!()
+    };
+    assert_eq!(
+        transfers
+            .iter()
+            .map(|t| t.record.sequence)
+            .collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    let redemptions: Vec<&Envelope> = out
+        .sends
+        .iter()
+        .filter(|e| {
+            matches!(
+                e.payload,
+                Payload::Offline(OfflineMessage::RedeemRequest(_))
+            )
+        })
+        .collect();
     assert_eq!(redemptions.len(), 1, "the remainder chain");
-    assert!(out.notices.is_empty(), "not done before the institution answers");
-    let ack = w.deliver(Address::Institution(A), saga(65), Payload::Offline(OfflineMessage::SyncAck { sequence: 2 }));
+    assert!(
+        out.notices.is_empty(),
+        "not done before the institution answers"
+    );
+    let ack = w.deliver(
+        Address::Institution(A),
+        saga(65),
+        Payload::Offline(OfflineMessage::SyncAck { sequence: 2 }),
+    );
     assert!(ack.notices.is_empty(), "the redemption is still under way");
     assert_eq!(w.wallet.snapshot().offline.unsynced, Amount::ZERO);
     let redeemed = w.outcome(A, redemptions[0].saga_id, SagaKind::OfflineRedeem, Ok(()));
-    let kinds: Vec<_> = redeemed.notices.iter().map(|n| (n.outcome.kind, n.outcome.result)).collect();
-    assert_eq!(kinds, vec![(SagaKind::OfflineRedeem, Ok(())), (SagaKind::OfflineSync, Ok(()))]);
+    let kinds: Vec<_> = redeemed
+        .notices
+        .iter()
+        .map(|n| (n.outcome.kind, n.outcome.result))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (SagaKind::OfflineRedeem, Ok(())),
+            (SagaKind::OfflineSync, Ok(()))
+        ]
+    );
     assert_eq!(w.wallet.snapshot().pending, 0);
     // The limit is free again.
-    assert_eq!(notice(&pay(&mut w, saga(66), W2, 1_500)), (SagaKind::OfflinePay, Ok(())));
+    assert_eq!(
+        notice(&pay(&mut w, saga(66), W2, 1_500)),
+        (SagaKind::OfflinePay, Ok(()))
+    );
 }
 
 #[test]
@@ -381,7 +578,10 @@ fn an_offline_payment_needs_one_coin_that_covers_it_and_no_online_payment_in_fli
     let mut w = Node::new(W1, A);
     w.give(&coin(A, W1, 1_000, 1));
     w.give(&coin(A, W1, 1_000, 2));
-    assert_eq!(notice(&pay(&mut w, saga(70), W2, 1_500)), (SagaKind::OfflinePay, Err(AbortReason::InsufficientFunds)));
+    assert_eq!(
+        notice(&pay(&mut w, saga(70), W2, 1_500)),
+        (SagaKind::OfflinePay, Err(AbortReason::InsufficientFunds))
+    );
     w.command(WalletCommand::Pay {
         saga: saga(71),
         payee: W2,
@@ -389,7 +589,10 @@ fn an_offline_payment_needs_one_coin_that_covers_it_and_no_online_payment_in_fli
         amount: Amount(100),
         coins: None,
     });
-    assert_eq!(notice(&pay(&mut w, saga(72), W2, 100)), (SagaKind::OfflinePay, Err(AbortReason::Busy)));
+    assert_eq!(
+        notice(&pay(&mut w, saga(72), W2, 100)),
+        (SagaKind::OfflinePay, Err(AbortReason::Busy))
+    );
 }
 
 #[test]
@@ -409,7 +612,10 @@ fn a_payee_takes_a_genuine_chain_once_and_refuses_forged_or_misaddressed_ones() 
         chain: chain.clone(),
     });
     assert_eq!(notice(&again), (SagaKind::OfflinePay, Ok(())));
-    assert!(again.events.is_empty(), "a repeated hand-over is taken once");
+    assert!(
+        again.events.is_empty(),
+        "a repeated hand-over is taken once"
+    );
     assert_eq!(payee.wallet.snapshot().offline.chains, vec![chain.clone()]);
 
     let mut inflated = chain.clone();
@@ -421,8 +627,18 @@ fn a_payee_takes_a_genuine_chain_once_and_refuses_forged_or_misaddressed_ones() 
     };
     refused(&mut payee, saga(81), inflated, AbortReason::BadSignature);
     let mut other = Node::new(W3, B);
-    refused(&mut other, saga(82), chain.clone(), AbortReason::PayeeMismatch);
-    refused(&mut other, saga(83), TrustChain::of_coin(coin(A, W3, 10, 9)), AbortReason::EmptyRequest);
+    refused(
+        &mut other,
+        saga(82),
+        chain.clone(),
+        AbortReason::PayeeMismatch,
+    );
+    refused(
+        &mut other,
+        saga(83),
+        TrustChain::of_coin(coin(A, W3, 10, 9)),
+        AbortReason::EmptyRequest,
+    );
 }
 
 #[test]
@@ -439,25 +655,45 @@ fn a_received_chain_can_be_paid_onward_and_redeemed() {
     let out = pay(&mut w2, saga(91), W3, 250);
     assert_eq!(notice(&out), (SagaKind::OfflinePay, Ok(())));
     let onward = outbox(&w2, saga(91));
-    assert_eq!((onward.transfers.len(), onward.value(), onward.holder()), (2, Amount(250), Some(W3)));
+    assert_eq!(
+        (onward.transfers.len(), onward.value(), onward.holder()),
+        (2, Amount(250), Some(W3))
+    );
     let kept = w2.wallet.snapshot().offline.chains;
     assert_eq!(kept.len(), 1);
     assert_eq!(kept[0].value(), Amount(350));
     // Redeem what it kept.
     let id = kept[0].id();
-    let out = w2.offline(OfflineCommand::Redeem { saga: saga(92), chain: id });
+    let out = w2.offline(OfflineCommand::Redeem {
+        saga: saga(92),
+        chain: id,
+    });
     let e = only_send(&out);
-    assert_eq!(e.to, Address::Institution(B), "redeemed through its own institution");
-    assert_eq!(e.payload, Payload::Offline(OfflineMessage::RedeemRequest(kept[0].clone())));
-    let busy = w2.offline(OfflineCommand::Redeem { saga: saga(93), chain: id });
-    assert_eq!(notice(&busy), (SagaKind::OfflineRedeem, Err(AbortReason::Busy)));
+    assert_eq!(
+        e.to,
+        Address::Institution(B),
+        "redeemed through its own institution"
+    );
+    assert_eq!(
+        e.payload,
+        Payload::Offline(OfflineMessage::RedeemRequest(kept[0].clone()))
+    );
+    let busy = w2.offline(OfflineCommand::Redeem {
+        saga: saga(93),
+        chain: id,
+    });
+    assert_eq!(
+        notice(&busy),
+        (SagaKind::OfflineRedeem, Err(AbortReason::Busy))
+    );
     let done = w2.outcome(B, saga(92), SagaKind::OfflineRedeem, Ok(()));
     assert_eq!(notice(&done), (SagaKind::OfflineRedeem, Ok(())));
     assert!(w2.wallet.snapshot().offline.chains.is_empty());
 }
 
 #[test]
-fn a_refused_redemption_drops_a_worthless_chain_counts_double_spends_and_keeps_a_chain_worth_retrying() {
+fn a_refused_redemption_drops_a_worthless_chain_counts_double_spends_and_keeps_a_chain_worth_retrying(
+) {
     let mut payer = Node::new(W1, A);
     payer.give(&coin(A, W1, 1_000, 1));
     payer.give(&coin(A, W1, 2_000, 2));
@@ -475,31 +711,64 @@ fn a_refused_redemption_drops_a_worthless_chain_counts_double_spends_and_keeps_a
     let (first, second) = (chains[0].id(), chains[1].id());
 
     // Timed out: the chain is kept and can be redeemed again.
-    w2.offline(OfflineCommand::Redeem { saga: saga(102), chain: first });
-    let out = w2.outcome(B, saga(102), SagaKind::OfflineRedeem, Err(AbortReason::Timeout));
-    assert_eq!(notice(&out), (SagaKind::OfflineRedeem, Err(AbortReason::Timeout)));
+    w2.offline(OfflineCommand::Redeem {
+        saga: saga(102),
+        chain: first,
+    });
+    let out = w2.outcome(
+        B,
+        saga(102),
+        SagaKind::OfflineRedeem,
+        Err(AbortReason::Timeout),
+    );
+    assert_eq!(
+        notice(&out),
+        (SagaKind::OfflineRedeem, Err(AbortReason::Timeout))
+    );
     assert_eq!(w2.wallet.snapshot().offline.chains.len(), 2);
 
     // A double spend: the chain is worthless; the report names who made it.
-    w2.offline(OfflineCommand::Redeem { saga: saga(103), chain: first });
+    w2.offline(OfflineCommand::Redeem {
+        saga: saga(103),
+        chain: first,
+    });
     let report = DoubleSpend {
         coin_id: chains[0].coin.id,
         signer: W1,
         signer_key: key_of(W1),
         sequence: 1,
     };
-    w2.deliver(Address::Institution(B), saga(103), Payload::Offline(OfflineMessage::DoubleSpendReport(report.clone())));
-    w2.outcome(B, saga(103), SagaKind::OfflineRedeem, Err(AbortReason::OfflineDoubleSpend));
+    w2.deliver(
+        Address::Institution(B),
+        saga(103),
+        Payload::Offline(OfflineMessage::DoubleSpendReport(report.clone())),
+    );
+    w2.outcome(
+        B,
+        saga(103),
+        SagaKind::OfflineRedeem,
+        Err(AbortReason::OfflineDoubleSpend),
+    );
     let s = w2.wallet.snapshot().offline;
-    assert_eq!((s.double_spends_detected, s.double_spend_reports), (1, vec![report]));
-    assert_eq!(s.chains.iter().map(|c| c.id()).collect::<Vec<_>>(), vec![second]);
+    assert_eq!(
+        (s.double_spends_detected, s.double_spend_reports),
+        (1, vec![report])
+    );
+    assert_eq!(
+        s.chains.iter().map(|c| c.id()).collect::<Vec<_>>(),
+        vec![second]
+    );
     // A report from anyone but the wallet's institution is not taken.
-    let stray = w2.deliver(Address::Institution(A), saga(103), Payload::Offline(OfflineMessage::DoubleSpendReport(DoubleSpend {
-        coin_id: CoinId([1; 32]),
-        signer: W3,
-        signer_key: key_of(W3),
-        sequence: 9,
-    })));
+    let stray = w2.deliver(
+        Address::Institution(A),
+        saga(103),
+        Payload::Offline(OfflineMessage::DoubleSpendReport(DoubleSpend {
+            coin_id: CoinId([1; 32]),
+            signer: W3,
+            signer_key: key_of(W3),
+            sequence: 9,
+        })),
+    );
     assert!(stray.events.is_empty());
 }
 
@@ -511,7 +780,11 @@ fn a_coin_split_offline_is_never_taken_back_nor_offered_to_an_online_payment() {
     w.give(&big);
     pay(&mut w, saga(110), W2, 500);
     // Its issuer resends it (never acknowledged, say): it stays out of the wallet.
-    let late = w.deliver(Address::Institution(A), small.body.origin_saga, Payload::CoinIssued(small.clone()));
+    let late = w.deliver(
+        Address::Institution(A),
+        small.body.origin_saga,
+        Payload::CoinIssued(small.clone()),
+    );
     assert!(late.events.is_empty());
     assert_eq!(w.coins(), vec![big.id]);
     // An online payment: the wallet chooses its coins itself (its institution might pick the
@@ -536,7 +809,10 @@ fn a_planted_reuse_signs_a_second_transfer_of_a_coin_already_split_offline() {
     let c = coin(A, W1, 1_000, 1);
     w.give(&c);
     pay(&mut w, saga(120), W2, 1_000);
-    assert_eq!(notice(&pay(&mut w, saga(121), W3, 100)), (SagaKind::OfflinePay, Err(AbortReason::InsufficientFunds)));
+    assert_eq!(
+        notice(&pay(&mut w, saga(121), W3, 100)),
+        (SagaKind::OfflinePay, Err(AbortReason::InsufficientFunds))
+    );
     let out = w.offline(OfflineCommand::Pay {
         saga: saga(122),
         payee: W3,
@@ -547,7 +823,10 @@ fn a_planted_reuse_signs_a_second_transfer_of_a_coin_already_split_offline() {
     assert_eq!(notice(&out), (SagaKind::OfflinePay, Ok(())));
     let (first, second) = (outbox(&w, saga(120)), outbox(&w, saga(122)));
     assert_eq!(first.coin.id, second.coin.id);
-    assert_ne!(first.transfers[0].record.sequence, second.transfers[0].record.sequence);
+    assert_ne!(
+        first.transfers[0].record.sequence,
+        second.transfers[0].record.sequence
+    );
 }
 
 #[test]
@@ -557,12 +836,17 @@ fn the_state_survives_a_checkpoint_and_a_journal_replay() {
     w.give(&coin(B, W1, 2_000, 2));
     pay(&mut w, saga(130), W2, 400);
     let ids = w.coins();
-    w.command(WalletCommand::Merge { saga: saga(131), coins: ids });
+    w.command(WalletCommand::Merge {
+        saga: saga(131),
+        coins: ids,
+    });
     w.offline(OfflineCommand::Sync { saga: saga(132) });
     let live = w.wallet.snapshot();
     let fresh = || Node::new(W1, A).wallet;
     let mut restored = fresh();
-    restored.restore(&w.wallet.checkpoint().expect("wallets take snapshots")).expect("restores");
+    restored
+        .restore(&w.wallet.checkpoint().expect("wallets take snapshots"))
+        .expect("restores");
     let mut replayed = fresh();
     for e in &w.journal {
         replayed.apply(e);
@@ -575,4 +859,36 @@ fn the_state_survives_a_checkpoint_and_a_journal_replay() {
     assert_eq!(live.pending, 3, "the merge, the sync and its redemption");
     // The restored wallet still enforces the configured limit.
     assert_eq!(restored.snapshot().offline.limit, OFFLINE_LIMIT);
+}
+
+#[test]
+fn an_institutions_selection_naming_a_coin_split_offline_becomes_no_selection() {
+    let mut w = Node::new(W1, A);
+    let (small, big) = (coin(A, W1, 1_000, 1), coin(A, W1, 5_000, 2));
+    w.give(&small);
+    w.give(&big);
+    assert_eq!(
+        notice(&pay(&mut w, saga(140), W2, 500)),
+        (SagaKind::OfflinePay, Ok(()))
+    );
+    // Its issuer still shows `small` active: an institution's selection (for an escrow
+    // deposit, say) may name it. The wallet treats that as no selection.
+    let reply = |coin_ids: Vec<CoinId>| {
+        let payload = Payload::BalanceReply {
+            available: Amount(6_000),
+            coin_ids,
+        };
+        envelope(
+            Address::Institution(A),
+            Address::Wallet(W1),
+            saga(141),
+            payload,
+        )
+    };
+    let filtered = w
+        .wallet
+        .without_coins_spent_offline(reply(vec![small.id, big.id]));
+    assert_eq!(filtered, reply(vec![]));
+    let untouched = w.wallet.without_coins_spent_offline(reply(vec![big.id]));
+    assert_eq!(untouched, reply(vec![big.id]));
 }

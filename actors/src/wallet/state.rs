@@ -117,6 +117,9 @@ impl WalletOp {
 }
 
 /// Journaled facts of a wallet.
+// Events live for one step and most carry coins, chains or authorizations; boxing the large
+// variants would add an allocation to every step for no saving.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WalletEvent {
     /// An operation started.
@@ -256,6 +259,8 @@ pub struct WalletSnapshot {
     pub pending: usize,
     /// The wallet parameters version it runs.
     pub params_version: u32,
+    /// The account balance its institution reported at its last update (`None` before any).
+    pub account_balance: Option<Amount>,
     /// Offline payments: limit, chains held, double spends detected.
     pub offline: OfflineSnapshot,
 }
@@ -688,6 +693,8 @@ impl StateMachine for Wallet {
             // Merge, split and offline messages, and the outcomes of their sagas.
             return self.on_saga_envelope(envelope, now_ms, out);
         }
+        // Never spend online a coin already split offline, whoever selected it.
+        let envelope = self.without_coins_spent_offline(envelope);
         let (from, saga) = (envelope.from, envelope.saga_id);
         match envelope.payload {
             Payload::BalanceReply { coin_ids, .. } if self.is_escrow_choosing(&saga) => {
@@ -887,6 +894,7 @@ impl StateMachine for Wallet {
             coins: self.coins.values().cloned().collect(),
             pending: self.ops.len() + self.sagas_pending(),
             params_version: self.params.version,
+            account_balance: self.account_balance,
             offline: self.offline_snapshot(),
         }
     }

@@ -19,8 +19,12 @@
 use super::{Out, Wallet, WalletEvent, WalletOp, WalletTimer};
 use serde::{Deserialize, Serialize};
 use specie_protocol::envelope::SagaOutcome;
-use specie_protocol::update::{SignedWithdraw, UpdateMessage, WalletParams, WithdrawAuthorization, WITHDRAW_COINS_MAX};
-use specie_protocol::{AbortReason, Address, Amount, CoinId, Envelope, KeyStore, Payload, SagaId, SagaKind};
+use specie_protocol::update::{
+    SignedWithdraw, UpdateMessage, WalletParams, WithdrawAuthorization, WITHDRAW_COINS_MAX,
+};
+use specie_protocol::{
+    AbortReason, Address, Amount, CoinId, Envelope, KeyStore, Payload, SagaId, SagaKind,
+};
 use specie_runtime::{Notice, StateMachine};
 
 /// Ask the wallet to update itself.
@@ -102,7 +106,12 @@ pub enum UpdateEvent {
 
 impl Wallet {
     fn update_envelope(&self, saga: SagaId, attempt: u32, message: UpdateMessage) -> Envelope {
-        self.envelope(saga, Address::Institution(self.institution), attempt, Payload::WalletUpdate(message))
+        self.envelope(
+            saga,
+            Address::Institution(self.institution),
+            attempt,
+            Payload::WalletUpdate(message),
+        )
     }
 
     /// The parameters the wallet runs with.
@@ -159,7 +168,10 @@ impl Wallet {
             out,
         );
         out.send(first);
-        out.timer(self.limits.outcome_timeout_ms, WalletTimer { saga, attempt: 1 });
+        out.timer(
+            self.limits.outcome_timeout_ms,
+            WalletTimer { saga, attempt: 1 },
+        );
     }
 
     /// The request an update (re)sends at its current step.
@@ -206,7 +218,14 @@ impl Wallet {
     }
 
     /// The institution answered a step of an update.
-    pub(super) fn on_update_message(&mut self, from: Address, saga: SagaId, message: UpdateMessage, now_ms: u64, out: &mut Out) {
+    pub(super) fn on_update_message(
+        &mut self,
+        from: Address,
+        saga: SagaId,
+        message: UpdateMessage,
+        now_ms: u64,
+        out: &mut Out,
+    ) {
         if from != Address::Institution(self.institution) {
             return;
         }
@@ -214,8 +233,16 @@ impl Wallet {
             return; // late or duplicate
         };
         match (&op.step, message) {
-            (UpdateStep::Checking, UpdateMessage::CheckReply { needed: false, .. }) => self.finish(saga, Ok(()), out),
-            (UpdateStep::Checking, UpdateMessage::CheckReply { needed: true, latest_version }) => {
+            (UpdateStep::Checking, UpdateMessage::CheckReply { needed: false, .. }) => {
+                self.finish(saga, Ok(()), out)
+            }
+            (
+                UpdateStep::Checking,
+                UpdateMessage::CheckReply {
+                    needed: true,
+                    latest_version,
+                },
+            ) => {
                 let withdraw = self.sign_withdraw(saga);
                 self.record(
                     WalletEvent::Update(UpdateEvent::Checked {
@@ -244,7 +271,13 @@ impl Wallet {
                 self.finish(saga, Err(reason), out)
             }
             (UpdateStep::Uploading, UpdateMessage::UploadReply { accepted }) => {
-                self.record(WalletEvent::Update(UpdateEvent::Uploaded { saga, records: accepted }), out);
+                self.record(
+                    WalletEvent::Update(UpdateEvent::Uploaded {
+                        saga,
+                        records: accepted,
+                    }),
+                    out,
+                );
                 self.send_update_step(saga, out);
             }
             (
@@ -283,7 +316,9 @@ impl Wallet {
             | UpdateEvent::Applied { saga, .. } => *saga,
         };
         match event {
-            UpdateEvent::Withdrawn { coin_ids, at_ms, .. } => {
+            UpdateEvent::Withdrawn {
+                coin_ids, at_ms, ..
+            } => {
                 for id in coin_ids {
                     self.coins.remove(id);
                     self.spent.insert(*id, *at_ms);
@@ -299,12 +334,18 @@ impl Wallet {
             }
             UpdateEvent::Checked { .. } | UpdateEvent::Uploaded { .. } => {}
         }
-        let Some(WalletOp::Update(op)) = self.ops.get_mut(&saga) else { return };
+        let Some(WalletOp::Update(op)) = self.ops.get_mut(&saga) else {
+            return;
+        };
         match event {
-            UpdateEvent::Checked { latest, withdraw, .. } => {
+            UpdateEvent::Checked {
+                latest, withdraw, ..
+            } => {
                 op.latest = *latest;
                 op.step = match withdraw {
-                    Some(signed) => UpdateStep::Withdrawing { signed: signed.clone() },
+                    Some(signed) => UpdateStep::Withdrawing {
+                        signed: signed.clone(),
+                    },
                     None => UpdateStep::Uploading,
                 };
             }
@@ -328,7 +369,10 @@ pub(super) mod testkit {
     use crate::central_bank::{CentralBank, CentralBankCommand};
     use crate::cluster::ClusterSnapshot;
     use crate::institution::{Institution, InstitutionCommand, InstitutionLimits};
-    use specie_protocol::{Address, Amount, Envelope, InstitutionId, KeyStore, PublicKey, SagaId, SoftKeyStore, WalletId};
+    use specie_protocol::{
+        Address, Amount, Envelope, InstitutionId, KeyStore, PublicKey, SagaId, SoftKeyStore,
+        WalletId,
+    };
     use specie_runtime::{Effects, Notice, StateMachine};
     use std::collections::{BTreeMap, HashMap, VecDeque};
     use std::sync::Arc;
@@ -383,11 +427,17 @@ pub(super) mod testkit {
                     dedup_retention_ms: 600_000,
                 };
                 let id = InstitutionId(i);
-                r.insts.push(Institution::new(id, Arc::new(institution_keys(id)), Arc::new(limits)).with_institutions(institutions));
+                r.insts.push(
+                    Institution::new(id, Arc::new(institution_keys(id)), Arc::new(limits))
+                        .with_institutions(institutions),
+                );
             }
             // The central bank mints each institution its customers' deposits, once.
             for i in 0..institutions {
-                let customers = wallets.iter().filter(|w| *w % u64::from(institutions) == u64::from(i)).count() as u64;
+                let customers = wallets
+                    .iter()
+                    .filter(|w| *w % u64::from(institutions) == u64::from(i))
+                    .count() as u64;
                 let mint = CentralBankCommand::Mint {
                     institution: InstitutionId(i),
                     amount: Amount(DEPOSIT * customers),
@@ -395,7 +445,10 @@ pub(super) mod testkit {
                 r.cb.on_command(mint, NOW, &mut Effects::default());
             }
             for w in wallets {
-                let (id, inst) = (WalletId(*w), InstitutionId((*w % u64::from(institutions)) as u32));
+                let (id, inst) = (
+                    WalletId(*w),
+                    InstitutionId((*w % u64::from(institutions)) as u32),
+                );
                 let open = InstitutionCommand::OpenAccount {
                     wallet: id,
                     key: wallet_keys(id).public_key(),
@@ -410,19 +463,34 @@ pub(super) mod testkit {
         }
 
         fn wallet(id: WalletId, inst: InstitutionId, institutions: u32) -> Wallet {
-            let issuers: HashMap<InstitutionId, PublicKey> =
-                (0..institutions).map(|i| (InstitutionId(i), institution_keys(InstitutionId(i)).public_key())).collect();
+            let issuers: HashMap<InstitutionId, PublicKey> = (0..institutions)
+                .map(|i| {
+                    (
+                        InstitutionId(i),
+                        institution_keys(InstitutionId(i)).public_key(),
+                    )
+                })
+                .collect();
             let limits = WalletLimits {
                 authorization_ttl_ms: 10_000,
                 outcome_timeout_ms: OUTCOME_TIMEOUT_MS,
                 saga_timeout_ms: 2_000,
                 dedup_retention_ms: 600_000,
             };
-            Wallet::new(id, inst, Arc::new(wallet_keys(id)), Arc::new(issuers), Arc::new(limits))
+            Wallet::new(
+                id,
+                inst,
+                Arc::new(wallet_keys(id)),
+                Arc::new(issuers),
+                Arc::new(limits),
+            )
         }
 
         fn absorb(&mut self, w: WalletId, out: Effects<WalletEvent, WalletTimer>) {
-            self.journals.get_mut(&w).expect("known wallet").extend(out.events);
+            self.journals
+                .get_mut(&w)
+                .expect("known wallet")
+                .extend(out.events);
             self.queue.extend(out.sends);
             self.notices.extend(out.notices);
             for (delay, t) in out.timers {
@@ -433,7 +501,10 @@ pub(super) mod testkit {
         pub fn command(&mut self, w: WalletId, command: WalletCommand) {
             let mut out = Effects::default();
             let now = self.now;
-            self.wallets.get_mut(&w).expect("known wallet").on_command(command, now, &mut out);
+            self.wallets
+                .get_mut(&w)
+                .expect("known wallet")
+                .on_command(command, now, &mut out);
             self.absorb(w, out);
             self.run();
         }
@@ -460,7 +531,10 @@ pub(super) mod testkit {
                     }
                     Address::Wallet(w) => {
                         let mut out = Effects::default();
-                        self.wallets.get_mut(&w).expect("known wallet").on_envelope(env, now, &mut out);
+                        self.wallets
+                            .get_mut(&w)
+                            .expect("known wallet")
+                            .on_envelope(env, now, &mut out);
                         self.absorb(w, out);
                     }
                     other => panic!("nothing lives at {other}"),
@@ -473,12 +547,17 @@ pub(super) mod testkit {
             let until = self.now + ms;
             loop {
                 self.timers.sort_by_key(|(due, w, _)| (*due, *w));
-                let Some(pos) = self.timers.iter().position(|(due, _, _)| *due <= until) else { break };
+                let Some(pos) = self.timers.iter().position(|(due, _, _)| *due <= until) else {
+                    break;
+                };
                 let (due, w, timer) = self.timers.remove(pos);
                 self.now = self.now.max(due);
                 let mut out = Effects::default();
                 let now = self.now;
-                self.wallets.get_mut(&w).expect("known wallet").on_timer(timer, now, &mut out);
+                self.wallets
+                    .get_mut(&w)
+                    .expect("known wallet")
+                    .on_timer(timer, now, &mut out);
                 self.absorb(w, out);
                 self.run();
             }
@@ -502,7 +581,11 @@ pub(super) mod testkit {
 
         /// The outcome notices of saga `id`.
         pub fn outcomes(&self, id: SagaId) -> Vec<Result<(), specie_protocol::AbortReason>> {
-            self.notices.iter().filter(|n| n.saga_id == id).map(|n| n.outcome.result).collect()
+            self.notices
+                .iter()
+                .filter(|n| n.saga_id == id)
+                .map(|n| n.outcome.result)
+                .collect()
         }
 
         pub fn coins(&self, w: WalletId) -> u64 {
@@ -511,7 +594,9 @@ pub(super) mod testkit {
 
         pub fn account(&self, w: WalletId) -> u64 {
             let inst = self.wallets[&w].institution;
-            self.insts[inst.0 as usize].snapshot().accounts[&w].balance.0
+            self.insts[inst.0 as usize].snapshot().accounts[&w]
+                .balance
+                .0
         }
 
         pub fn audit(&self) -> AuditReport {
@@ -552,7 +637,13 @@ mod tests {
     /// One institution, wallet `W` with 63.00 of coins out of its 1,000.00 deposit.
     fn funded() -> Router {
         let mut r = Router::new(1, &[4, 5]);
-        r.command(W, WalletCommand::Exchange { saga: saga(1), amount: Amount(6_300) });
+        r.command(
+            W,
+            WalletCommand::Exchange {
+                saga: saga(1),
+                amount: Amount(6_300),
+            },
+        );
         assert_eq!(r.coins(W), 6_300);
         r.assert_audit();
         r
@@ -565,18 +656,40 @@ mod tests {
     #[test]
     fn an_update_withdraws_the_coins_applies_the_new_parameters_and_coins_can_be_taken_out_again() {
         let mut r = funded();
-        let backing = r.cb.snapshot().reserves.values().map(|x| x.backing.0).sum::<u64>();
+        let backing =
+            r.cb.snapshot()
+                .reserves
+                .values()
+                .map(|x| x.backing.0)
+                .sum::<u64>();
         assert_eq!(backing, 6_300);
         update(&mut r, saga(2));
         assert_eq!(r.outcomes(saga(2)), vec![Ok(())]);
         assert_eq!(r.coins(W), 0, "the coins went to the account");
         assert_eq!(r.account(W), DEPOSIT, "exactly once");
-        assert_eq!(r.wallets[&W].params().version, WalletParams::platform_initial().version);
+        assert_eq!(
+            r.wallets[&W].params().version,
+            WalletParams::platform_initial().version
+        );
         assert_eq!(r.wallets[&W].snapshot().params_version, 2);
-        assert_eq!(r.cb.snapshot().reserves.values().map(|x| x.backing.0).sum::<u64>(), 0, "backing released");
+        assert_eq!(
+            r.cb.snapshot()
+                .reserves
+                .values()
+                .map(|x| x.backing.0)
+                .sum::<u64>(),
+            0,
+            "backing released"
+        );
         r.assert_audit();
         // Coins again, as before the update.
-        r.command(W, WalletCommand::Exchange { saga: saga(3), amount: Amount(2_000) });
+        r.command(
+            W,
+            WalletCommand::Exchange {
+                saga: saga(3),
+                amount: Amount(2_000),
+            },
+        );
         assert_eq!((r.coins(W), r.account(W)), (2_000, DEPOSIT - 2_000));
         r.assert_audit();
         // Up to date: an update changes nothing.
@@ -586,9 +699,16 @@ mod tests {
         // A newer version published: needed again.
         let mut params = WalletParams::platform_initial();
         params.version = 3;
-        r.insts[0].on_command(InstitutionCommand::PublishWalletParams(params), r.now, &mut Effects::default());
+        r.insts[0].on_command(
+            InstitutionCommand::PublishWalletParams(params),
+            r.now,
+            &mut Effects::default(),
+        );
         update(&mut r, saga(5));
-        assert_eq!((r.coins(W), r.account(W), r.wallets[&W].params().version), (0, DEPOSIT, 3));
+        assert_eq!(
+            (r.coins(W), r.account(W), r.wallets[&W].params().version),
+            (0, DEPOSIT, 3)
+        );
         r.assert_audit();
     }
 
@@ -596,7 +716,12 @@ mod tests {
     fn an_update_interrupted_after_the_withdraw_and_retried_loses_and_doubles_nothing() {
         let mut r = funded();
         // The wallet crashes right after the withdraw is journaled: the upload never leaves.
-        r.drop = Box::new(|e| matches!(e.payload, Payload::WalletUpdate(UpdateMessage::Upload { .. })));
+        r.drop = Box::new(|e| {
+            matches!(
+                e.payload,
+                Payload::WalletUpdate(UpdateMessage::Upload { .. })
+            )
+        });
         update(&mut r, saga(2));
         assert!(matches!(
             &r.wallets[&W].ops[&saga(2)],
@@ -608,7 +733,11 @@ mod tests {
         // Retried by the user with the same saga id: resumes at the upload.
         update(&mut r, saga(2));
         assert_eq!(r.outcomes(saga(2)), vec![Ok(())]);
-        assert_eq!((r.coins(W), r.account(W)), (0, DEPOSIT), "withdrawn exactly once");
+        assert_eq!(
+            (r.coins(W), r.account(W)),
+            (0, DEPOSIT),
+            "withdrawn exactly once"
+        );
         r.assert_audit();
         // Retried once more after it finished: the recorded outcome, nothing moves.
         update(&mut r, saga(2));
@@ -622,7 +751,10 @@ mod tests {
         let mut r = funded();
         let mut lost = false;
         r.drop = Box::new(move |e| {
-            let reply = matches!(e.payload, Payload::WalletUpdate(UpdateMessage::WithdrawReply(_)));
+            let reply = matches!(
+                e.payload,
+                Payload::WalletUpdate(UpdateMessage::WithdrawReply(_))
+            );
             if reply && !lost {
                 lost = true;
                 return true;
@@ -663,7 +795,13 @@ mod tests {
     fn a_withdraw_of_coins_not_the_wallets_is_refused_and_changes_nothing() {
         let mut r = funded();
         let other = WalletId(5);
-        r.command(other, WalletCommand::Exchange { saga: saga(9), amount: Amount(1_000) });
+        r.command(
+            other,
+            WalletCommand::Exchange {
+                saga: saga(9),
+                amount: Amount(1_000),
+            },
+        );
         let coin = r.wallets[&other].snapshot().coins[0].clone();
         let forged = specie_protocol::update::WithdrawAuthorization {
             saga_id: saga(10),

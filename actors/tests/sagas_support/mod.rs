@@ -28,7 +28,9 @@ pub fn config(wallets: u64) -> Config {
 
 /// Starts a cluster of `wallets` wallets and subscribes to its notices.
 pub async fn start(wallets: u64, seed: u64) -> (Cluster, Notices) {
-    let cluster = Cluster::start(config(wallets), seed).await.expect("cluster starts");
+    let cluster = Cluster::start(config(wallets), seed)
+        .await
+        .expect("cluster starts");
     let notices = Notices {
         rx: cluster.notices(),
         seen: Vec::new(),
@@ -47,12 +49,18 @@ impl Notices {
     pub async fn outcome(&mut self, saga: SagaId, source: Address) -> Result<(), AbortReason> {
         let deadline = tokio::time::Instant::now() + OUTCOME_WAIT;
         loop {
-            if let Some(n) = self.seen.iter().find(|n| n.saga_id == saga && n.source == source) {
+            if let Some(n) = self
+                .seen
+                .iter()
+                .find(|n| n.saga_id == saga && n.source == source)
+            {
                 return n.outcome.result;
             }
             let n = tokio::time::timeout_at(deadline, self.rx.recv())
                 .await
-                .unwrap_or_else(|_| panic!("no outcome of {saga} from {source} within {OUTCOME_WAIT:?}"))
+                .unwrap_or_else(|_| {
+                    panic!("no outcome of {saga} from {source} within {OUTCOME_WAIT:?}")
+                })
                 .expect("notice channel open");
             self.seen.push(n);
         }
@@ -70,8 +78,17 @@ pub fn customers_value(s: &ClusterSnapshot) -> u128 {
     let mut chains = std::collections::HashMap::new();
     let mut coins = 0u128;
     for w in &s.wallets {
-        coins += w.coins.iter().map(|c| u128::from(c.value().0)).sum::<u128>();
-        for c in w.offline.chains.iter().chain(w.offline.outbox.iter().map(|(_, c)| c)) {
+        coins += w
+            .coins
+            .iter()
+            .map(|c| u128::from(c.value().0))
+            .sum::<u128>();
+        for c in w
+            .offline
+            .chains
+            .iter()
+            .chain(w.offline.outbox.iter().map(|(_, c)| c))
+        {
             chains.insert(c.id(), u128::from(c.value().0));
         }
     }
@@ -90,7 +107,10 @@ pub fn customers_value(s: &ClusterSnapshot) -> u128 {
 pub async fn quiet_audit(cluster: &Cluster) {
     let deadline = tokio::time::Instant::now() + OUTCOME_WAIT;
     loop {
-        assert!(cluster.quiesce(Duration::from_secs(10)).await, "the cluster goes quiet");
+        assert!(
+            cluster.quiesce(Duration::from_secs(10)).await,
+            "the cluster goes quiet"
+        );
         let report = cluster.audit().await.expect("audit");
         assert!(report.ok(), "audit: {report:#?}");
         if report.in_flight == 0 {
@@ -102,8 +122,16 @@ pub async fn quiet_audit(cluster: &Cluster) {
                 .institutions
                 .iter()
                 .map(|i| {
-                    i.sagas.merges.values().filter(|m| !m.step.is_terminal()).count()
-                        + i.sagas.redemptions.values().filter(|r| !r.step.is_terminal()).count()
+                    i.sagas
+                        .merges
+                        .values()
+                        .filter(|m| !m.step.is_terminal())
+                        .count()
+                        + i.sagas
+                            .redemptions
+                            .values()
+                            .filter(|r| !r.step.is_terminal())
+                            .count()
                 })
                 .sum();
             let undelivered: usize = s.institutions.iter().map(|i| i.coins_in_delivery).sum();
@@ -115,7 +143,11 @@ pub async fn quiet_audit(cluster: &Cluster) {
 
 /// Coin value a wallet holds.
 pub fn coins_of(s: &ClusterSnapshot, wallet: WalletId) -> u64 {
-    s.wallets[wallet.0 as usize].coins.iter().map(|c| c.value().0).sum()
+    s.wallets[wallet.0 as usize]
+        .coins
+        .iter()
+        .map(|c| c.value().0)
+        .sum()
 }
 
 /// A network that duplicates some envelopes and delays others, so that steps arrive twice
