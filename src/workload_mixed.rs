@@ -17,7 +17,7 @@
 //!   `negotiation`); one in five offers an incompatible terminal or an amount above the limit
 //!   and must be refused. When the negotiation agrees, the offline payment follows.
 //! - **merge**, **split**, **offline_pay** (the payment itself): the merge, split and offline
-//!   payment sagas, driven by `src/workload_sagas.rs`. See [`sagas_hook`].
+//!   payment sagas, driven by `src/workload_sagas.rs` through `sagas_hook` below.
 //!
 //! Wallets taking part in any operation are held busy (the pay driver's busy set) until the
 //! operation ends and their coin balance in the workload's model has been read back from the
@@ -57,7 +57,14 @@ impl Workload {
 }
 
 /// The kinds a mixed run reports, whether or not each finished an operation.
-pub const MIXED_KINDS: [&str; 6] = ["pay", "merge", "split", "offline_pay", "escrow", "wallet_update"];
+pub const MIXED_KINDS: [&str; 6] = [
+    "pay",
+    "merge",
+    "split",
+    "offline_pay",
+    "escrow",
+    "wallet_update",
+];
 
 /// A released escrow stays open this long (it is released long before).
 const ESCROW_TTL_MS: u64 = 60_000;
@@ -104,15 +111,28 @@ struct Life {
 #[derive(Debug, Clone, Copy)]
 enum Op {
     /// A step of escrow life `contract` (`Deposit` is the first).
-    Escrow { contract: u64, step: Option<Step>, amount: u64, claim_id: u64 },
+    Escrow {
+        contract: u64,
+        step: Option<Step>,
+        amount: u64,
+        claim_id: u64,
+    },
     /// The escrow's expiry notice.
     Expiry { contract: u64 },
     /// A wallet update.
-    Update { wallet: WalletId, version_before: u32 },
+    Update {
+        wallet: WalletId,
+        version_before: u32,
+    },
     /// The exchange after an update.
     Exchange { wallet: WalletId },
     /// A proximity negotiation before an offline payment.
-    Negotiate { payer: WalletId, payee: WalletId, amount: u64, planted: Option<AbortReason> },
+    Negotiate {
+        payer: WalletId,
+        payee: WalletId,
+        amount: u64,
+        planted: Option<AbortReason>,
+    },
 }
 
 struct Pending {
@@ -227,14 +247,19 @@ mod sagas_hook {
                 balance: &mut d.balance,
                 report: &mut d.report,
             };
-            mixed.sagas.start_offline_pay(ctx, payer, payee, amount, bounds).await?;
+            mixed
+                .sagas
+                .start_offline_pay(ctx, payer, payee, amount, bounds)
+                .await?;
         }
         Ok(())
     }
 
     /// Settles a merge, split or offline operation; false when the notice is not one.
     pub(super) fn settle(d: &mut Driver<'_>, notice: &Notice) -> bool {
-        let Some(mixed) = d.mixed.as_mut() else { return false };
+        let Some(mixed) = d.mixed.as_mut() else {
+            return false;
+        };
         let ctx = Ctx {
             cluster: d.cluster,
             rng: &mut d.rng,
@@ -249,7 +274,9 @@ mod sagas_hook {
 /// Rolls the kind of the next operation and starts it. `Ok(None)`: a payment (the caller's);
 /// `Ok(Some(false))`: nothing could start now.
 pub(super) async fn start_one(d: &mut Driver<'_>) -> Result<Option<bool>> {
-    let Some(mixed) = &d.mixed else { return Ok(None) };
+    let Some(mixed) = &d.mixed else {
+        return Ok(None);
+    };
     if mixed.stopped {
         return Ok(Some(false));
     }
@@ -309,14 +336,35 @@ async fn start_escrow(d: &mut Driver<'_>) -> Result<bool> {
         return Ok(false);
     }
     let cross = d.rng.gen_range(0..100) < d.config.workload.cross_institution_percent;
-    let Some((payer, merchant)) = pick_pair(d, 3_000, cross) else { return Ok(false) };
-    let cap = d.rng.gen_range(1_000..=d.balance[payer.0 as usize].min(d.config.workload.amount_max_fen).max(1_000));
-    let ending = if d.rng.gen_range(0..3) == 0 { Closure::Expired } else { Closure::Released };
+    let Some((payer, merchant)) = pick_pair(d, 3_000, cross) else {
+        return Ok(false);
+    };
+    let cap = d.rng.gen_range(
+        1_000
+            ..=d.balance[payer.0 as usize]
+                .min(d.config.workload.amount_max_fen)
+                .max(1_000),
+    );
+    let ending = if d.rng.gen_range(0..3) == 0 {
+        Closure::Expired
+    } else {
+        Closure::Released
+    };
     let (ttl, steps) = match ending {
-        Closure::Expired => (ESCROW_SHORT_TTL_MS, vec![Step::Claim, Step::AwaitExpiry, Step::AfterClose]),
+        Closure::Expired => (
+            ESCROW_SHORT_TTL_MS,
+            vec![Step::Claim, Step::AwaitExpiry, Step::AfterClose],
+        ),
         _ => (
             ESCROW_TTL_MS,
-            vec![Step::Claim, Step::OverCap, Step::DuplicateId, Step::Claim, Step::Release, Step::AfterClose],
+            vec![
+                Step::Claim,
+                Step::OverCap,
+                Step::DuplicateId,
+                Step::Claim,
+                Step::Release,
+                Step::AfterClose,
+            ],
         ),
     };
     let m = mixed(d);
@@ -343,9 +391,24 @@ async fn start_escrow(d: &mut Driver<'_>) -> Result<bool> {
     if ending == Closure::Expired {
         // The closure may come before the life gets to wait for it: listen from the start.
         let expiry = closure_saga(contract, Closure::Expired);
-        track(d, expiry, Address::Escrow(contract), Op::Expiry { contract });
+        track(
+            d,
+            expiry,
+            Address::Escrow(contract),
+            Op::Expiry { contract },
+        );
     }
-    track(d, saga, Address::Wallet(payer), Op::Escrow { contract, step: None, amount: cap, claim_id: 0 });
+    track(
+        d,
+        saga,
+        Address::Wallet(payer),
+        Op::Escrow {
+            contract,
+            step: None,
+            amount: cap,
+            claim_id: 0,
+        },
+    );
     let command = EscrowCommand::Deposit {
         saga,
         contract,
@@ -354,14 +417,18 @@ async fn start_escrow(d: &mut Driver<'_>) -> Result<bool> {
         cap: Amount(cap),
         expires_at_ms: d.cluster.node().clock().now_ms() + ttl,
     };
-    d.cluster.submit(payer, WalletCommand::Escrow(command)).await?;
+    d.cluster
+        .submit(payer, WalletCommand::Escrow(command))
+        .await?;
     Ok(true)
 }
 
 /// Starts the next step of a life, or ends it. Called while settling a notice, so the
 /// command waits in the outbox for the next flush.
 fn next_step(d: &mut Driver<'_>, contract: u64) {
-    let Some(life) = d.mixed.as_mut().and_then(|m| m.lives.get_mut(&contract)) else { return };
+    let Some(life) = d.mixed.as_mut().and_then(|m| m.lives.get_mut(&contract)) else {
+        return;
+    };
     let Some(step) = life.steps.pop_front() else {
         let life = mixed(d).lives.remove(&contract).expect("present");
         mixed(d).to_refresh.extend([life.payer, life.merchant]);
@@ -374,7 +441,10 @@ fn next_step(d: &mut Driver<'_>, contract: u64) {
         // At most half of what remains: a claim of the whole cap would close the escrow itself.
         Step::Claim => {
             life.next_claim_id += 1;
-            (d.rng.gen_range(1..=(remaining / 2).max(1)), life.next_claim_id)
+            (
+                d.rng.gen_range(1..=(remaining / 2).max(1)),
+                life.next_claim_id,
+            )
         }
         Step::OverCap => {
             life.next_claim_id += 1;
@@ -411,22 +481,49 @@ fn next_step(d: &mut Driver<'_>, contract: u64) {
             },
         ),
     };
-    track(d, saga, Address::Wallet(wallet), Op::Escrow { contract, step: Some(step), amount, claim_id });
-    mixed(d).outbox.push((wallet, WalletCommand::Escrow(command)));
+    track(
+        d,
+        saga,
+        Address::Wallet(wallet),
+        Op::Escrow {
+            contract,
+            step: Some(step),
+            amount,
+            claim_id,
+        },
+    );
+    mixed(d)
+        .outbox
+        .push((wallet, WalletCommand::Escrow(command)));
 }
 
-fn planted(d: &mut Driver<'_>, name: &'static str, saga: SagaId, expected: AbortReason, result: Result<(), AbortReason>) {
+fn planted(
+    d: &mut Driver<'_>,
+    name: &'static str,
+    saga: SagaId,
+    expected: AbortReason,
+    result: Result<(), AbortReason>,
+) {
     let p = d.report.planted.entry(name).or_default();
     p.planted += 1;
     if result == Err(expected) {
         p.refused_as_expected += 1;
     } else {
-        p.other.push(format!("saga {saga}: {:?}", result.map_err(|r| r.name())));
+        p.other
+            .push(format!("saga {saga}: {:?}", result.map_err(|r| r.name())));
     }
 }
 
 fn settle_escrow(d: &mut Driver<'_>, saga: SagaId, p: Pending, result: Result<(), AbortReason>) {
-    let Op::Escrow { contract, step, amount, claim_id } = p.op else { unreachable!("escrow ops only") };
+    let Op::Escrow {
+        contract,
+        step,
+        amount,
+        claim_id,
+    } = p.op
+    else {
+        unreachable!("escrow ops only")
+    };
     d.report.record("escrow", result, p.started.elapsed());
     match step {
         None => {
@@ -436,7 +533,9 @@ fn settle_escrow(d: &mut Driver<'_>, saga: SagaId, p: Pending, result: Result<()
                     life.steps.clear();
                 }
                 // An expiry that will never come.
-                mixed(d).pending.remove(&closure_saga(contract, Closure::Expired));
+                mixed(d)
+                    .pending
+                    .remove(&closure_saga(contract, Closure::Expired));
             }
         }
         Some(Step::Claim) => {
@@ -447,8 +546,20 @@ fn settle_escrow(d: &mut Driver<'_>, saga: SagaId, p: Pending, result: Result<()
                 }
             }
         }
-        Some(Step::OverCap) => planted(d, "escrow_claim_above_cap", saga, AbortReason::CapExceeded, result),
-        Some(Step::DuplicateId) => planted(d, "escrow_claim_id_reused", saga, AbortReason::AlreadyClaimed, result),
+        Some(Step::OverCap) => planted(
+            d,
+            "escrow_claim_above_cap",
+            saga,
+            AbortReason::CapExceeded,
+            result,
+        ),
+        Some(Step::DuplicateId) => planted(
+            d,
+            "escrow_claim_id_reused",
+            saga,
+            AbortReason::AlreadyClaimed,
+            result,
+        ),
         Some(Step::AfterClose) => {
             let expected = match mixed(d).lives.get(&contract).map(|l| l.ending) {
                 Some(Closure::Expired) => AbortReason::Expired,
@@ -468,22 +579,39 @@ async fn start_update(d: &mut Driver<'_>) -> Result<bool> {
         return Ok(false);
     }
     let n = d.cluster.wallet_count();
-    let Some(wallet) = (0..16).map(|_| WalletId(d.rng.gen_range(0..n))).find(|w| !d.busy.contains(w)) else {
+    let Some(wallet) = (0..16)
+        .map(|_| WalletId(d.rng.gen_range(0..n)))
+        .find(|w| !d.busy.contains(w))
+    else {
         return Ok(false);
     };
     let saga = d.saga();
     d.busy.insert(wallet);
     mixed(d).updates += 1;
     let version_before = d.cluster.wallet_snapshot(wallet).await?.params_version;
-    track(d, saga, Address::Wallet(wallet), Op::Update { wallet, version_before });
-    d.cluster.submit(wallet, WalletCommand::Update(UpdateCommand { saga })).await?;
+    track(
+        d,
+        saga,
+        Address::Wallet(wallet),
+        Op::Update {
+            wallet,
+            version_before,
+        },
+    );
+    d.cluster
+        .submit(wallet, WalletCommand::Update(UpdateCommand { saga }))
+        .await?;
     Ok(true)
 }
 
 fn settle_update(d: &mut Driver<'_>, p: Pending, result: Result<(), AbortReason>) {
     match p.op {
-        Op::Update { wallet, version_before } => {
-            d.report.record("wallet_update", result, p.started.elapsed());
+        Op::Update {
+            wallet,
+            version_before,
+        } => {
+            d.report
+                .record("wallet_update", result, p.started.elapsed());
             if result.is_ok() {
                 // Coins out again, once the flush has read the account the update reported.
                 mixed(d).exchanges_due.push((wallet, version_before));
@@ -505,33 +633,52 @@ fn settle_update(d: &mut Driver<'_>, p: Pending, result: Result<(), AbortReason>
 
 async fn start_negotiation(d: &mut Driver<'_>) -> Result<bool> {
     let cross = d.rng.gen_range(0..100) < d.config.workload.cross_institution_percent;
-    let Some((payer, payee)) = pick_pair(d, 1, cross) else { return Ok(false) };
+    let Some((payer, payee)) = pick_pair(d, 1, cross) else {
+        return Ok(false);
+    };
     let shipped = WalletParams::shipped().capabilities;
     let offline_limit = shipped.offline_limit.map_or(1, |l| l.0);
     let m = mixed(d);
     m.negotiations += 1;
     let plant = m.negotiations % NEGOTIATION_PLANT_EVERY == 0;
-    let mut amount = d.rng.gen_range(1..=offline_limit.min(d.balance[payer.0 as usize]).max(1));
-    let (offer, planted): (Option<Capabilities>, Option<AbortReason>) = match (plant, d.rng.gen_range(0..2)) {
-        (false, _) => (None, None),
-        // A terminal that speaks only a future protocol version.
-        (true, 0) => (
-            Some(Capabilities {
-                protocol_versions: vec![99],
-                ..shipped
-            }),
-            Some(AbortReason::NoCommonVersion),
-        ),
-        // More than any wallet accepts.
-        (true, _) => {
-            amount = shipped.max_amount.0.max(WalletParams::platform_initial().capabilities.max_amount.0) + 1;
-            (None, Some(AbortReason::AmountAboveMax))
-        }
-    };
+    let mut amount = d
+        .rng
+        .gen_range(1..=offline_limit.min(d.balance[payer.0 as usize]).max(1));
+    let (offer, planted): (Option<Capabilities>, Option<AbortReason>) =
+        match (plant, d.rng.gen_range(0..2)) {
+            (false, _) => (None, None),
+            // A terminal that speaks only a future protocol version.
+            (true, 0) => (
+                Some(Capabilities {
+                    protocol_versions: vec![99],
+                    ..shipped
+                }),
+                Some(AbortReason::NoCommonVersion),
+            ),
+            // More than any wallet accepts.
+            (true, _) => {
+                amount = shipped
+                    .max_amount
+                    .0
+                    .max(WalletParams::platform_initial().capabilities.max_amount.0)
+                    + 1;
+                (None, Some(AbortReason::AmountAboveMax))
+            }
+        };
     let saga = d.saga();
     d.busy.insert(payer);
     d.busy.insert(payee);
-    track(d, saga, Address::Wallet(payer), Op::Negotiate { payer, payee, amount, planted });
+    track(
+        d,
+        saga,
+        Address::Wallet(payer),
+        Op::Negotiate {
+            payer,
+            payee,
+            amount,
+            planted,
+        },
+    );
     let command = NegotiateCommand {
         saga,
         peer: payee,
@@ -539,12 +686,27 @@ async fn start_negotiation(d: &mut Driver<'_>) -> Result<bool> {
         offline: true,
         offer,
     };
-    d.cluster.submit(payer, WalletCommand::Negotiate(command)).await?;
+    d.cluster
+        .submit(payer, WalletCommand::Negotiate(command))
+        .await?;
     Ok(true)
 }
 
-fn settle_negotiation(d: &mut Driver<'_>, saga: SagaId, p: Pending, result: Result<(), AbortReason>) {
-    let Op::Negotiate { payer, payee, amount, planted: plant } = p.op else { unreachable!("negotiations only") };
+fn settle_negotiation(
+    d: &mut Driver<'_>,
+    saga: SagaId,
+    p: Pending,
+    result: Result<(), AbortReason>,
+) {
+    let Op::Negotiate {
+        payer,
+        payee,
+        amount,
+        planted: plant,
+    } = p.op
+    else {
+        unreachable!("negotiations only")
+    };
     let m = mixed(d);
     match result {
         Ok(()) => m.agreed += 1,
@@ -570,7 +732,9 @@ pub(super) fn settle(d: &mut Driver<'_>, notice: &Notice) -> bool {
         return true;
     }
     let Some(m) = &mut d.mixed else { return false };
-    let Some(p) = m.pending.get(&notice.saga_id) else { return false };
+    let Some(p) = m.pending.get(&notice.saga_id) else {
+        return false;
+    };
     if p.reporter != notice.source {
         return true; // another party's notice of a mixed operation
     }
@@ -615,7 +779,10 @@ async fn exchange_after_updates(d: &mut Driver<'_>) -> Result<()> {
     for (wallet, version_before) in due {
         let snapshot = d.cluster.wallet_snapshot(wallet).await?;
         let applied = snapshot.params_version != version_before;
-        let account = snapshot.account_balance.filter(|_| applied).unwrap_or(Amount::ZERO);
+        let account = snapshot
+            .account_balance
+            .filter(|_| applied)
+            .unwrap_or(Amount::ZERO);
         let amount = account.0.min(d.config.genesis.exchange_fen);
         if amount == 0 {
             mixed(d).updates -= 1;
@@ -624,7 +791,15 @@ async fn exchange_after_updates(d: &mut Driver<'_>) -> Result<()> {
         }
         let saga = d.saga();
         track(d, saga, Address::Wallet(wallet), Op::Exchange { wallet });
-        d.cluster.submit(wallet, WalletCommand::Exchange { saga, amount: Amount(amount) }).await?;
+        d.cluster
+            .submit(
+                wallet,
+                WalletCommand::Exchange {
+                    saga,
+                    amount: Amount(amount),
+                },
+            )
+            .await?;
     }
     Ok(())
 }
@@ -647,7 +822,12 @@ pub(super) async fn conclude(d: &Driver<'_>, report: &mut crate::report::RunRepo
     report.workload = Workload::Mixed.name();
     report.negotiation = Some((m.agreed, m.refused));
     let snapshot = d.cluster.snapshot().await?;
-    report.offline_double_spends_detected =
-        Some(snapshot.institutions.iter().map(|i| i.sagas.double_spends_detected).sum());
+    report.offline_double_spends_detected = Some(
+        snapshot
+            .institutions
+            .iter()
+            .map(|i| i.sagas.double_spends_detected)
+            .sum(),
+    );
     Ok(())
 }

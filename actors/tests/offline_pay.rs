@@ -16,7 +16,7 @@ use specie_protocol::offline::TrustChain;
 use specie_protocol::{AbortReason, Address, Amount, InstitutionId, SagaId, WalletId};
 use std::sync::Arc;
 
-const SEED: u64 = 0x0ff1_1e;
+const SEED: u64 = 0x000f_f11e;
 const WALLETS: u64 = 16;
 
 fn saga(n: u128) -> SagaId {

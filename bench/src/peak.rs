@@ -7,9 +7,9 @@
 //! 2. **Refine**: bisect between the last passing and the first failing rate,
 //!    `refine_steps` times. The highest passing rate is the candidate peak `P`.
 //! 3. **Confirm**: run `confirm_repeats` times at `P × (1 − margin)` and at
-//!    `P × (1 + margin)`. The sustainable peak is the highest of those rates at which every
-//!    repeat passed; if neither held, lower rates (`1 − 2·margin`, …) are tried, at most
-//!    [`EXTRA_LEVELS_MAX`] of them.
+//!    `P × (1 + margin)`. A level holds when at least `confirm_passes_min` of its repeats
+//!    passed (a majority by default); the sustainable peak is the highest level that held. If
+//!    neither did, lower levels (`1 − 2·margin`, …) are tried, at most [`EXTRA_LEVELS_MAX`].
 
 use crate::profile::PeakSpec;
 use crate::stats::RunStats;
@@ -245,16 +245,21 @@ impl PeakSearch {
         }
     }
 
-    /// The highest confirmation rate at which every repeat passed.
+    /// The highest confirmation level that held (`confirm_passes_min` of its repeats passed).
     pub fn sustainable(&self) -> Option<f64> {
-        let mut by_rate: Vec<(f64, bool)> = Vec::new();
+        let mut by_rate: Vec<(f64, u32)> = Vec::new();
         for s in self.steps.iter().filter(|s| s.stage == Stage::Confirm) {
+            let pass = u32::from(s.verdict.pass);
             match by_rate.iter_mut().find(|(r, _)| (*r - s.rate_per_s).abs() < 1e-9) {
-                Some((_, all)) => *all &= s.verdict.pass,
-                None => by_rate.push((s.rate_per_s, s.verdict.pass)),
+                Some((_, passes)) => *passes += pass,
+                None => by_rate.push((s.rate_per_s, pass)),
             }
         }
-        by_rate.iter().filter(|(_, all)| *all).map(|(r, _)| *r).reduce(f64::max)
+        by_rate
+            .iter()
+            .filter(|(_, passes)| *passes >= self.spec.confirm_passes_min)
+            .map(|(r, _)| *r)
+            .reduce(f64::max)
     }
 
     /// What the search found so far.
@@ -278,6 +283,7 @@ mod tests {
             step_s: 1.0,
             refine_steps: 2,
             confirm_repeats: 3,
+            confirm_passes_min: 3,
             confirm_margin_percent: 5.0,
             achieved_percent_min: 95.0,
             steps_max: 20,
@@ -311,6 +317,25 @@ mod tests {
         assert_eq!(confirm.len(), 6, "three repeats at −5% and three at +5%");
         assert!((confirm[0] - 4750.0).abs() < 1e-6 && (confirm[5] - 5250.0).abs() < 1e-6);
         assert_eq!(out.sustainable_per_s, Some(4750.0), "+5% fails, −5% holds");
+    }
+
+    #[test]
+    fn a_level_holds_with_a_majority_of_passing_repeats() {
+        let mut spec = spec();
+        spec.confirm_passes_min = 2;
+        let mut s = PeakSearch::new(spec);
+        let mut nth_confirm = 0;
+        while let Some((stage, rate)) = s.next() {
+            let pass = if stage == Stage::Confirm {
+                nth_confirm += 1;
+                // −5%: pass, fail, pass (held); +5%: fail, pass, fail (did not hold).
+                matches!(nth_confirm, 1 | 3 | 5)
+            } else {
+                rate <= 1000.0
+            };
+            s.observe(Verdict { pass, why: vec![] });
+        }
+        assert_eq!(s.outcome().sustainable_per_s, Some(950.0));
     }
 
     #[test]

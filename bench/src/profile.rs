@@ -175,6 +175,8 @@ struct RawPeak {
     refine_steps: u32,
     #[serde(default = "default_repeats")]
     confirm_repeats: u32,
+    #[serde(default = "default_passes")]
+    confirm_passes_min: u32,
     #[serde(default = "default_margin")]
     confirm_margin_percent: f64,
     #[serde(default = "default_achieved")]
@@ -237,6 +239,9 @@ fn default_refine() -> u32 {
 fn default_repeats() -> u32 {
     3
 }
+fn default_passes() -> u32 {
+    2
+}
 fn default_margin() -> f64 {
     5.0
 }
@@ -285,6 +290,9 @@ pub struct PeakSpec {
     pub refine_steps: u32,
     /// Runs at −margin and +margin of the peak.
     pub confirm_repeats: u32,
+    /// Repeats at a level that must pass for the level to hold (a majority by default: one
+    /// run spoiled by another process's burst on a shared machine does not sink a level).
+    pub confirm_passes_min: u32,
     /// The confirmation margin, in percent of the peak.
     pub confirm_margin_percent: f64,
     /// A step passes only if it completes at least this share of what was offered.
@@ -467,6 +475,12 @@ fn validate(raw: RawFile, file: &str, base: &str) -> Result<Profile, ProfileErro
     if p.confirm_repeats == 0 || p.confirm_repeats > 10 {
         return Err(invalid("peak.confirm_repeats", format!("must be 1 to 10, is {}", p.confirm_repeats)));
     }
+    if p.confirm_passes_min == 0 || p.confirm_passes_min > p.confirm_repeats {
+        return Err(invalid(
+            "peak.confirm_passes_min",
+            format!("must be 1 to peak.confirm_repeats ({}), is {}", p.confirm_repeats, p.confirm_passes_min),
+        ));
+    }
     if !(p.confirm_margin_percent > 0.0 && p.confirm_margin_percent < 50.0) {
         return Err(invalid(
             "peak.confirm_margin_percent",
@@ -540,6 +554,7 @@ fn validate(raw: RawFile, file: &str, base: &str) -> Result<Profile, ProfileErro
             step_s: p.step_s,
             refine_steps: p.refine_steps,
             confirm_repeats: p.confirm_repeats,
+            confirm_passes_min: p.confirm_passes_min,
             confirm_margin_percent: p.confirm_margin_percent,
             achieved_percent_min: p.achieved_percent_min,
             steps_max: p.steps_max,

@@ -18,6 +18,8 @@ const WITHDRAW_DOMAIN: &str = "specie/v1/withdraw-authorization";
 pub const WITHDRAW_COINS_MAX: usize = AUTHORIZATION_COINS_MAX;
 /// The most offline records one upload may carry.
 pub const OFFLINE_UPLOAD_RECORDS_MAX: usize = 1024;
+// A wallet uploads at most one offline sync's worth of records: it must fit one upload.
+const _: () = assert!(crate::offline::SYNC_TRANSFERS_MAX <= OFFLINE_UPLOAD_RECORDS_MAX);
 
 /// The parameters a wallet runs with, versioned by the platform.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
