@@ -28,9 +28,12 @@ pub fn config(wallets: u64) -> Config {
 
 /// Starts a cluster of `wallets` wallets and subscribes to its notices.
 pub async fn start(wallets: u64, seed: u64) -> (Cluster, Notices) {
-    let cluster = Cluster::start(config(wallets), seed)
-        .await
-        .expect("cluster starts");
+    start_with(config(wallets), seed).await
+}
+
+/// Starts a cluster of `config` and subscribes to its notices.
+pub async fn start_with(config: Config, seed: u64) -> (Cluster, Notices) {
+    let cluster = Cluster::start(config, seed).await.expect("cluster starts");
     let notices = Notices {
         rx: cluster.notices(),
         seen: Vec::new(),
