@@ -31,13 +31,16 @@ pub struct AuditArgs {
 /// Reads the saga ids of an acknowledgement log. A torn last line (the writer was killed
 /// mid-write) is ignored; any other malformed line is an error.
 fn read_acks(path: &Path) -> Result<Vec<SagaId>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let complete = text.ends_with('\n');
     let lines: Vec<&str> = text.lines().collect();
     let mut out = Vec::with_capacity(lines.len());
     for (n, line) in lines.iter().enumerate() {
         let word = line.split_whitespace().next().unwrap_or("");
-        let parsed = hex::decode(word).ok().and_then(|b| <[u8; 16]>::try_from(b).ok());
+        let parsed = hex::decode(word)
+            .ok()
+            .and_then(|b| <[u8; 16]>::try_from(b).ok());
         match parsed {
             Some(bytes) => out.push(SagaId(bytes)),
             None if n + 1 == lines.len() && !complete => {}
@@ -61,7 +64,11 @@ pub fn run(args: &AuditArgs) -> Result<bool> {
                 committed_sagas.insert(*saga);
             }
         }
-        committed += inst.exchanges.values().filter(|(_, _, st)| *st == ExchangeState::Committed).count();
+        committed += inst
+            .exchanges
+            .values()
+            .filter(|(_, _, st)| *st == ExchangeState::Committed)
+            .count();
     }
     let mut invariants: Map<String, Value> = report
         .invariants()
@@ -72,8 +79,11 @@ pub fn run(args: &AuditArgs) -> Result<bool> {
     let mut acknowledged = Value::Null;
     if let Some(path) = &args.acks {
         let acks = read_acks(path)?;
-        let missing: Vec<String> =
-            acks.iter().filter(|s| !committed_sagas.contains(s)).map(|s| s.to_string()).collect();
+        let missing: Vec<String> = acks
+            .iter()
+            .filter(|s| !committed_sagas.contains(s))
+            .map(|s| s.to_string())
+            .collect();
         let verdict = if missing.is_empty() {
             "ok".to_string()
         } else {
@@ -81,7 +91,12 @@ pub fn run(args: &AuditArgs) -> Result<bool> {
             format!(
                 "violated: {} acknowledged commits not committed in the journal, e.g. {}",
                 missing.len(),
-                missing.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
+                missing
+                    .iter()
+                    .take(3)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )
         };
         invariants.insert("no_lost_ack".into(), Value::String(verdict));
@@ -95,12 +110,18 @@ pub fn run(args: &AuditArgs) -> Result<bool> {
     };
     println!("specie audit — {}", dir.journal_path().display());
     println!("  committed     {committed} sagas");
-    println!("  in flight     {} sagas (judged by their recorded decisions)", report.in_flight);
+    println!(
+        "  in flight     {} sagas (judged by their recorded decisions)",
+        report.in_flight
+    );
     for (name, verdict) in &invariants {
         let text = verdict.as_str().unwrap_or_default();
         println!("  {name:<16} {}", paint(text == "ok", text));
     }
-    println!("  result        {}", paint(ok, if ok { "ok" } else { "FAILED" }));
+    println!(
+        "  result        {}",
+        paint(ok, if ok { "ok" } else { "FAILED" })
+    );
     if let Some(path) = &args.json {
         let doc = json!({
             "ok": ok,

@@ -54,10 +54,14 @@ pub fn run(args: &BenchArgs) -> Result<bool> {
     let report = specie_bench::run(&profile, &options)?;
     print!("{}", report.text());
     if let Some(path) = &args.json {
-        report.write_json(path).with_context(|| format!("writing {}", path.display()))?;
+        report
+            .write_json(path)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(dir) = &args.report {
-        let files = report.write_dir(dir).with_context(|| format!("writing the report to {}", dir.display()))?;
+        let files = report
+            .write_dir(dir)
+            .with_context(|| format!("writing the report to {}", dir.display()))?;
         println!("  report        {}: {}", dir.display(), files.join(", "));
     }
     Ok(report.ok())

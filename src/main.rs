@@ -22,7 +22,11 @@ use std::process::ExitCode;
 const DEFAULT_CONFIG: &str = include_str!("../config/local.toml");
 
 #[derive(Parser)]
-#[command(name = "specie", version, about = "An actor-model settlement runtime for coin-based digital currency")]
+#[command(
+    name = "specie",
+    version,
+    about = "An actor-model settlement runtime for coin-based digital currency"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -58,7 +62,8 @@ impl ConfigSource {
     fn read(path: Option<&PathBuf>) -> Result<ConfigSource> {
         match path {
             Some(path) => Ok(ConfigSource {
-                text: std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?,
+                text: std::fs::read_to_string(path)
+                    .with_context(|| format!("{}: cannot read", path.display()))?,
                 origin: path.display().to_string(),
                 given: true,
             }),

@@ -130,10 +130,16 @@ impl RunReport {
         }
     }
 
-
     /// Records one finished operation.
-    pub fn record(&mut self, kind: &'static str, result: Result<(), AbortReason>, latency: Duration) {
-        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX).clamp(1, LATENCY_US_MAX);
+    pub fn record(
+        &mut self,
+        kind: &'static str,
+        result: Result<(), AbortReason>,
+        latency: Duration,
+    ) {
+        let us = u64::try_from(latency.as_micros())
+            .unwrap_or(u64::MAX)
+            .clamp(1, LATENCY_US_MAX);
         let stats = self.by_kind.entry(kind).or_insert_with(KindStats::new);
         for s in [stats, &mut self.all] {
             match result {
@@ -158,13 +164,18 @@ impl RunReport {
     }
 
     fn planted_ok(&self) -> bool {
-        self.planted.values().all(|p| p.refused_as_expected == p.planted)
+        self.planted
+            .values()
+            .all(|p| p.refused_as_expected == p.planted)
     }
 
     /// Whether the run is clean: every invariant holds, every planted request was refused for
     /// the right reason, every operation finished, and the cluster went quiet.
     pub fn ok(&self) -> bool {
-        let audit_ok = self.audit.as_ref().is_some_and(|a| a.ok() && a.in_flight == 0);
+        let audit_ok = self
+            .audit
+            .as_ref()
+            .is_some_and(|a| a.ok() && a.in_flight == 0);
         audit_ok
             && self.planted_ok()
             && self.unfinished == 0
@@ -209,7 +220,11 @@ impl RunReport {
                 )
             })
             .collect();
-        let restarts: Map<String, Value> = self.restarts.iter().map(|(k, n)| (k.to_string(), json!(n))).collect();
+        let restarts: Map<String, Value> = self
+            .restarts
+            .iter()
+            .map(|(k, n)| (k.to_string(), json!(n)))
+            .collect();
         json!({
             "ok": self.ok(),
             "seed": self.seed,
@@ -282,9 +297,19 @@ impl RunReport {
             (true, false) => format!("\x1b[31m{text}\x1b[0m"),
         };
         let h = &self.all.latency_us;
-        let workload = if self.workload == "pay" { String::new() } else { format!(", {} workload", self.workload) };
-        println!("specie run — seed {}, {} institutions, {} wallets{workload}", self.seed, self.institutions, self.wallets);
-        println!("  genesis       {:.2} s (accounts opened, coins exchanged)", self.genesis_s);
+        let workload = if self.workload == "pay" {
+            String::new()
+        } else {
+            format!(", {} workload", self.workload)
+        };
+        println!(
+            "specie run — seed {}, {} institutions, {} wallets{workload}",
+            self.seed, self.institutions, self.wallets
+        );
+        println!(
+            "  genesis       {:.2} s (accounts opened, coins exchanged)",
+            self.genesis_s
+        );
         println!(
             "  sagas         {} committed, {} aborted in {:.2} s — {:.0} committed/s",
             self.all.committed,
@@ -308,7 +333,11 @@ impl RunReport {
             );
         }
         if !self.aborted_by_reason.is_empty() {
-            let reasons: Vec<String> = self.aborted_by_reason.iter().map(|(r, n)| format!("{r} {n}")).collect();
+            let reasons: Vec<String> = self
+                .aborted_by_reason
+                .iter()
+                .map(|(r, n)| format!("{r} {n}"))
+                .collect();
             println!("  aborted by    {}", reasons.join(", "));
         }
         if let Some((agreed, refused)) = self.negotiation {
@@ -352,27 +381,55 @@ impl RunReport {
             println!("  {}", paint(false, &format!("ack log       {e}")));
         }
         if !self.restarts.is_empty() {
-            let r: Vec<String> = self.restarts.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            let r: Vec<String> = self
+                .restarts
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect();
             println!("  restarts      {}", r.join(", "));
         }
         if self.unfinished > 0 || !self.quiescent {
             println!(
                 "  {}",
-                paint(false, &format!("unfinished    {} operations; quiescent: {}", self.unfinished, self.quiescent))
+                paint(
+                    false,
+                    &format!(
+                        "unfinished    {} operations; quiescent: {}",
+                        self.unfinished, self.quiescent
+                    )
+                )
             );
         }
         if self.model_mismatches > 0 {
-            println!("  {}", paint(false, &format!("model         {} payments beyond the payer's means", self.model_mismatches)));
+            println!(
+                "  {}",
+                paint(
+                    false,
+                    &format!(
+                        "model         {} payments beyond the payer's means",
+                        self.model_mismatches
+                    )
+                )
+            );
         }
         if let Some(a) = &self.audit {
             println!("  audit");
             for (name, check) in a.invariants() {
-                println!("    {name:<16} {}", paint(check.is_ok(), &check.to_string()));
+                println!(
+                    "    {name:<16} {}",
+                    paint(check.is_ok(), &check.to_string())
+                );
             }
             if a.in_flight > 0 {
-                println!("    {}", paint(false, &format!("{} sagas still in flight", a.in_flight)));
+                println!(
+                    "    {}",
+                    paint(false, &format!("{} sagas still in flight", a.in_flight))
+                );
             }
         }
-        println!("  result        {}", paint(self.ok(), if self.ok() { "ok" } else { "FAILED" }));
+        println!(
+            "  result        {}",
+            paint(self.ok(), if self.ok() { "ok" } else { "FAILED" })
+        );
     }
 }

@@ -3,23 +3,23 @@
 //! must be refused), shows progress, and ends with the report and the audit.
 
 use crate::report::RunReport;
+use crate::ConfigSource;
+use anyhow::Context;
 use anyhow::{anyhow, Result};
 use clap::Args;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use crate::ConfigSource;
-use anyhow::Context;
 use specie_actors::wallet::WalletCommand;
 use specie_actors::{Cluster, DataDir, Storage};
-use std::io::Write;
 use specie_protocol::{
-    AbortReason, Address, Amount, CoinId, Envelope, PaymentAuthorization, Payload,
-    SagaId, SoftKeyStore, WalletId,
+    AbortReason, Address, Amount, CoinId, Envelope, Payload, PaymentAuthorization, SagaId,
+    SoftKeyStore, WalletId,
 };
 use specie_runtime::config::Config;
 use specie_runtime::Notice;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::IsTerminal;
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -189,12 +189,39 @@ impl<'a> Driver<'a> {
                 } else {
                     (Address::Wallet(payer), vec![payer])
                 };
-                self.track(saga, Pending { started: now, class, reporter, payer, payee, amount, busy });
+                self.track(
+                    saga,
+                    Pending {
+                        started: now,
+                        class,
+                        reporter,
+                        payer,
+                        payee,
+                        amount,
+                        busy,
+                    },
+                );
                 let command = if collect {
-                    (payee, WalletCommand::Collect { saga, payer, amount })
+                    (
+                        payee,
+                        WalletCommand::Collect {
+                            saga,
+                            payer,
+                            amount,
+                        },
+                    )
                 } else {
                     let payee_institution = self.cluster.institution_of(payee);
-                    (payer, WalletCommand::Pay { saga, payee, payee_institution, amount, coins: None })
+                    (
+                        payer,
+                        WalletCommand::Pay {
+                            saga,
+                            payee,
+                            payee_institution,
+                            amount,
+                            coins: None,
+                        },
+                    )
                 };
                 self.cluster.submit(command.0, command.1).await?;
             }
@@ -202,23 +229,64 @@ impl<'a> Driver<'a> {
                 let payee = self.pick_payee(payer);
                 // Far above anything the payer can hold, even with payments arriving meanwhile.
                 let amount = Amount(self.balance[payer.0 as usize] + 10 * w.amount_max_fen + 1);
-                self.track(saga, Pending { started: now, class, reporter: Address::Wallet(payer), payer, payee, amount, busy: vec![payer] });
+                self.track(
+                    saga,
+                    Pending {
+                        started: now,
+                        class,
+                        reporter: Address::Wallet(payer),
+                        payer,
+                        payee,
+                        amount,
+                        busy: vec![payer],
+                    },
+                );
                 let payee_institution = self.cluster.institution_of(payee);
                 self.cluster
-                    .submit(payer, WalletCommand::Pay { saga, payee, payee_institution, amount, coins: None })
+                    .submit(
+                        payer,
+                        WalletCommand::Pay {
+                            saga,
+                            payee,
+                            payee_institution,
+                            amount,
+                            coins: None,
+                        },
+                    )
                     .await?;
             }
             Class::DoubleSpend => {
-                let Some(index) = self.spent.iter().position(|(w, _)| !self.busy.contains(w)) else {
+                let Some(index) = self.spent.iter().position(|(w, _)| !self.busy.contains(w))
+                else {
                     return Ok(false);
                 };
                 let (spender, coins) = self.spent.remove(index).expect("index in range");
                 let payee = self.pick_payee(spender);
                 let amount = Amount(1);
-                self.track(saga, Pending { started: now, class, reporter: Address::Wallet(spender), payer: spender, payee, amount, busy: vec![spender] });
+                self.track(
+                    saga,
+                    Pending {
+                        started: now,
+                        class,
+                        reporter: Address::Wallet(spender),
+                        payer: spender,
+                        payee,
+                        amount,
+                        busy: vec![spender],
+                    },
+                );
                 let payee_institution = self.cluster.institution_of(payee);
                 self.cluster
-                    .submit(spender, WalletCommand::Pay { saga, payee, payee_institution, amount, coins: Some(coins) })
+                    .submit(
+                        spender,
+                        WalletCommand::Pay {
+                            saga,
+                            payee,
+                            payee_institution,
+                            amount,
+                            coins: Some(coins),
+                        },
+                    )
                     .await?;
             }
             Class::Forged => {
@@ -243,7 +311,18 @@ impl<'a> Driver<'a> {
                 }
                 .sign(&thief);
                 let reporter = Address::Institution(payee_institution);
-                self.track(saga, Pending { started: now, class, reporter, payer: victim, payee, amount, busy: vec![] });
+                self.track(
+                    saga,
+                    Pending {
+                        started: now,
+                        class,
+                        reporter,
+                        payer: victim,
+                        payee,
+                        amount,
+                        busy: vec![],
+                    },
+                );
                 self.cluster.inject(Envelope {
                     message_id: 0,
                     saga_id: saga,
@@ -262,7 +341,9 @@ impl<'a> Driver<'a> {
         if workload_mixed::settle(self, &notice) {
             return;
         }
-        let Some(p) = self.pending.get(&notice.saga_id) else { return };
+        let Some(p) = self.pending.get(&notice.saga_id) else {
+            return;
+        };
         if p.reporter != notice.source {
             return;
         }
@@ -283,7 +364,11 @@ impl<'a> Driver<'a> {
             if result == Err(expected) {
                 planted.refused_as_expected += 1;
             } else {
-                planted.other.push(format!("saga {}: {:?}", notice.saga_id, result.map_err(|r| r.name())));
+                planted.other.push(format!(
+                    "saga {}: {:?}",
+                    notice.saga_id,
+                    result.map_err(|r| r.name())
+                ));
             }
         }
         if result.is_ok() {
@@ -298,16 +383,20 @@ impl<'a> Driver<'a> {
                 }
             }
             let (payer, payee) = (p.payer.0 as usize, p.payee.0 as usize);
-            self.balance[payer] = self.balance[payer].checked_sub(p.amount.0).unwrap_or_else(|| {
-                self.report.model_mismatches += 1;
-                0
-            });
+            self.balance[payer] =
+                self.balance[payer]
+                    .checked_sub(p.amount.0)
+                    .unwrap_or_else(|| {
+                        self.report.model_mismatches += 1;
+                        0
+                    });
             self.balance[payee] += p.amount.0;
             if !notice.outcome.spent_coin_ids.is_empty() {
                 if self.spent.len() == SPENT_MEMORY_MAX {
                     self.spent.pop_front();
                 }
-                self.spent.push_back((p.payer, notice.outcome.spent_coin_ids));
+                self.spent
+                    .push_back((p.payer, notice.outcome.spent_coin_ids));
             }
         }
     }
@@ -325,12 +414,25 @@ fn planted_name(class: Class) -> &'static str {
 /// Runs `specie run`; returns whether everything held.
 pub fn run(source: ConfigSource, args: &RunArgs) -> Result<bool> {
     if !(args.duration.is_finite() && args.duration > 0.0) {
-        return Err(anyhow!("--duration must be a positive number of seconds, got {}", args.duration));
+        return Err(anyhow!(
+            "--duration must be a positive number of seconds, got {}",
+            args.duration
+        ));
     }
     let (config, seed, storage) = match &args.data_dir {
         Some(path) => {
-            let dir = DataDir::open_or_create(path, &source.text, &source.origin, source.given, args.seed)?;
-            (dir.config.clone(), dir.seed, Storage::Durable(Box::new(dir)))
+            let dir = DataDir::open_or_create(
+                path,
+                &source.text,
+                &source.origin,
+                source.given,
+                args.seed,
+            )?;
+            (
+                dir.config.clone(),
+                dir.seed,
+                Storage::Durable(Box::new(dir)),
+            )
         }
         None => (source.parse()?, args.seed.unwrap_or(1), Storage::Memory),
     };
@@ -363,7 +465,11 @@ async fn drive(
     let progress = std::io::stderr().is_terminal();
     let started = Instant::now();
     if progress {
-        eprint!("starting {} wallets at {} institutions…", config.cluster.wallets, config.cluster.institutions.len());
+        eprint!(
+            "starting {} wallets at {} institutions…",
+            config.cluster.wallets,
+            config.cluster.institutions.len()
+        );
     }
     let durable = matches!(storage, Storage::Durable(_));
     let cluster = Cluster::start_with(config.clone(), seed, storage).await?;
@@ -437,7 +543,9 @@ async fn drive(
     workload_mixed::stop(&mut driver);
     while driver.in_flight() > 0 && Instant::now() < drain_deadline {
         workload_mixed::flush(&mut driver).await?;
-        if let Ok(Some(notice)) = tokio::time::timeout(Duration::from_millis(50), notices.recv()).await {
+        if let Ok(Some(notice)) =
+            tokio::time::timeout(Duration::from_millis(50), notices.recv()).await
+        {
             driver.settle(notice);
         }
     }

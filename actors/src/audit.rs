@@ -120,7 +120,11 @@ impl Findings {
             Check::Ok
         } else {
             let more = self.count - self.facts.len();
-            let tail = if more > 0 { format!("; and {more} more") } else { String::new() };
+            let tail = if more > 0 {
+                format!("; and {more} more")
+            } else {
+                String::new()
+            };
             Check::Violated(format!("{}{tail}", self.facts.join("; ")))
         }
     }
@@ -138,7 +142,10 @@ pub fn audit(s: &ClusterSnapshot, quiescent: bool) -> AuditReport {
     for inst in &s.institutions {
         for (id, r) in &inst.coins {
             coins.insert(*id, (inst.id, r.coin.value(), r.state));
-            outputs.entry(r.coin.body.origin_saga).or_default().push((*id, r.coin.value()));
+            outputs
+                .entry(r.coin.body.origin_saga)
+                .or_default()
+                .push((*id, r.coin.value()));
         }
     }
     let sum = |it: &mut dyn Iterator<Item = Amount>| it.fold(0u128, |acc, a| acc + u128::from(a.0));
@@ -148,7 +155,13 @@ pub fn audit(s: &ClusterSnapshot, quiescent: bool) -> AuditReport {
     let mut backing_shift: BTreeMap<InstitutionId, i128> = BTreeMap::new();
     for inst in &s.institutions {
         for (saga, p) in &inst.pays {
-            let PayStep::Committing { issuer_done, backing_done } = p.step else { continue };
+            let PayStep::Committing {
+                issuer_done,
+                backing_done,
+            } = p.step
+            else {
+                continue;
+            };
             if !issuer_done {
                 let mut locked = 0u128;
                 for id in &p.coin_ids {
@@ -160,7 +173,8 @@ pub fn audit(s: &ClusterSnapshot, quiescent: bool) -> AuditReport {
                     }
                 }
                 if locked > 0 {
-                    *projected_change.entry(p.payer_institution).or_default() += locked - u128::from(p.amount.0);
+                    *projected_change.entry(p.payer_institution).or_default() +=
+                        locked - u128::from(p.amount.0);
                 }
             }
             if !backing_done && !s.central_bank.applied.contains(saga) {
@@ -187,7 +201,10 @@ pub fn audit(s: &ClusterSnapshot, quiescent: bool) -> AuditReport {
 
     // 1. Conservation.
     let mut conservation = Findings::default();
-    let accounts = sum(&mut s.institutions.iter().flat_map(|i| i.accounts.values().map(|a| a.balance)));
+    let accounts = sum(&mut s
+        .institutions
+        .iter()
+        .flat_map(|i| i.accounts.values().map(|a| a.balance)));
     let unspent = sum(&mut coins
         .values()
         .filter(|(_, _, st)| !matches!(st, CoinState::Spent(_)))
@@ -211,7 +228,10 @@ pub fn audit(s: &ClusterSnapshot, quiescent: bool) -> AuditReport {
     let reserves = sum(&mut s.central_bank.reserves.values().map(|r| r.backing))
         + sum(&mut s.central_bank.reserves.values().map(|r| r.free));
     if reserves != u128::from(s.central_bank.minted.0) {
-        conservation.add(format!("central bank reserves {reserves} fen, minted {}", s.central_bank.minted.0));
+        conservation.add(format!(
+            "central bank reserves {reserves} fen, minted {}",
+            s.central_bank.minted.0
+        ));
     }
     // Every wallet holds exactly the unspent coins its key owns in its institution's register.
     let mut owned: HashMap<_, HashSet<CoinId>> = HashMap::new();
@@ -243,7 +263,10 @@ pub fn audit(s: &ClusterSnapshot, quiescent: bool) -> AuditReport {
         }
     }
     for (key, ids) in owned.into_iter().filter(|_| quiescent) {
-        conservation.add(format!("{} unspent coins owned by {key:?}, which no wallet holds", ids.len()));
+        conservation.add(format!(
+            "{} unspent coins owned by {key:?}, which no wallet holds",
+            ids.len()
+        ));
     }
 
     // 2. Backing.
@@ -267,10 +290,16 @@ pub fn audit(s: &ClusterSnapshot, quiescent: bool) -> AuditReport {
         *outstanding.entry(*inst).or_default() += due;
     }
     for (inst, value) in &outstanding {
-        let reserve = s.central_bank.reserves.get(inst).map_or(0, |r| i128::from(r.backing.0));
+        let reserve = s
+            .central_bank
+            .reserves
+            .get(inst)
+            .map_or(0, |r| i128::from(r.backing.0));
         let reserve = reserve + backing_shift.get(inst).copied().unwrap_or(0);
         if i128::try_from(*value).unwrap_or(i128::MAX) != reserve {
-            backing.add(format!("{inst} has {value} fen of coins outstanding, backing reserve {reserve}"));
+            backing.add(format!(
+                "{inst} has {value} fen of coins outstanding, backing reserve {reserve}"
+            ));
         }
     }
 
@@ -287,7 +316,10 @@ pub fn audit(s: &ClusterSnapshot, quiescent: bool) -> AuditReport {
             .flat_map(|i| i.exchanges.values())
             .filter(|(_, _, st)| *st == ExchangeState::Pending)
             .count()
-        + s.institutions.iter().map(|i| i.coins_in_delivery).sum::<usize>()
+        + s.institutions
+            .iter()
+            .map(|i| i.coins_in_delivery)
+            .sum::<usize>()
         + extra.in_flight
         + sagas.in_flight;
     let committed = |step: PayStep| matches!(step, PayStep::Committing { .. } | PayStep::Committed);
@@ -298,12 +330,17 @@ pub fn audit(s: &ClusterSnapshot, quiescent: bool) -> AuditReport {
         if let CoinState::Spent(saga) = state {
             match pays.get(saga) {
                 Some(p) if committed(p.step) && p.coin_ids.contains(id) => {}
-                Some(p) => double.add(format!("coin {id} spent by saga {saga}, which is {:?} and does not commit it", p.step)),
+                Some(p) => double.add(format!(
+                    "coin {id} spent by saga {saga}, which is {:?} and does not commit it",
+                    p.step
+                )),
                 // Retired by an escrow settlement or a withdraw that names it.
                 None if extra.spenders.get(saga).is_some_and(|ids| ids.contains(id)) => {}
                 // Retired by a merge, a split or an offline settlement that names it.
                 None if sagas.spenders.get(saga).is_some_and(|ids| ids.contains(id)) => {}
-                None => double.add(format!("coin {id} spent by saga {saga}, which no coordinator knows")),
+                None => double.add(format!(
+                    "coin {id} spent by saga {saga}, which no coordinator knows"
+                )),
             }
         }
     }
@@ -312,7 +349,9 @@ pub fn audit(s: &ClusterSnapshot, quiescent: bool) -> AuditReport {
         if committed(p.step) {
             for id in &p.coin_ids {
                 if let Some(other) = consumer.insert(*id, *saga) {
-                    double.add(format!("coin {id} consumed by committed sagas {other} and {saga}"));
+                    double.add(format!(
+                        "coin {id} consumed by committed sagas {other} and {saga}"
+                    ));
                 }
             }
         }
@@ -320,7 +359,9 @@ pub fn audit(s: &ClusterSnapshot, quiescent: bool) -> AuditReport {
     for (saga, ids) in extra.spenders.iter().chain(&sagas.spenders) {
         for id in ids {
             if let Some(other) = consumer.insert(*id, *saga) {
-                double.add(format!("coin {id} consumed by committed sagas {other} and {saga}"));
+                double.add(format!(
+                    "coin {id} consumed by committed sagas {other} and {saga}"
+                ));
             }
         }
     }
@@ -328,7 +369,10 @@ pub fn audit(s: &ClusterSnapshot, quiescent: bool) -> AuditReport {
     for w in s.wallets.iter().filter(|_| quiescent) {
         for c in &w.coins {
             if let Some((_, _, CoinState::Spent(saga))) = coins.get(&c.id) {
-                double.add(format!("{} still holds coin {} spent by saga {saga}", w.id, c.id));
+                double.add(format!(
+                    "{} still holds coin {} spent by saga {saga}",
+                    w.id, c.id
+                ));
             }
         }
     }
@@ -343,16 +387,27 @@ pub fn audit(s: &ClusterSnapshot, quiescent: bool) -> AuditReport {
                 let mut in_value = 0u128;
                 for id in &p.coin_ids {
                     match coins.get(id) {
-                        Some((_, v, CoinState::Spent(by))) if by == saga => in_value += u128::from(v.0),
-                        Some((_, _, state)) => atomicity.add(format!("committed saga {saga}: input {id} is {state:?}")),
-                        None => atomicity.add(format!("committed saga {saga}: input {id} is not registered")),
+                        Some((_, v, CoinState::Spent(by))) if by == saga => {
+                            in_value += u128::from(v.0)
+                        }
+                        Some((_, _, state)) => {
+                            atomicity.add(format!("committed saga {saga}: input {id} is {state:?}"))
+                        }
+                        None => atomicity.add(format!(
+                            "committed saga {saga}: input {id} is not registered"
+                        )),
                     }
                 }
                 if in_value != out_value {
-                    atomicity.add(format!("committed saga {saga}: inputs {in_value} fen, outputs {out_value} fen"));
+                    atomicity.add(format!(
+                        "committed saga {saga}: inputs {in_value} fen, outputs {out_value} fen"
+                    ));
                 }
                 if !outs.iter().any(|(_, v)| *v == p.amount) {
-                    atomicity.add(format!("committed saga {saga}: no output of the amount {}", p.amount.0));
+                    atomicity.add(format!(
+                        "committed saga {saga}: no output of the amount {}",
+                        p.amount.0
+                    ));
                 }
             }
             PayStep::Aborted { .. } => {
@@ -360,7 +415,9 @@ pub fn audit(s: &ClusterSnapshot, quiescent: bool) -> AuditReport {
                     atomicity.add(format!("aborted saga {saga} issued {} coins", outs.len()));
                 }
                 for id in &p.coin_ids {
-                    if let Some((_, _, state @ (CoinState::Locked(by) | CoinState::Spent(by)))) = coins.get(id) {
+                    if let Some((_, _, state @ (CoinState::Locked(by) | CoinState::Spent(by)))) =
+                        coins.get(id)
+                    {
                         if by == saga {
                             atomicity.add(format!("aborted saga {saga} left coin {id} {state:?}"));
                         }

@@ -36,7 +36,9 @@ pub struct Blueprint {
 
 impl std::fmt::Debug for Blueprint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Blueprint").field("seed", &self.seed).finish_non_exhaustive()
+        f.debug_struct("Blueprint")
+            .field("seed", &self.seed)
+            .finish_non_exhaustive()
     }
 }
 
@@ -45,7 +47,13 @@ impl Blueprint {
     pub fn new(config: &Config, seed: u64) -> Blueprint {
         let limits = &config.limits;
         let institution_keys: Vec<Arc<SoftKeyStore>> = (0..config.cluster.institutions.len())
-            .map(|i| Arc::new(SoftKeyStore::from_seed(key_seed(seed, "institution", i as u64))))
+            .map(|i| {
+                Arc::new(SoftKeyStore::from_seed(key_seed(
+                    seed,
+                    "institution",
+                    i as u64,
+                )))
+            })
             .collect();
         let issuers = Arc::new(
             institution_keys
@@ -64,7 +72,12 @@ impl Blueprint {
                 retry_interval_ms: limits.retry_interval_ms,
                 retry_interval_max_ms: limits.retry_interval_max_ms,
                 coin_inputs_max: limits.coin_inputs_max,
-                denominations: config.genesis.coin_denominations_fen.iter().map(|d| Amount(*d)).collect(),
+                denominations: config
+                    .genesis
+                    .coin_denominations_fen
+                    .iter()
+                    .map(|d| Amount(*d))
+                    .collect(),
                 dedup_retention_ms: limits.dedup_retention_ms,
             }),
             escrow_limits: Arc::new(EscrowLimits {
@@ -113,7 +126,9 @@ impl Blueprint {
 
     /// A wallet's key store.
     pub fn wallet_keys(&self, wallet: WalletId) -> Arc<SoftKeyStore> {
-        Arc::new(SoftKeyStore::from_seed(key_seed(self.seed, "wallet", wallet.0)))
+        Arc::new(SoftKeyStore::from_seed(key_seed(
+            self.seed, "wallet", wallet.0,
+        )))
     }
 
     /// Value the genesis deposits put in: every wallet's account deposit.
@@ -137,9 +152,15 @@ impl Blueprint {
 
     /// Institution `i`'s factory.
     pub fn institution(&self, i: usize) -> impl Fn() -> Institution + Send + Sync + 'static {
-        let (keys, limits) = (self.institution_keys[i].clone(), self.institution_limits.clone());
+        let (keys, limits) = (
+            self.institution_keys[i].clone(),
+            self.institution_limits.clone(),
+        );
         let count = self.institution_keys.len() as u32;
-        move || Institution::new(InstitutionId(i as u32), keys.clone(), limits.clone()).with_institutions(count)
+        move || {
+            Institution::new(InstitutionId(i as u32), keys.clone(), limits.clone())
+                .with_institutions(count)
+        }
     }
 
     /// The factory of escrow contract `id` (hosted by the institution its id names).
@@ -149,7 +170,11 @@ impl Blueprint {
     }
 
     /// A wallet's factory, given its key store.
-    pub fn wallet(&self, wallet: WalletId, keys: Arc<SoftKeyStore>) -> impl Fn() -> Wallet + Send + Sync + 'static {
+    pub fn wallet(
+        &self,
+        wallet: WalletId,
+        keys: Arc<SoftKeyStore>,
+    ) -> impl Fn() -> Wallet + Send + Sync + 'static {
         let institution = self.institution_of(wallet);
         let (issuers, limits) = (self.issuers.clone(), self.wallet_limits.clone());
         let offline = OfflineSettings {
@@ -157,7 +182,14 @@ impl Blueprint {
             coin_inputs_max: self.config.limits.coin_inputs_max,
         };
         move || {
-            Wallet::new(wallet, institution, keys.clone(), issuers.clone(), limits.clone()).with_offline_settings(offline)
+            Wallet::new(
+                wallet,
+                institution,
+                keys.clone(),
+                issuers.clone(),
+                limits.clone(),
+            )
+            .with_offline_settings(offline)
         }
     }
 }

@@ -1,22 +1,24 @@
 //! A cluster on one node: keys, actors, genesis funding, and a handle for clients.
 
 use crate::audit::{audit, AuditReport};
+use crate::blueprint::Blueprint;
 use crate::central_bank::{CentralBank, CentralBankCommand, CentralBankSnapshot};
-use crate::institution::{Institution, InstitutionCommand, InstitutionSnapshot};
+use crate::data_dir::{DataDir, DataDirError, NODE_IDENTITY};
 use crate::escrow::{Escrow, EscrowSnapshot};
+use crate::institution::{Institution, InstitutionCommand, InstitutionSnapshot};
 use crate::wallet::{Wallet, WalletCommand, WalletSnapshot};
 use actix::prelude::*;
 use futures::future::join_all;
-use crate::blueprint::Blueprint;
-use crate::data_dir::{DataDir, DataDirError, NODE_IDENTITY};
 use specie_protocol::crypto::PublicKey;
-use specie_protocol::{AbortReason, Address, Amount, Envelope, InstitutionId, KeyStore, SagaId, SagaKind, WalletId};
-use specie_runtime::config::Config;
-use specie_runtime::{
-    Crash, Host, Inspect, Journal, JournalError, MemoryJournal, Network, Node, NodeSettings, Notice, RedbJournal, Submit,
-    SystemClock,
+use specie_protocol::{
+    AbortReason, Address, Amount, Envelope, InstitutionId, KeyStore, SagaId, SagaKind, WalletId,
 };
+use specie_runtime::config::Config;
 use specie_runtime::network::Spawner;
+use specie_runtime::{
+    Crash, Host, Inspect, Journal, JournalError, MemoryJournal, Network, Node, NodeSettings,
+    Notice, RedbJournal, Submit, SystemClock,
+};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -110,7 +112,9 @@ type EscrowRegistry = Arc<parking_lot::Mutex<BTreeMap<u64, Addr<Host<Escrow>>>>>
 fn escrow_spawner(node: &Node, blueprint: &Blueprint, registry: &EscrowRegistry) -> Spawner {
     let (node, blueprint, registry) = (node.clone(), blueprint.clone(), registry.clone());
     Arc::new(move |address| {
-        let Address::Escrow(id) = address else { return None };
+        let Address::Escrow(id) = address else {
+            return None;
+        };
         let host = specie_protocol::escrow::host_of(id).0 as usize;
         if host >= blueprint.institution_count() {
             return None;
@@ -138,11 +142,19 @@ impl Cluster {
 
     /// Starts a cluster on the given storage. With a data directory, the actors recover their
     /// state from its journal and genesis runs only once in the directory's life.
-    pub async fn start_with(config: Config, seed: u64, storage: Storage) -> Result<Cluster, ClusterError> {
+    pub async fn start_with(
+        config: Config,
+        seed: u64,
+        storage: Storage,
+    ) -> Result<Cluster, ClusterError> {
         let (journal, durable): (Arc<dyn Journal>, Option<Arc<RedbJournal>>) = match &storage {
             Storage::Memory => (Arc::new(MemoryJournal::new()), None),
             Storage::Durable(dir) => {
-                let journal = Arc::new(RedbJournal::open(&dir.journal_path(), NODE_IDENTITY, config.journal)?);
+                let journal = Arc::new(RedbJournal::open(
+                    &dir.journal_path(),
+                    NODE_IDENTITY,
+                    config.journal,
+                )?);
                 (journal.clone(), Some(journal))
             }
         };
@@ -160,7 +172,8 @@ impl Cluster {
         let blueprint = Blueprint::new(&config, seed);
         let escrows = EscrowRegistry::default();
         // Before any actor starts: institutions wake their open escrows when they start.
-        node.network().set_spawner(Some(escrow_spawner(&node, &blueprint, &escrows)));
+        node.network()
+            .set_spawner(Some(escrow_spawner(&node, &blueprint, &escrows)));
         let central_bank = node.spawn(0, None, blueprint.central_bank());
         let institutions: Vec<_> = (0..blueprint.institution_count())
             .map(|i| node.spawn(i, Some(i as u64), blueprint.institution(i)))
@@ -231,14 +244,23 @@ impl Cluster {
         for w in 0..wallets {
             let saga = SagaId::from_u128(u128::from(seed) << 64 | u128::from(w) | 1 << 63);
             pending.insert(saga, WalletId(w));
-            self.submit(WalletId(w), WalletCommand::Exchange { saga, amount: exchange }).await?;
+            self.submit(
+                WalletId(w),
+                WalletCommand::Exchange {
+                    saga,
+                    amount: exchange,
+                },
+            )
+            .await?;
         }
         let deadline = Instant::now() + Duration::from_secs(60 + wallets / 100);
         while !pending.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
             let notice = tokio::time::timeout(left, notices.recv())
                 .await
-                .map_err(|_| ClusterError::Genesis(format!("{} exchanges unfinished", pending.len())))?
+                .map_err(|_| {
+                    ClusterError::Genesis(format!("{} exchanges unfinished", pending.len()))
+                })?
                 .ok_or_else(|| ClusterError::Genesis("notice channel closed".into()))?;
             if notice.outcome.kind != SagaKind::Exchange {
                 continue;
@@ -249,7 +271,9 @@ impl Cluster {
                     // it finishes on its own.
                     Ok(()) | Err(AbortReason::Conflict) => {}
                     Err(reason) => {
-                        return Err(ClusterError::Genesis(format!("exchange of {wallet} refused: {reason}")))
+                        return Err(ClusterError::Genesis(format!(
+                            "exchange of {wallet} refused: {reason}"
+                        )))
                     }
                 }
             }
@@ -302,7 +326,11 @@ impl Cluster {
     }
 
     /// Hands a command to a wallet (waits while its mailbox is full).
-    pub async fn submit(&self, wallet: WalletId, command: WalletCommand) -> Result<(), ClusterError> {
+    pub async fn submit(
+        &self,
+        wallet: WalletId,
+        command: WalletCommand,
+    ) -> Result<(), ClusterError> {
         self.wallets[wallet.0 as usize]
             .send(Submit(command))
             .await
@@ -354,11 +382,19 @@ impl Cluster {
     }
 
     async fn escrow_snapshots(&self) -> Result<Vec<EscrowSnapshot>, ClusterError> {
-        let escrows: Vec<(u64, Addr<Host<Escrow>>)> =
-            self.escrows.lock().iter().map(|(id, a)| (*id, a.clone())).collect();
+        let escrows: Vec<(u64, Addr<Host<Escrow>>)> = self
+            .escrows
+            .lock()
+            .iter()
+            .map(|(id, a)| (*id, a.clone()))
+            .collect();
         let mut snapshots = Vec::with_capacity(escrows.len());
         for chunk in escrows.chunks(1024) {
-            for (result, (id, _)) in join_all(chunk.iter().map(|(_, a)| a.send(Inspect::default()))).await.into_iter().zip(chunk) {
+            for (result, (id, _)) in join_all(chunk.iter().map(|(_, a)| a.send(Inspect::default())))
+                .await
+                .into_iter()
+                .zip(chunk)
+            {
                 snapshots.push(result.map_err(unreachable(Address::Escrow(*id)))?);
             }
         }

@@ -102,7 +102,9 @@ impl DataDir {
         if !journal.exists() {
             return Err(DataDirError::Invalid {
                 file: journal.display().to_string(),
-                why: "missing: the manifest exists but the journal does not; refusing to start empty".into(),
+                why:
+                    "missing: the manifest exists but the journal does not; refusing to start empty"
+                        .into(),
             });
         }
         let origin = format!("{} (config stored in it)", manifest_path.display());
@@ -141,7 +143,10 @@ impl DataDir {
             if let Some(seed) = seed.filter(|s| *s != dir.seed) {
                 return Err(DataDirError::Invalid {
                     file: manifest_path.display().to_string(),
-                    why: format!("the directory was created with seed {}, not {seed}", dir.seed),
+                    why: format!(
+                        "the directory was created with seed {}, not {seed}",
+                        dir.seed
+                    ),
                 });
             }
             return Ok(dir);
@@ -150,7 +155,10 @@ impl DataDir {
         if journal.exists() {
             return Err(DataDirError::Invalid {
                 file: manifest_path.display().to_string(),
-                why: format!("missing, but {} exists; refusing to guess its config", journal.display()),
+                why: format!(
+                    "missing, but {} exists; refusing to guess its config",
+                    journal.display()
+                ),
             });
         }
         let config = Config::parse(config_text, config_origin)?;
@@ -200,7 +208,10 @@ pub fn offline_snapshot(dir: &DataDir) -> Result<crate::ClusterSnapshot, crate::
         wallets.push(recover(&journal, &factory)?.snapshot());
     }
     // Every escrow that ever froze coins is held by its issuer; the others hold no value.
-    let mut escrow_ids: Vec<u64> = institutions.iter().flat_map(|i| i.escrow_holds.keys().copied()).collect();
+    let mut escrow_ids: Vec<u64> = institutions
+        .iter()
+        .flat_map(|i| i.escrow_holds.keys().copied())
+        .collect();
     escrow_ids.sort_unstable();
     let mut escrows = Vec::with_capacity(escrow_ids.len());
     for id in escrow_ids {

@@ -41,7 +41,9 @@ fn event_name(entry: &Bytes) -> String {
         return String::new();
     };
     let debug = format!("{event:?}");
-    let mut words = debug.split(|c: char| !c.is_alphanumeric() && c != '_').filter(|w| !w.is_empty());
+    let mut words = debug
+        .split(|c: char| !c.is_alphanumeric() && c != '_')
+        .filter(|w| !w.is_empty());
     let first = words.next().unwrap_or_default().to_string();
     match first.as_str() {
         "Merge" | "Offline" => format!("{first}::{}", words.next().unwrap_or_default()),
@@ -59,7 +61,9 @@ struct StepCrash {
 
 impl JournalFaultHook for StepCrash {
     fn on_append(&self, actor: Address, entries: &[Bytes]) -> AppendFault {
-        if actor != Address::Institution(self.institution) || self.fired.load(Ordering::SeqCst) >= CRASHES_MAX {
+        if actor != Address::Institution(self.institution)
+            || self.fired.load(Ordering::SeqCst) >= CRASHES_MAX
+        {
             return AppendFault::None;
         }
         if entries.iter().any(|e| event_name(e) == self.event) {
@@ -82,7 +86,10 @@ async fn run_case(case: u128, institution: InstitutionId, event: &'static str, f
     // Foreign coins for every merger: paid offline by a wallet of institution 1 and one of 2.
     for (m, merger) in MERGERS.iter().enumerate() {
         let me = WalletId(*merger);
-        for (k, payer) in [WalletId(*merger + 1), WalletId(*merger + 2)].into_iter().enumerate() {
+        for (k, payer) in [WalletId(*merger + 1), WalletId(*merger + 2)]
+            .into_iter()
+            .enumerate()
+        {
             let n = (m * 10 + k) as u128;
             let chain = cluster
                 .offline_pay(saga(case, n), payer, me, Amount(200 + 100 * k as u64))
@@ -93,8 +100,15 @@ async fn run_case(case: u128, institution: InstitutionId, event: &'static str, f
                 saga: saga(case, 100 + n),
                 chain: chain.id(),
             };
-            cluster.submit(me, WalletCommand::Offline(redeem)).await.unwrap();
-            assert_eq!(notices.of_wallet(saga(case, 100 + n), me).await, Ok(()), "{name}: redeem");
+            cluster
+                .submit(me, WalletCommand::Offline(redeem))
+                .await
+                .unwrap();
+            assert_eq!(
+                notices.of_wallet(saga(case, 100 + n), me).await,
+                Ok(()),
+                "{name}: redeem"
+            );
         }
     }
     quiet_audit(&cluster).await;
@@ -110,22 +124,43 @@ async fn run_case(case: u128, institution: InstitutionId, event: &'static str, f
     cluster.node().set_journal_fault_hook(hook.clone());
     for (m, merger) in MERGERS.iter().enumerate() {
         let me = WalletId(*merger);
-        let coins = before.wallets[me.0 as usize].coins.iter().map(|c| c.id).collect();
+        let coins = before.wallets[me.0 as usize]
+            .coins
+            .iter()
+            .map(|c| c.id)
+            .collect();
         cluster
-            .submit(me, WalletCommand::Merge { saga: saga(case, 200 + m as u128), coins })
+            .submit(
+                me,
+                WalletCommand::Merge {
+                    saga: saga(case, 200 + m as u128),
+                    coins,
+                },
+            )
             .await
             .unwrap();
     }
     let mut outcomes = Vec::new();
     for (m, merger) in MERGERS.iter().enumerate() {
         let id = saga(case, 200 + m as u128);
-        outcomes.push((WalletId(*merger), id, notices.of_wallet(id, WalletId(*merger)).await));
+        outcomes.push((
+            WalletId(*merger),
+            id,
+            notices.of_wallet(id, WalletId(*merger)).await,
+        ));
     }
     quiet_audit(&cluster).await;
-    assert!(hook.fired.load(Ordering::SeqCst) > 0, "{name}: the step never happened, so nothing was tested");
+    assert!(
+        hook.fired.load(Ordering::SeqCst) > 0,
+        "{name}: the step never happened, so nothing was tested"
+    );
 
     let after = cluster.snapshot().await.unwrap();
-    assert_eq!(customers_value(&after), value_before, "{name}: customers' value");
+    assert_eq!(
+        customers_value(&after),
+        value_before,
+        "{name}: customers' value"
+    );
     for (me, id, outcome) in outcomes {
         let inputs = &before.wallets[me.0 as usize].coins;
         let held = &after.wallets[me.0 as usize].coins;
@@ -133,7 +168,11 @@ async fn run_case(case: u128, institution: InstitutionId, event: &'static str, f
         match outcome {
             Ok(()) => {
                 assert_eq!(held.len(), 1, "{name}: {me} holds one merged coin");
-                assert_eq!((held[0].value(), held[0].body.origin_saga), (Amount(sum), id), "{name}");
+                assert_eq!(
+                    (held[0].value(), held[0].body.origin_saga),
+                    (Amount(sum), id),
+                    "{name}"
+                );
                 for c in inputs {
                     let state = after.institutions[c.body.issuer.0 as usize].coins[&c.id].state;
                     assert_eq!(state, CoinState::Spent(id), "{name}: input of {me}");

@@ -144,9 +144,16 @@ async fn run_case(kind: fn(Address) -> bool, event: &'static str, fault: AppendF
     };
     d.check_notices();
     assert!(d.violations.is_empty(), "{case}: {:#?}", d.violations);
-    assert_eq!(d.finished.len(), REQUESTS, "{case}: every payment reached its outcome");
+    assert_eq!(
+        d.finished.len(),
+        REQUESTS,
+        "{case}: every payment reached its outcome"
+    );
     assert!(report.ok(), "{case}: audit {report:#?}");
-    assert_eq!(report.in_flight, 0, "{case}: sagas in flight after quiescence");
+    assert_eq!(
+        report.in_flight, 0,
+        "{case}: sagas in flight after quiescence"
+    );
 
     // Nothing acknowledged is lost: every payment a wallet reported committed is committed at
     // its coordinator.
@@ -157,7 +164,11 @@ async fn run_case(kind: fn(Address) -> bool, event: &'static str, fault: AppendF
                 .pays
                 .get(saga)
                 .map(|p| p.step);
-            assert_eq!(step, Some(PayStep::Committed), "{case}: acknowledged saga {saga}");
+            assert_eq!(
+                step,
+                Some(PayStep::Committed),
+                "{case}: acknowledged saga {saga}"
+            );
         }
     }
     d.check_snapshot(&snapshot);
@@ -173,7 +184,10 @@ async fn crash_each_step(kind: fn(Address) -> bool, events: &[&'static str]) {
     for event in events {
         for fault in [AppendFault::CrashBefore, AppendFault::CrashAfter] {
             let fired = run_case(kind, event, fault).await;
-            assert!(fired > 0, "{event} {fault:?}: the step never happened, so nothing was tested");
+            assert!(
+                fired > 0,
+                "{event} {fault:?}: the step never happened, so nothing was tested"
+            );
         }
     }
 }

@@ -20,8 +20,8 @@ use specie_actors::institution::{Institution, InstitutionCommand};
 use specie_actors::wallet::WalletCommand;
 use specie_actors::{Blueprint, Cluster};
 use specie_protocol::{
-    Address, Amount, Coin, CoinBody, Envelope, InstitutionId, KeyStore, Payload, PaymentAuthorization, SagaId,
-    SoftKeyStore, WalletId,
+    Address, Amount, Coin, CoinBody, Envelope, InstitutionId, KeyStore, Payload,
+    PaymentAuthorization, SagaId, SoftKeyStore, WalletId,
 };
 use specie_runtime::config::Config;
 use specie_runtime::{Effects, Journal, JournalSettings, RedbJournal, StateMachine};
@@ -55,7 +55,9 @@ fn sample_authorization(coins: usize) -> Envelope {
         payer: WalletId(11),
         payer_key: payer.public_key(),
         payer_institution: InstitutionId(1),
-        coin_ids: (0..coins).map(|i| sample_coin(&payer, i as u64).id).collect(),
+        coin_ids: (0..coins)
+            .map(|i| sample_coin(&payer, i as u64).id)
+            .collect(),
         amount: Amount(5_500),
         payee: WalletId(21),
         payee_institution: InstitutionId(2),
@@ -78,7 +80,9 @@ fn envelope(c: &mut Criterion) {
     let redeem = sample_authorization(2);
     let bytes = redeem.encode();
     g.throughput(Throughput::Elements(1));
-    g.bench_function("encode_redeem_request", |b| b.iter(|| std::hint::black_box(&redeem).encode()));
+    g.bench_function("encode_redeem_request", |b| {
+        b.iter(|| std::hint::black_box(&redeem).encode())
+    });
     g.bench_function("decode_redeem_request", |b| {
         b.iter(|| Envelope::decode(std::hint::black_box(&bytes)).expect("decodes"))
     });
@@ -87,7 +91,9 @@ fn envelope(c: &mut Criterion) {
         ..redeem.clone()
     };
     let coin_bytes = coin.encode();
-    g.bench_function("encode_coin_issued", |b| b.iter(|| std::hint::black_box(&coin).encode()));
+    g.bench_function("encode_coin_issued", |b| {
+        b.iter(|| std::hint::black_box(&coin).encode())
+    });
     g.bench_function("decode_coin_issued", |b| {
         b.iter(|| Envelope::decode(std::hint::black_box(&coin_bytes)).expect("decodes"))
     });
@@ -107,9 +113,15 @@ fn coin(c: &mut Criterion) {
     });
     let coin = sample_coin(&issuer, 1);
     let key = issuer.public_key();
-    g.bench_function("verify", |b| b.iter(|| coin.verify(std::hint::black_box(&key)).expect("verifies")));
-    let Payload::RedeemRequest(signed) = sample_authorization(2).payload else { unreachable!() };
-    g.bench_function("verify_authorization", |b| b.iter(|| signed.verify().expect("verifies")));
+    g.bench_function("verify", |b| {
+        b.iter(|| coin.verify(std::hint::black_box(&key)).expect("verifies"))
+    });
+    let Payload::RedeemRequest(signed) = sample_authorization(2).payload else {
+        unreachable!()
+    };
+    g.bench_function("verify_authorization", |b| {
+        b.iter(|| signed.verify().expect("verifies"))
+    });
     g.finish();
 }
 
@@ -130,7 +142,9 @@ fn journal(c: &mut Criterion) {
         b.iter(|| {
             let mut last = 0;
             for a in 0..ACTORS {
-                last = journal.append(Address::Wallet(WalletId(a)), vec![entry.clone()]).expect("appends");
+                last = journal
+                    .append(Address::Wallet(WalletId(a)), vec![entry.clone()])
+                    .expect("appends");
             }
             while !journal.is_durable(last) {
                 std::thread::yield_now();
@@ -233,7 +247,9 @@ fn institution(c: &mut Criterion) {
         to: Address::Institution(InstitutionId(0)),
         attempt: 0,
         trace: None,
-        payload: Payload::ExchangeRequest { amount: Amount(20_000) },
+        payload: Payload::ExchangeRequest {
+            amount: Amount(20_000),
+        },
     };
     let mut coin = coins_to(&ledger.route(exchange), payer).remove(0);
     let mut saga = 1_000u128;
@@ -247,7 +263,9 @@ fn institution(c: &mut Criterion) {
                 if coin.value().0 < 2 {
                     let refill = Envelope {
                         saga_id: SagaId::from_u128(saga << 32),
-                        payload: Payload::ExchangeRequest { amount: Amount(20_000) },
+                        payload: Payload::ExchangeRequest {
+                            amount: Amount(20_000),
+                        },
                         ..exchange_template(payer)
                     };
                     coin = coins_to(&ledger.route(refill), payer).remove(0);
@@ -301,7 +319,9 @@ fn saga(c: &mut Criterion) {
     let system = actix::System::new();
     let mut config = config(64);
     config.cluster.institutions.truncate(2);
-    let cluster = system.block_on(Cluster::start(config, 1)).expect("cluster starts");
+    let cluster = system
+        .block_on(Cluster::start(config, 1))
+        .expect("cluster starts");
     let mut notices = cluster.notices();
     let mut n = 0u64;
     let mut g = c.benchmark_group("saga");
@@ -319,7 +339,16 @@ fn saga(c: &mut Criterion) {
                 system.block_on(async {
                     let payee_institution = cluster.institution_of(payee);
                     cluster
-                        .submit(payer, WalletCommand::Pay { saga, payee, payee_institution, amount: Amount(1), coins: None })
+                        .submit(
+                            payer,
+                            WalletCommand::Pay {
+                                saga,
+                                payee,
+                                payee_institution,
+                                amount: Amount(1),
+                                coins: None,
+                            },
+                        )
                         .await
                         .expect("submitted");
                     loop {

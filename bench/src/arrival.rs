@@ -24,7 +24,10 @@ impl PoissonArrivals {
     /// Arrivals at `rate_per_s` on average, from `seed`.
     pub fn new(rate_per_s: f64, seed: u64) -> PoissonArrivals {
         // A non-positive or infinite rate would make every gap zero or infinite: a bug.
-        assert!(rate_per_s.is_finite() && rate_per_s > 0.0, "arrival rate must be positive, is {rate_per_s}");
+        assert!(
+            rate_per_s.is_finite() && rate_per_s > 0.0,
+            "arrival rate must be positive, is {rate_per_s}"
+        );
         PoissonArrivals {
             rate_per_s,
             rng: ChaCha8Rng::seed_from_u64(seed),
@@ -78,10 +81,17 @@ mod tests {
         let gaps: Vec<f64> = (0..n).map(|_| arrivals.next_gap_s()).collect();
         let mean = gaps.iter().sum::<f64>() / n as f64;
         // Standard error of the mean of an exponential is mean / sqrt(n) ≈ 0.22%; allow 2%.
-        assert!((mean * rate - 1.0).abs() < 0.02, "mean gap {mean} s at {rate}/s");
+        assert!(
+            (mean * rate - 1.0).abs() < 0.02,
+            "mean gap {mean} s at {rate}/s"
+        );
         // An exponential's standard deviation equals its mean; a fixed-rate ticker's is 0.
         let var = gaps.iter().map(|g| (g - mean).powi(2)).sum::<f64>() / n as f64;
-        assert!((var.sqrt() / mean - 1.0).abs() < 0.03, "coefficient of variation {}", var.sqrt() / mean);
+        assert!(
+            (var.sqrt() / mean - 1.0).abs() < 0.03,
+            "coefficient of variation {}",
+            var.sqrt() / mean
+        );
         assert!(gaps.iter().all(|g| *g >= 0.0));
     }
 
@@ -93,7 +103,10 @@ mod tests {
             count += 1;
         }
         // Poisson(50 000): standard deviation ≈ 224.
-        assert!((49_000..=51_000).contains(&count), "{count} arrivals in 100 s at 500/s");
+        assert!(
+            (49_000..=51_000).contains(&count),
+            "{count} arrivals in 100 s at 500/s"
+        );
     }
 
     #[test]

@@ -75,16 +75,22 @@ impl BenchMode {
 /// Runs a bench of `profile`. Starts its own actix system; call it from a plain thread.
 pub fn run(profile: &Profile, options: &Options) -> Result<BenchReport, BenchError> {
     if options.find_peak && options.rate_per_s.is_some() {
-        return Err(BenchError::Usage("--rate and --find-peak exclude each other".into()));
+        return Err(BenchError::Usage(
+            "--rate and --find-peak exclude each other".into(),
+        ));
     }
     if let Some(r) = options.rate_per_s {
         if !(r.is_finite() && r > 0.0 && r <= crate::profile::RATE_PER_S_MAX) {
-            return Err(BenchError::Usage(format!("--rate must be a positive number of operations per second, got {r}")));
+            return Err(BenchError::Usage(format!(
+                "--rate must be a positive number of operations per second, got {r}"
+            )));
         }
     }
     if let Some(d) = options.duration_s {
         if !(d.is_finite() && d > 0.0 && d <= crate::profile::DURATION_S_MAX) {
-            return Err(BenchError::Usage(format!("--duration must be a positive number of seconds, got {d}")));
+            return Err(BenchError::Usage(format!(
+                "--duration must be a positive number of seconds, got {d}"
+            )));
         }
     }
     let system = actix::System::new();
@@ -101,15 +107,26 @@ async fn run_async(profile: &Profile, options: &Options) -> Result<BenchReport, 
 
     let config = profile.cluster_config.clone();
     let data_dir = if profile.durable {
-        Some(tempfile::Builder::new().prefix("specie-bench-").tempdir().map_err(|e| BenchError::DataDir(e.to_string()))?)
+        Some(
+            tempfile::Builder::new()
+                .prefix("specie-bench-")
+                .tempdir()
+                .map_err(|e| BenchError::DataDir(e.to_string()))?,
+        )
     } else {
         None
     };
     let storage = match &data_dir {
         Some(dir) => {
             let node = dir.path().join("node");
-            let dir = DataDir::open_or_create(&node, &profile.cluster_config_text, &profile.origin, true, Some(profile.seed))
-                .map_err(|e| BenchError::DataDir(e.to_string()))?;
+            let dir = DataDir::open_or_create(
+                &node,
+                &profile.cluster_config_text,
+                &profile.origin,
+                true,
+                Some(profile.seed),
+            )
+            .map_err(|e| BenchError::DataDir(e.to_string()))?;
             Storage::Durable(Box::new(dir))
         }
         None => Storage::Memory,
@@ -256,7 +273,11 @@ async fn run_async(profile: &Profile, options: &Options) -> Result<BenchReport, 
     let floor_after = (!options.skip_floor).then(|| floor::measure(cores, FLOOR_DURATION));
     // The better of the two measurements: the machine's capability, so the ratio errs low.
     let floor = match (floor_before, floor_after) {
-        (Some(a), Some(b)) => Some(if a.verifies_per_s >= b.verifies_per_s { a } else { b }),
+        (Some(a), Some(b)) => Some(if a.verifies_per_s >= b.verifies_per_s {
+            a
+        } else {
+            b
+        }),
         _ => None::<CryptoFloor>,
     };
     let wallets = config.cluster.wallets;

@@ -83,7 +83,9 @@ pub struct Tracker {
 
 impl std::fmt::Debug for Tracker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tracker").field("pending", &self.pending.len()).finish_non_exhaustive()
+        f.debug_struct("Tracker")
+            .field("pending", &self.pending.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -125,8 +127,16 @@ impl Tracker {
         };
         self.current_end = start + spec.interval;
         self.cpu_at_interval_start = sys::cpu_seconds();
-        self.cpu_at_window_start = if spec.warmup.is_zero() { sys::cpu_seconds() } else { None };
-        self.pressure_at_window_start = if spec.warmup.is_zero() { sys::cpu_pressure_total_us() } else { None };
+        self.cpu_at_window_start = if spec.warmup.is_zero() {
+            sys::cpu_seconds()
+        } else {
+            None
+        };
+        self.pressure_at_window_start = if spec.warmup.is_zero() {
+            sys::cpu_pressure_total_us()
+        } else {
+            None
+        };
     }
 
     /// Closes the intervals that ended by `now`.
@@ -169,7 +179,9 @@ impl Tracker {
         if let (Some(now), Some(then)) = (sys::cpu_seconds(), self.cpu_at_window_start) {
             self.stats.cpu_s = now - then;
         }
-        if let (Some(now), Some(then)) = (sys::cpu_pressure_total_us(), self.pressure_at_window_start) {
+        if let (Some(now), Some(then)) =
+            (sys::cpu_pressure_total_us(), self.pressure_at_window_start)
+        {
             self.stats.cpu_pressure_s = Some(now.saturating_sub(then) as f64 / 1e6);
         }
     }
@@ -186,7 +198,12 @@ impl Tracker {
 
     /// An arrival (or a closed-loop start) intended at `intended`: counts it as offered and
     /// plans it; returns the action to send, or `None` when it was shed.
-    pub fn offer(&mut self, intended: Instant, now: Instant, outstanding_max: usize) -> Option<Action> {
+    pub fn offer(
+        &mut self,
+        intended: Instant,
+        now: Instant,
+        outstanding_max: usize,
+    ) -> Option<Action> {
         let measured = intended >= self.measure_from && intended < self.measure_until;
         if measured {
             self.stats.offered += 1;
@@ -205,12 +222,22 @@ impl Tracker {
             return None;
         };
         self.workload.begin(&planned);
-        let times = SendTimes { intended, sent: now };
+        let times = SendTimes {
+            intended,
+            sent: now,
+        };
         if measured {
             self.stats.send_lag.record(times.send_lag());
         }
         let action = planned.action.clone();
-        let previous = self.pending.insert(planned.saga, Pending { planned, times, measured });
+        let previous = self.pending.insert(
+            planned.saga,
+            Pending {
+                planned,
+                times,
+                measured,
+            },
+        );
         // Saga ids are 128 random bits: a collision is a bug in the generator.
         assert!(previous.is_none(), "saga id reused by the generator");
         Some(action)
@@ -219,14 +246,17 @@ impl Tracker {
     /// Settles the operation a notice reports, if it is one of ours and the notice comes from
     /// its reporter. Returns whether it settled one.
     pub fn settle(&mut self, notice: Notice, now: Instant) -> bool {
-        let Some(p) = self.pending.get(&notice.saga_id) else { return false };
+        let Some(p) = self.pending.get(&notice.saga_id) else {
+            return false;
+        };
         if p.planned.reporter != notice.source {
             return false;
         }
         let p = self.pending.remove(&notice.saga_id).expect("present");
         let latency = p.times.latency(now);
         let result = notice.outcome.result;
-        self.workload.settle(&p.planned, result, notice.outcome.spent_coin_ids);
+        self.workload
+            .settle(&p.planned, result, notice.outcome.spent_coin_ids);
         match result {
             Ok(()) => self.current.committed += 1,
             Err(_) => self.current.aborted += 1,
@@ -237,7 +267,10 @@ impl Tracker {
         }
         let s = &mut self.stats;
         s.all.record(result, latency);
-        s.by_kind.entry(p.planned.kind).or_default().record(result, latency);
+        s.by_kind
+            .entry(p.planned.kind)
+            .or_default()
+            .record(result, latency);
         if now < self.measure_until {
             s.finished_in_window += 1;
             if result.is_ok() {
@@ -262,8 +295,14 @@ impl Tracker {
     /// Takes back an operation that was planned but could not be sent (a merge whose wallet
     /// holds fewer than two coins): it counts as shed.
     pub fn withdraw(&mut self, saga: SagaId) {
-        let Some(p) = self.pending.remove(&saga) else { return };
-        self.workload.settle(&p.planned, Err(specie_protocol::AbortReason::SagaAborted), Vec::new());
+        let Some(p) = self.pending.remove(&saga) else {
+            return;
+        };
+        self.workload.settle(
+            &p.planned,
+            Err(specie_protocol::AbortReason::SagaAborted),
+            Vec::new(),
+        );
         if p.measured {
             self.stats.shed += 1;
             self.stats.withdrawn += 1;
@@ -289,12 +328,18 @@ impl Tracker {
 
     /// Takes the finished run's statistics.
     pub fn take_stats(&mut self) -> RunStats {
-        std::mem::replace(&mut self.stats, RunStats::new(String::new(), LoopMode::Open))
+        std::mem::replace(
+            &mut self.stats,
+            RunStats::new(String::new(), LoopMode::Open),
+        )
     }
 
     /// Whether planted operations are among the pending ones (for tests and reports).
     pub fn pending_planted(&self) -> usize {
-        self.pending.values().filter(|p| p.planned.class != Class::Honest).count()
+        self.pending
+            .values()
+            .filter(|p| p.planned.class != Class::Honest)
+            .count()
     }
 }
 
@@ -311,13 +356,20 @@ pub struct Driver {
 
 impl std::fmt::Debug for Driver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Driver").field("tracker", &self.tracker).finish_non_exhaustive()
+        f.debug_struct("Driver")
+            .field("tracker", &self.tracker)
+            .finish_non_exhaustive()
     }
 }
 
 impl Driver {
     /// A driver of `cluster` offering `workload`; it subscribes to the cluster's notices now.
-    pub fn new(cluster: Rc<Cluster>, workload: Workload, bench_start: Instant, progress: Progress) -> Driver {
+    pub fn new(
+        cluster: Rc<Cluster>,
+        workload: Workload,
+        bench_start: Instant,
+        progress: Progress,
+    ) -> Driver {
         let notices = cluster.notices();
         Driver {
             cluster,
@@ -365,7 +417,11 @@ impl Driver {
                     // Coins of other issuers first, then the smallest: merging consolidates them.
                     coins.sort_by_key(|c| (c.body.issuer == home, c.value(), c.id));
                     let coins = coins.iter().take(MERGE_COINS_MAX).map(|c| c.id).collect();
-                    if cluster.submit(wallet, WalletCommand::Merge { saga, coins }).await.is_err() {
+                    if cluster
+                        .submit(wallet, WalletCommand::Merge { saga, coins })
+                        .await
+                        .is_err()
+                    {
                         errors.set(errors.get() + 1);
                     }
                 });
@@ -424,7 +480,12 @@ impl Driver {
             if now.duration_since(last_progress) >= crate::progress::REFRESH {
                 last_progress = now;
                 let fraction = (now - start).as_secs_f64() / (end - start).as_secs_f64();
-                self.progress.update(fraction, &self.tracker.stats, self.tracker.pending(), now - start);
+                self.progress.update(
+                    fraction,
+                    &self.tracker.stats,
+                    self.tracker.pending(),
+                    now - start,
+                );
             }
             let wake = match spec.mode {
                 LoopMode::Open => next,
@@ -454,7 +515,9 @@ impl Driver {
                 self.tracker.abandon();
                 break;
             }
-            match tokio::time::timeout(left.min(Duration::from_millis(100)), self.notices.recv()).await {
+            match tokio::time::timeout(left.min(Duration::from_millis(100)), self.notices.recv())
+                .await
+            {
                 Ok(Some(n)) => self.settle_ready(n),
                 Ok(None) => {
                     self.tracker.abandon();
@@ -475,7 +538,9 @@ impl Driver {
         let deadline = Instant::now() + timeout;
         while self.tracker.pending() > 0 && Instant::now() < deadline {
             self.withdraw_unsent();
-            if let Ok(Some(n)) = tokio::time::timeout(Duration::from_millis(50), self.notices.recv()).await {
+            if let Ok(Some(n)) =
+                tokio::time::timeout(Duration::from_millis(50), self.notices.recv()).await
+            {
                 self.settle_ready(n);
             }
         }
@@ -526,7 +591,11 @@ mod tests {
         }
     }
 
-    fn notice(saga: SagaId, source: specie_protocol::Address, result: Result<(), AbortReason>) -> Notice {
+    fn notice(
+        saga: SagaId,
+        source: specie_protocol::Address,
+        result: Result<(), AbortReason>,
+    ) -> Notice {
         Notice {
             saga_id: saga,
             source,
@@ -546,25 +615,52 @@ mod tests {
         let action = t.offer(intended, sent, 1000).expect("planned");
         let saga = saga_of(&action);
         let reporter = t.pending[&saga].planned.reporter;
-        assert!(t.settle(notice(saga, reporter, Ok(())), sent + Duration::from_millis(5)));
+        assert!(t.settle(
+            notice(saga, reporter, Ok(())),
+            sent + Duration::from_millis(5)
+        ));
         let s = t.stats();
-        assert_eq!((s.offered, s.all.committed, s.finished_in_window), (1, 1, 1));
+        assert_eq!(
+            (s.offered, s.all.committed, s.finished_in_window),
+            (1, 1, 1)
+        );
         let p50 = s.all.latency.summary().p50_ms;
-        assert!((p50 - 35.0).abs() < 0.1, "35 ms from the intended time, got {p50}");
+        assert!(
+            (p50 - 35.0).abs() < 0.1,
+            "35 ms from the intended time, got {p50}"
+        );
         assert!((s.send_lag.summary().max_ms - 30.0).abs() < 0.1);
     }
 
     #[test]
     fn warmup_arrivals_are_not_measured_and_other_reporters_do_not_settle() {
         let (mut t, start) = tracker();
-        let action = t.offer(start + Duration::from_millis(10), start + Duration::from_millis(10), 1000);
+        let action = t.offer(
+            start + Duration::from_millis(10),
+            start + Duration::from_millis(10),
+            1000,
+        );
         let saga = saga_of(&action.expect("planned"));
         let reporter = t.pending[&saga].planned.reporter;
         let stranger = specie_protocol::Address::External(1);
-        assert!(!t.settle(notice(saga, stranger, Ok(())), start + Duration::from_millis(20)));
-        assert_eq!(t.pending(), 1, "only the reporter's notice settles an operation");
-        assert!(t.settle(notice(saga, reporter, Err(AbortReason::Timeout)), start + Duration::from_millis(20)));
-        assert_eq!(t.stats().offered, 0, "a warm-up arrival is not offered in the window");
+        assert!(!t.settle(
+            notice(saga, stranger, Ok(())),
+            start + Duration::from_millis(20)
+        ));
+        assert_eq!(
+            t.pending(),
+            1,
+            "only the reporter's notice settles an operation"
+        );
+        assert!(t.settle(
+            notice(saga, reporter, Err(AbortReason::Timeout)),
+            start + Duration::from_millis(20)
+        ));
+        assert_eq!(
+            t.stats().offered,
+            0,
+            "a warm-up arrival is not offered in the window"
+        );
         assert_eq!(t.stats().all.finished(), 0);
         assert_eq!(t.pending(), 0);
     }
@@ -575,7 +671,10 @@ mod tests {
         let at = start + Duration::from_millis(200);
         assert!(t.offer(at, at, 2).is_some());
         assert!(t.offer(at, at, 2).is_some());
-        assert!(t.offer(at, at, 2).is_none(), "third arrival beyond the bound of 2");
+        assert!(
+            t.offer(at, at, 2).is_none(),
+            "third arrival beyond the bound of 2"
+        );
         assert_eq!((t.stats().offered, t.stats().shed), (3, 1));
         t.abandon();
         assert_eq!(t.stats().unfinished, 2);

@@ -57,14 +57,19 @@ pub fn measure(threads: usize, duration: Duration) -> CryptoFloor {
                     loop {
                         for _ in 0..VERIFIES_PER_CHECK {
                             // A floor measured on failing verifications would be meaningless.
-                            assert!(verify(&public, &message, &signature).is_ok(), "the floor's signature verifies");
+                            assert!(
+                                verify(&public, &message, &signature).is_ok(),
+                                "the floor's signature verifies"
+                            );
                         }
                         count += VERIFIES_PER_CHECK;
                         let elapsed = started.elapsed();
                         if elapsed >= duration {
                             let cpu = match (cpu_started, thread_cpu_seconds()) {
                                 // Ticks are 10 ms: below a tenth of the run the figure is noise.
-                                (Some(a), Some(b)) if b - a >= duration.as_secs_f64() / 10.0 => Some(b - a),
+                                (Some(a), Some(b)) if b - a >= duration.as_secs_f64() / 10.0 => {
+                                    Some(b - a)
+                                }
                                 _ => None,
                             };
                             return (count, elapsed.as_secs_f64(), cpu);
@@ -73,11 +78,16 @@ pub fn measure(threads: usize, duration: Duration) -> CryptoFloor {
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("a verifier thread")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a verifier thread"))
+            .collect()
     });
     let per_thread_per_s: Vec<f64> = per_thread.iter().map(|(n, s, _)| *n as f64 / s).collect();
-    let per_thread_per_cpu_s: Vec<f64> =
-        per_thread.iter().filter_map(|(n, _, cpu)| cpu.map(|c| *n as f64 / c)).collect();
+    let per_thread_per_cpu_s: Vec<f64> = per_thread
+        .iter()
+        .filter_map(|(n, _, cpu)| cpu.map(|c| *n as f64 / c))
+        .collect();
     // Without a CPU time for every thread, the wall-clock rate is all there is.
     let verifies_per_s = if per_thread_per_cpu_s.len() == threads {
         per_thread_per_cpu_s.iter().sum()

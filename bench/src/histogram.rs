@@ -88,12 +88,16 @@ impl Latency {
             self.clamped += 1;
         }
         let us = us.clamp(LATENCY_US_MIN, LATENCY_US_MAX);
-        self.hist.record(us).expect("clamped into the histogram's range");
+        self.hist
+            .record(us)
+            .expect("clamped into the histogram's range");
     }
 
     /// Adds every value of `other`.
     pub fn merge(&mut self, other: &Latency) {
-        self.hist.add(&other.hist).expect("histograms of the same bounds add");
+        self.hist
+            .add(&other.hist)
+            .expect("histograms of the same bounds add");
         self.clamped += other.clamped;
     }
 
@@ -145,7 +149,11 @@ impl Latency {
     /// Writes the percentile distribution in HdrHistogram's `.hgrm` text format, values in
     /// milliseconds (5 ticks per half distance, as HdrHistogram's own output).
     pub fn write_hgrm(&self, out: &mut impl Write) -> io::Result<()> {
-        writeln!(out, "{:>12} {:>14} {:>10} {:>14}\n", "Value", "Percentile", "TotalCount", "1/(1-Percentile)")?;
+        writeln!(
+            out,
+            "{:>12} {:>14} {:>10} {:>14}\n",
+            "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
+        )?;
         if !self.hist.is_empty() {
             for v in self.hist.iter_quantiles(5) {
                 let q = v.quantile_iterated_to();
@@ -165,12 +173,28 @@ impl Latency {
         let (mean, stdev, max) = if self.hist.is_empty() {
             (0.0, 0.0, 0.0)
         } else {
-            (self.hist.mean() / 1000.0, self.hist.stdev() / 1000.0, us_to_ms(self.hist.max()))
+            (
+                self.hist.mean() / 1000.0,
+                self.hist.stdev() / 1000.0,
+                us_to_ms(self.hist.max()),
+            )
         };
-        writeln!(out, "#[Mean    = {mean:>12.3}, StdDeviation   = {stdev:>12.3}]")?;
-        writeln!(out, "#[Max     = {max:>12.3}, Total count    = {:>12}]", self.hist.len())?;
+        writeln!(
+            out,
+            "#[Mean    = {mean:>12.3}, StdDeviation   = {stdev:>12.3}]"
+        )?;
+        writeln!(
+            out,
+            "#[Max     = {max:>12.3}, Total count    = {:>12}]",
+            self.hist.len()
+        )?;
         // 3 significant figures need 2048 sub-buckets (the next power of two above 2 × 10³).
-        writeln!(out, "#[Buckets = {:>12}, SubBuckets     = {:>12}]", self.hist.buckets(), 2048)?;
+        writeln!(
+            out,
+            "#[Buckets = {:>12}, SubBuckets     = {:>12}]",
+            self.hist.buckets(),
+            2048
+        )?;
         Ok(())
     }
 }
@@ -248,11 +272,17 @@ mod tests {
             .filter(|l| !l.starts_with('#') && !l.trim().is_empty() && !l.contains("Percentile"))
             .map(|l| {
                 let f: Vec<&str> = l.split_whitespace().collect();
-                (f[0].parse().expect("value"), f[1].parse().expect("percentile"), f[2].parse().expect("count"))
+                (
+                    f[0].parse().expect("value"),
+                    f[1].parse().expect("percentile"),
+                    f[2].parse().expect("count"),
+                )
             })
             .collect();
         assert!(rows.len() >= 5, "{text}");
-        assert!(rows.windows(2).all(|w| w[0].1 <= w[1].1 && w[0].0 <= w[1].0 && w[0].2 <= w[1].2));
+        assert!(rows
+            .windows(2)
+            .all(|w| w[0].1 <= w[1].1 && w[0].0 <= w[1].0 && w[0].2 <= w[1].2));
         let last = rows.last().expect("rows");
         assert_eq!(last.2, 5);
         assert!((last.0 - 12.0).abs() < 0.02, "max 12 ms, got {}", last.0);

@@ -51,7 +51,10 @@ pub fn judge(stats: &RunStats, spec: &PeakSpec, p99_bound_ms: f64) -> Verdict {
     if stats.unfinished > 0 {
         why.push(format!("{} operations unfinished", stats.unfinished));
     }
-    Verdict { pass: why.is_empty(), why }
+    Verdict {
+        pass: why.is_empty(),
+        why,
+    }
 }
 
 /// Which stage a step belongs to.
@@ -89,9 +92,20 @@ pub struct Step {
 
 #[derive(Debug, Clone)]
 enum State {
-    Ramp { rate: f64, down: bool },
-    Refine { lo: f64, hi: f64, left: u32 },
-    Confirm { peak: f64, queue: VecDeque<f64>, extra: u32 },
+    Ramp {
+        rate: f64,
+        down: bool,
+    },
+    Refine {
+        lo: f64,
+        hi: f64,
+        left: u32,
+    },
+    Confirm {
+        peak: f64,
+        queue: VecDeque<f64>,
+        extra: u32,
+    },
     Done,
 }
 
@@ -142,7 +156,10 @@ impl PeakSearch {
     }
 
     fn search_steps(&self) -> u32 {
-        self.steps.iter().filter(|s| s.stage != Stage::Confirm).count() as u32
+        self.steps
+            .iter()
+            .filter(|s| s.stage != Stage::Confirm)
+            .count() as u32
     }
 
     fn start_confirm(&mut self, peak: f64) {
@@ -152,12 +169,18 @@ impl PeakSearch {
         let mut queue = VecDeque::new();
         queue.extend(std::iter::repeat_n(peak * (1.0 - m), n));
         queue.extend(std::iter::repeat_n(peak * (1.0 + m), n));
-        self.state = State::Confirm { peak, queue, extra: 0 };
+        self.state = State::Confirm {
+            peak,
+            queue,
+            extra: 0,
+        };
     }
 
     fn after_search(&mut self) {
         match (self.last_pass, self.first_fail) {
-            (Some(lo), Some(hi)) if self.spec.refine_steps > 0 && self.search_steps() < self.spec.steps_max => {
+            (Some(lo), Some(hi))
+                if self.spec.refine_steps > 0 && self.search_steps() < self.spec.steps_max =>
+            {
                 self.state = State::Refine {
                     lo,
                     hi,
@@ -215,19 +238,30 @@ impl PeakSearch {
                     (lo, mid)
                 };
                 if left > 1 && budget_left {
-                    self.state = State::Refine { lo, hi, left: left - 1 };
+                    self.state = State::Refine {
+                        lo,
+                        hi,
+                        left: left - 1,
+                    };
                 } else {
                     self.start_confirm(lo);
                 }
             }
-            State::Confirm { peak, mut queue, extra } => {
+            State::Confirm {
+                peak,
+                mut queue,
+                extra,
+            } => {
                 queue.pop_front();
                 if queue.is_empty() {
                     if self.sustainable().is_none() && extra < EXTRA_LEVELS_MAX {
                         let m = self.spec.confirm_margin_percent / 100.0;
                         let level = peak * (1.0 - m * f64::from(extra + 2));
                         if level > 0.0 {
-                            queue.extend(std::iter::repeat_n(level, self.spec.confirm_repeats as usize));
+                            queue.extend(std::iter::repeat_n(
+                                level,
+                                self.spec.confirm_repeats as usize,
+                            ));
                             self.state = State::Confirm {
                                 peak,
                                 queue,
@@ -250,7 +284,10 @@ impl PeakSearch {
         let mut by_rate: Vec<(f64, u32)> = Vec::new();
         for s in self.steps.iter().filter(|s| s.stage == Stage::Confirm) {
             let pass = u32::from(s.verdict.pass);
-            match by_rate.iter_mut().find(|(r, _)| (*r - s.rate_per_s).abs() < 1e-9) {
+            match by_rate
+                .iter_mut()
+                .find(|(r, _)| (*r - s.rate_per_s).abs() < 1e-9)
+            {
                 Some((_, passes)) => *passes += pass,
                 None => by_rate.push((s.rate_per_s, pass)),
             }
@@ -309,11 +346,27 @@ mod tests {
     fn ramps_refines_and_confirms_below_the_capacity() {
         let out = search(5000.0);
         let rates: Vec<(Stage, f64)> = out.steps.iter().map(|s| (s.stage, s.rate_per_s)).collect();
-        assert_eq!(&rates[..4], &[(Stage::Ramp, 1000.0), (Stage::Ramp, 2000.0), (Stage::Ramp, 4000.0), (Stage::Ramp, 8000.0)]);
+        assert_eq!(
+            &rates[..4],
+            &[
+                (Stage::Ramp, 1000.0),
+                (Stage::Ramp, 2000.0),
+                (Stage::Ramp, 4000.0),
+                (Stage::Ramp, 8000.0)
+            ]
+        );
         // Bisection between 4000 and 8000: 6000 fails, 5000 passes.
-        assert_eq!(&rates[4..6], &[(Stage::Refine, 6000.0), (Stage::Refine, 5000.0)]);
+        assert_eq!(
+            &rates[4..6],
+            &[(Stage::Refine, 6000.0), (Stage::Refine, 5000.0)]
+        );
         assert_eq!(out.candidate_per_s, Some(5000.0));
-        let confirm: Vec<f64> = out.steps.iter().filter(|s| s.stage == Stage::Confirm).map(|s| s.rate_per_s).collect();
+        let confirm: Vec<f64> = out
+            .steps
+            .iter()
+            .filter(|s| s.stage == Stage::Confirm)
+            .map(|s| s.rate_per_s)
+            .collect();
         assert_eq!(confirm.len(), 6, "three repeats at −5% and three at +5%");
         assert!((confirm[0] - 4750.0).abs() < 1e-6 && (confirm[5] - 5250.0).abs() < 1e-6);
         assert_eq!(out.sustainable_per_s, Some(4750.0), "+5% fails, −5% holds");
@@ -341,7 +394,12 @@ mod tests {
     #[test]
     fn a_failing_start_walks_down() {
         let out = search(300.0);
-        let ramp: Vec<f64> = out.steps.iter().filter(|s| s.stage == Stage::Ramp).map(|s| s.rate_per_s).collect();
+        let ramp: Vec<f64> = out
+            .steps
+            .iter()
+            .filter(|s| s.stage == Stage::Ramp)
+            .map(|s| s.rate_per_s)
+            .collect();
         assert_eq!(ramp, vec![1000.0, 500.0, 250.0]);
         let sustainable = out.sustainable_per_s.expect("found");
         assert!(sustainable <= 300.0 && sustainable > 200.0, "{sustainable}");

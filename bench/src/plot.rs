@@ -37,22 +37,34 @@ impl Scale {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 fn nice_ticks(lo: f64, hi: f64, scale: Scale) -> Vec<f64> {
     match scale {
         Scale::Log10 => {
-            let (a, b) = (lo.max(1e-6).log10().floor() as i32, hi.max(1e-6).log10().ceil() as i32);
+            let (a, b) = (
+                lo.max(1e-6).log10().floor() as i32,
+                hi.max(1e-6).log10().ceil() as i32,
+            );
             (a..=b).map(|e| 10f64.powi(e)).collect()
         }
         Scale::Linear => {
             let span = (hi - lo).max(1e-9);
             let raw = span / 5.0;
             let mag = 10f64.powf(raw.log10().floor());
-            let step = [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * mag).find(|s| span / s <= 6.0).unwrap_or(mag * 10.0);
+            let step = [1.0, 2.0, 5.0, 10.0]
+                .iter()
+                .map(|m| m * mag)
+                .find(|s| span / s <= 6.0)
+                .unwrap_or(mag * 10.0);
             let start = (lo / step).ceil() * step;
-            (0..).map(|i| start + step * f64::from(i)).take_while(|v| *v <= hi + 1e-9).collect()
+            (0..)
+                .map(|i| start + step * f64::from(i))
+                .take_while(|v| *v <= hi + 1e-9)
+                .collect()
         }
     }
 }
@@ -80,7 +92,10 @@ fn panel(
 ) {
     let plot_w = WIDTH - MARGIN_LEFT - MARGIN_RIGHT;
     let plot_h = PANEL_HEIGHT;
-    let all: Vec<(f64, f64)> = series.iter().flat_map(|s| s.points.iter().copied()).collect();
+    let all: Vec<(f64, f64)> = series
+        .iter()
+        .flat_map(|s| s.points.iter().copied())
+        .collect();
     let _ = writeln!(
         svg,
         r#"<text x="{MARGIN_LEFT}" y="{}" font-size="15" font-weight="bold">{}</text>"#,
@@ -126,7 +141,12 @@ fn panel(
     if (y_hi - y_lo).abs() < 1e-9 {
         y_hi = y_lo + 1.0;
     }
-    let (xl, xh, yl, yh) = (x_scale.map(x_lo), x_scale.map(x_hi), y_scale.map(y_lo), y_scale.map(y_hi));
+    let (xl, xh, yl, yh) = (
+        x_scale.map(x_lo),
+        x_scale.map(x_hi),
+        y_scale.map(y_lo),
+        y_scale.map(y_hi),
+    );
     let px = |x: f64| MARGIN_LEFT + (x_scale.map(x) - xl) / (xh - xl) * plot_w;
     let py = |y: f64| top + plot_h - (y_scale.map(y) - yl) / (yh - yl) * plot_h;
     for t in nice_ticks(y_lo, y_hi, y_scale) {
@@ -182,7 +202,9 @@ fn panel(
         let pts: Vec<String> = s
             .points
             .iter()
-            .filter(|(x, y)| x.is_finite() && y.is_finite() && (matches!(y_scale, Scale::Linear) || *y > 0.0))
+            .filter(|(x, y)| {
+                x.is_finite() && y.is_finite() && (matches!(y_scale, Scale::Linear) || *y > 0.0)
+            })
             .map(|(x, y)| format!("{:.1},{:.1}", px(*x), py(y.max(y_lo))))
             .collect();
         let _ = writeln!(
@@ -214,12 +236,25 @@ pub fn render(title: &str, intervals: &[Interval], distribution: &Latency) -> St
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif">"#
     );
     let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(svg, r#"<text x="{MARGIN_LEFT}" y="20" font-size="16">{}</text>"#, escape(title));
+    let _ = writeln!(
+        svg,
+        r#"<text x="{MARGIN_LEFT}" y="20" font-size="16">{}</text>"#,
+        escape(title)
+    );
     let mid = |i: &Interval| i.start_s + i.length_s / 2.0;
     let rate = |n: u64, i: &Interval| n as f64 / i.length_s.max(1e-9);
-    let offered: Vec<(f64, f64)> = intervals.iter().map(|i| (mid(i), rate(i.offered, i))).collect();
-    let achieved: Vec<(f64, f64)> = intervals.iter().map(|i| (mid(i), rate(i.committed + i.aborted, i))).collect();
-    let committed: Vec<(f64, f64)> = intervals.iter().map(|i| (mid(i), rate(i.committed, i))).collect();
+    let offered: Vec<(f64, f64)> = intervals
+        .iter()
+        .map(|i| (mid(i), rate(i.offered, i)))
+        .collect();
+    let achieved: Vec<(f64, f64)> = intervals
+        .iter()
+        .map(|i| (mid(i), rate(i.committed + i.aborted, i)))
+        .collect();
+    let committed: Vec<(f64, f64)> = intervals
+        .iter()
+        .map(|i| (mid(i), rate(i.committed, i)))
+        .collect();
     let top = MARGIN_TOP + 30.0;
     panel(
         &mut svg,
@@ -230,14 +265,34 @@ pub fn render(title: &str, intervals: &[Interval], distribution: &Latency) -> St
         Scale::Linear,
         Scale::Linear,
         &[
-            Series { name: "offered", colour: "#999999", points: offered },
-            Series { name: "achieved", colour: "#1f77b4", points: achieved },
-            Series { name: "committed", colour: "#2ca02c", points: committed },
+            Series {
+                name: "offered",
+                colour: "#999999",
+                points: offered,
+            },
+            Series {
+                name: "achieved",
+                colour: "#1f77b4",
+                points: achieved,
+            },
+            Series {
+                name: "committed",
+                colour: "#2ca02c",
+                points: committed,
+            },
         ],
     );
     let with_data: Vec<&Interval> = intervals.iter().filter(|i| i.latency.count() > 0).collect();
-    let lat = |q: f64| -> Vec<(f64, f64)> { with_data.iter().map(|i| (mid(i), i.latency.quantile_ms(q))).collect() };
-    let max: Vec<(f64, f64)> = with_data.iter().map(|i| (mid(i), i.latency.summary().max_ms)).collect();
+    let lat = |q: f64| -> Vec<(f64, f64)> {
+        with_data
+            .iter()
+            .map(|i| (mid(i), i.latency.quantile_ms(q)))
+            .collect()
+    };
+    let max: Vec<(f64, f64)> = with_data
+        .iter()
+        .map(|i| (mid(i), i.latency.summary().max_ms))
+        .collect();
     panel(
         &mut svg,
         top + PANEL_HEIGHT + GAP,
@@ -247,9 +302,21 @@ pub fn render(title: &str, intervals: &[Interval], distribution: &Latency) -> St
         Scale::Linear,
         Scale::Log10,
         &[
-            Series { name: "p50", colour: "#2ca02c", points: lat(0.5) },
-            Series { name: "p99", colour: "#ff7f0e", points: lat(0.99) },
-            Series { name: "max", colour: "#d62728", points: max },
+            Series {
+                name: "p50",
+                colour: "#2ca02c",
+                points: lat(0.5),
+            },
+            Series {
+                name: "p99",
+                colour: "#ff7f0e",
+                points: lat(0.99),
+            },
+            Series {
+                name: "max",
+                colour: "#d62728",
+                points: max,
+            },
         ],
     );
     let dist: Vec<(f64, f64)> = distribution
@@ -266,7 +333,11 @@ pub fn render(title: &str, intervals: &[Interval], distribution: &Latency) -> St
         "latency (ms, log)",
         Scale::Log10,
         Scale::Log10,
-        &[Series { name: "latency", colour: "#1f77b4", points: dist }],
+        &[Series {
+            name: "latency",
+            colour: "#1f77b4",
+            points: dist,
+        }],
     );
     let _ = writeln!(svg, "</svg>");
     svg

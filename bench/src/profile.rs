@@ -404,7 +404,10 @@ fn validate(raw: RawFile, file: &str, base: &str) -> Result<Profile, ProfileErro
         if v.is_finite() && v > 0.0 && v <= max {
             Ok(())
         } else {
-            Err(invalid(field, format!("must be above 0 and at most {max}, is {v}")))
+            Err(invalid(
+                field,
+                format!("must be above 0 and at most {max}, is {v}"),
+            ))
         }
     };
     positive("bench.rate_per_s", b.rate_per_s, RATE_PER_S_MAX)?;
@@ -414,83 +417,127 @@ fn validate(raw: RawFile, file: &str, base: &str) -> Result<Profile, ProfileErro
     if !(b.warmup_s.is_finite() && b.warmup_s >= 0.0 && b.warmup_s < b.duration_s) {
         return Err(invalid(
             "bench.warmup_s",
-            format!("must be at least 0 and below bench.duration_s, is {}", b.warmup_s),
+            format!(
+                "must be at least 0 and below bench.duration_s, is {}",
+                b.warmup_s
+            ),
         ));
     }
     if b.in_flight_max == 0 || b.in_flight_max > OUTSTANDING_MAX_LIMIT {
         return Err(invalid(
             "bench.in_flight_max",
-            format!("must be 1 to {OUTSTANDING_MAX_LIMIT}, is {}", b.in_flight_max),
+            format!(
+                "must be 1 to {OUTSTANDING_MAX_LIMIT}, is {}",
+                b.in_flight_max
+            ),
         ));
     }
     if b.outstanding_max == 0 || b.outstanding_max > OUTSTANDING_MAX_LIMIT {
         return Err(invalid(
             "bench.outstanding_max",
-            format!("must be 1 to {OUTSTANDING_MAX_LIMIT}, is {}", b.outstanding_max),
+            format!(
+                "must be 1 to {OUTSTANDING_MAX_LIMIT}, is {}",
+                b.outstanding_max
+            ),
         ));
     }
     if !(10..=3_600_000).contains(&b.interval_ms) {
-        return Err(invalid("bench.interval_ms", format!("must be 10 to 3600000, is {}", b.interval_ms)));
+        return Err(invalid(
+            "bench.interval_ms",
+            format!("must be 10 to 3600000, is {}", b.interval_ms),
+        ));
     }
     let w = &raw.workload;
     for (field, v) in [
         ("workload.pay_percent", w.pay_percent),
         ("workload.merge_percent", w.merge_percent),
-        ("workload.cross_institution_percent", w.cross_institution_percent),
+        (
+            "workload.cross_institution_percent",
+            w.cross_institution_percent,
+        ),
         ("workload.collect_percent", w.collect_percent),
         ("workload.hot_percent", w.hot_percent),
     ] {
         if v > 100 {
-            return Err(invalid(field, format!("is a percentage, at most 100, is {v}")));
+            return Err(invalid(
+                field,
+                format!("is a percentage, at most 100, is {v}"),
+            ));
         }
     }
     if w.pay_percent + w.merge_percent != 100 {
         return Err(invalid(
             "workload.pay_percent",
-            format!("plus workload.merge_percent must be 100, is {}", w.pay_percent + w.merge_percent),
+            format!(
+                "plus workload.merge_percent must be 100, is {}",
+                w.pay_percent + w.merge_percent
+            ),
         ));
     }
     let planted = w.insufficient_percent + w.double_spend_percent + w.forged_percent;
     if planted > 50 {
         return Err(invalid(
             "workload.insufficient_percent",
-            format!("plus double_spend_percent and forged_percent must be at most 50, is {planted}"),
+            format!(
+                "plus double_spend_percent and forged_percent must be at most 50, is {planted}"
+            ),
         ));
     }
     if w.amount_max_fen == 0 {
-        return Err(invalid("workload.amount_max_fen", "must be positive".into()));
+        return Err(invalid(
+            "workload.amount_max_fen",
+            "must be positive".into(),
+        ));
     }
     if w.hot_percent > 0 && w.hot_wallets < 2 {
         return Err(invalid(
             "workload.hot_wallets",
-            format!("must be at least 2 when workload.hot_percent is set, is {}", w.hot_wallets),
+            format!(
+                "must be at least 2 when workload.hot_percent is set, is {}",
+                w.hot_wallets
+            ),
         ));
     }
     let p = &raw.peak;
     positive("peak.start_rate_per_s", p.start_rate_per_s, RATE_PER_S_MAX)?;
     positive("peak.step_s", p.step_s, DURATION_S_MAX)?;
     if !(p.growth.is_finite() && p.growth > 1.0 && p.growth <= 10.0) {
-        return Err(invalid("peak.growth", format!("must be above 1 and at most 10, is {}", p.growth)));
+        return Err(invalid(
+            "peak.growth",
+            format!("must be above 1 and at most 10, is {}", p.growth),
+        ));
     }
     if p.confirm_repeats == 0 || p.confirm_repeats > 10 {
-        return Err(invalid("peak.confirm_repeats", format!("must be 1 to 10, is {}", p.confirm_repeats)));
+        return Err(invalid(
+            "peak.confirm_repeats",
+            format!("must be 1 to 10, is {}", p.confirm_repeats),
+        ));
     }
     if p.confirm_passes_min == 0 || p.confirm_passes_min > p.confirm_repeats {
         return Err(invalid(
             "peak.confirm_passes_min",
-            format!("must be 1 to peak.confirm_repeats ({}), is {}", p.confirm_repeats, p.confirm_passes_min),
+            format!(
+                "must be 1 to peak.confirm_repeats ({}), is {}",
+                p.confirm_repeats, p.confirm_passes_min
+            ),
         ));
     }
     if !(p.confirm_margin_percent > 0.0 && p.confirm_margin_percent < 50.0) {
         return Err(invalid(
             "peak.confirm_margin_percent",
-            format!("must be above 0 and below 50, is {}", p.confirm_margin_percent),
+            format!(
+                "must be above 0 and below 50, is {}",
+                p.confirm_margin_percent
+            ),
         ));
     }
     if !(p.achieved_percent_min > 0.0 && p.achieved_percent_min <= 100.0) {
         return Err(invalid(
             "peak.achieved_percent_min",
-            format!("must be above 0 and at most 100, is {}", p.achieved_percent_min),
+            format!(
+                "must be above 0 and at most 100, is {}",
+                p.achieved_percent_min
+            ),
         ));
     }
     if p.steps_max == 0 || p.steps_max > PEAK_STEPS_LIMIT || p.refine_steps > p.steps_max {
@@ -508,17 +555,21 @@ fn validate(raw: RawFile, file: &str, base: &str) -> Result<Profile, ProfileErro
     })?;
     merge(&mut table, &raw.cluster_config);
     let cluster_config_text = toml::to_string(&table).expect("a TOML table serializes");
-    let cluster_config =
-        Config::parse(&cluster_config_text, &format!("{file} (merged cluster config)")).map_err(|e| {
-            ProfileError::Cluster {
-                file: file.to_string(),
-                why: e.to_string(),
-            }
-        })?;
+    let cluster_config = Config::parse(
+        &cluster_config_text,
+        &format!("{file} (merged cluster config)"),
+    )
+    .map_err(|e| ProfileError::Cluster {
+        file: file.to_string(),
+        why: e.to_string(),
+    })?;
     if w.hot_wallets > cluster_config.cluster.wallets {
         return Err(invalid(
             "workload.hot_wallets",
-            format!("({}) exceeds the cluster's wallets ({})", w.hot_wallets, cluster_config.cluster.wallets),
+            format!(
+                "({}) exceeds the cluster's wallets ({})",
+                w.hot_wallets, cluster_config.cluster.wallets
+            ),
         ));
     }
     Ok(Profile {
@@ -586,18 +637,31 @@ mod tests {
         let p = Profile::parse(&text, "t.toml", None).expect("valid");
         assert_eq!(p.cluster_config.cluster.wallets, 500);
         assert_eq!(p.cluster_config.runtime.arbiters, 1);
-        assert_eq!(p.cluster_config.cluster.institutions.len(), 4, "kept from the base");
+        assert_eq!(
+            p.cluster_config.cluster.institutions.len(),
+            4,
+            "kept from the base"
+        );
     }
 
     #[test]
     fn errors_name_the_file_and_the_field() {
         let text = format!("{MINIMAL}[workload]\nhot_percent = 10\nhot_wallets = 1\n");
         let e = Profile::parse(&text, "hot.toml", None).expect_err("one hot wallet cannot contend");
-        assert!(e.to_string().starts_with("hot.toml: field `workload.hot_wallets`"), "{e}");
-        let e = Profile::parse(&format!("{MINIMAL}[cluster_config.cluster]\nwallets = 1\n"), "c.toml", None)
-            .expect_err("too few wallets");
+        assert!(
+            e.to_string()
+                .starts_with("hot.toml: field `workload.hot_wallets`"),
+            "{e}"
+        );
+        let e = Profile::parse(
+            &format!("{MINIMAL}[cluster_config.cluster]\nwallets = 1\n"),
+            "c.toml",
+            None,
+        )
+        .expect_err("too few wallets");
         assert!(e.to_string().contains("cluster.wallets"), "{e}");
-        let e = Profile::parse(&format!("{MINIMAL}[workload]\nbogus = 1\n"), "u.toml", None).expect_err("unknown");
+        let e = Profile::parse(&format!("{MINIMAL}[workload]\nbogus = 1\n"), "u.toml", None)
+            .expect_err("unknown");
         assert!(e.to_string().contains("bogus"), "{e}");
     }
 }

@@ -60,7 +60,13 @@ impl Progress {
 }
 
 /// The progress line (without terminal control codes).
-pub fn render(stage: &str, fraction: f64, stats: &RunStats, in_flight: usize, elapsed: Duration) -> String {
+pub fn render(
+    stage: &str,
+    fraction: f64,
+    stats: &RunStats,
+    in_flight: usize,
+    elapsed: Duration,
+) -> String {
     let fraction = fraction.clamp(0.0, 1.0);
     let filled = (fraction * BAR_WIDTH as f64).round() as usize;
     let bar: String = "#".repeat(filled) + &".".repeat(BAR_WIDTH - filled);
@@ -85,7 +91,10 @@ mod tests {
     fn the_line_shows_the_bar_and_the_rates() {
         let stats = RunStats::new("x".into(), LoopMode::Open);
         let line = render("rate 100/s", 0.5, &stats, 3, Duration::from_secs(1));
-        assert!(line.starts_with("rate 100/s [############............]  50%"), "{line}");
+        assert!(
+            line.starts_with("rate 100/s [############............]  50%"),
+            "{line}"
+        );
         assert!(line.contains("in flight 3"));
     }
 }

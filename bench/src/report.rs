@@ -105,7 +105,9 @@ impl BenchReport {
 
     /// `floor_ratio`, when the floor was measured.
     pub fn floor_ratio(&self) -> Option<f64> {
-        self.floor.as_ref().map(|f| floor_ratio(self.main.pay_committed_per_s(), f))
+        self.floor
+            .as_ref()
+            .map(|f| floor_ratio(self.main.pay_committed_per_s(), f))
     }
 
     /// Every reason the bench failed; empty when it is `ok`.
@@ -117,27 +119,46 @@ impl BenchReport {
             }
         }
         if self.audit.in_flight > 0 {
-            p.push(format!("audit: {} sagas still in flight", self.audit.in_flight));
+            p.push(format!(
+                "audit: {} sagas still in flight",
+                self.audit.in_flight
+            ));
         }
         if !self.quiescent {
             p.push("the cluster did not go quiet before the audit".into());
         }
         if self.left_pending > 0 {
-            p.push(format!("{} operations never got an outcome", self.left_pending));
+            p.push(format!(
+                "{} operations never got an outcome",
+                self.left_pending
+            ));
         }
         for r in &self.runs {
             let committed = r.planted_committed();
             if !committed.is_empty() {
-                p.push(format!("{}: planted invalid operations committed: {}", r.label, committed.join(", ")));
+                p.push(format!(
+                    "{}: planted invalid operations committed: {}",
+                    r.label,
+                    committed.join(", ")
+                ));
             }
             if r.submit_errors > 0 {
-                p.push(format!("{}: {} operations could not be handed to their wallet", r.label, r.submit_errors));
+                p.push(format!(
+                    "{}: {} operations could not be handed to their wallet",
+                    r.label, r.submit_errors
+                ));
             }
         }
         for e in &self.escalations {
             p.push(format!("escalation: {e}"));
         }
-        if self.mode == BenchMode::FindPeak && self.peak.as_ref().and_then(|o| o.sustainable_per_s).is_none() {
+        if self.mode == BenchMode::FindPeak
+            && self
+                .peak
+                .as_ref()
+                .and_then(|o| o.sustainable_per_s)
+                .is_none()
+        {
             p.push("the peak finder confirmed no sustainable rate".into());
         }
         if self.main.all.finished() == 0 {
@@ -270,7 +291,12 @@ impl BenchReport {
         );
         let _ = writeln!(s, "  genesis       {:.2} s", self.genesis_s);
         if let Some(o) = &self.peak {
-            let _ = writeln!(s, "  peak search   {} steps (p99 bound {} ms)", o.steps.len(), self.p99_bound_ms);
+            let _ = writeln!(
+                s,
+                "  peak search   {} steps (p99 bound {} ms)",
+                o.steps.len(),
+                self.p99_bound_ms
+            );
             for (step, run) in o.steps.iter().zip(&self.runs) {
                 let _ = writeln!(
                     s,
@@ -279,12 +305,20 @@ impl BenchReport {
                     run.offered_per_s(),
                     run.achieved_per_s(),
                     run.all.latency.quantile_ms(0.99),
-                    if step.verdict.pass { "pass".to_string() } else { format!("fail: {}", step.verdict.why.join("; ")) }
+                    if step.verdict.pass {
+                        "pass".to_string()
+                    } else {
+                        format!("fail: {}", step.verdict.why.join("; "))
+                    }
                 );
             }
             match o.sustainable_per_s {
                 Some(r) => {
-                    let _ = writeln!(s, "  sustainable   {r:.0}/s offered (candidate {:.0}/s)", o.candidate_per_s.unwrap_or(0.0));
+                    let _ = writeln!(
+                        s,
+                        "  sustainable   {r:.0}/s offered (candidate {:.0}/s)",
+                        o.candidate_per_s.unwrap_or(0.0)
+                    );
                 }
                 None => {
                     let _ = writeln!(s, "  sustainable   none confirmed");
@@ -318,7 +352,12 @@ impl BenchReport {
             );
         }
         if !m.all.by_reason.is_empty() {
-            let reasons: Vec<String> = m.all.by_reason.iter().map(|(r, n)| format!("{r} {n}")).collect();
+            let reasons: Vec<String> = m
+                .all
+                .by_reason
+                .iter()
+                .map(|(r, n)| format!("{r} {n}"))
+                .collect();
             let _ = writeln!(s, "  aborted by    {}", reasons.join(", "));
         }
         if let Some(h) = &self.half_peak {
@@ -328,7 +367,11 @@ impl BenchReport {
                 "  half peak     {:.0}/s: p99 {:.2} ms ({} the {} ms bound)",
                 h.rate_per_s,
                 p99,
-                if p99 <= h.p99_bound_ms { "within" } else { "above" },
+                if p99 <= h.p99_bound_ms {
+                    "within"
+                } else {
+                    "above"
+                },
                 h.p99_bound_ms
             );
         }
@@ -339,7 +382,8 @@ impl BenchReport {
             self.cores,
             m.cpu_us_per_committed(),
             match m.cpu_pressure_percent() {
-                Some(p) => format!("; some task on the machine waited for a CPU {p:.0}% of the time"),
+                Some(p) =>
+                    format!("; some task on the machine waited for a CPU {p:.0}% of the time"),
                 None => String::new(),
             }
         );
@@ -367,8 +411,16 @@ impl BenchReport {
                 s,
                 "  journal       {} group commits, {:.1} entries each, {:.2} ms per commit",
                 j.batches,
-                if j.batches > 0 { j.entries as f64 / j.batches as f64 } else { 0.0 },
-                if j.batches > 0 { 1000.0 * j.commit_seconds / j.batches as f64 } else { 0.0 }
+                if j.batches > 0 {
+                    j.entries as f64 / j.batches as f64
+                } else {
+                    0.0
+                },
+                if j.batches > 0 {
+                    1000.0 * j.commit_seconds / j.batches as f64
+                } else {
+                    0.0
+                }
             );
         }
         let _ = writeln!(s, "  audit");
@@ -400,21 +452,34 @@ impl BenchReport {
         let mut written = Vec::new();
         self.write_json(&dir.join("bench.json"))?;
         written.push("bench.json".to_string());
-        let hgrm = |name: &str, latency: &Latency, written: &mut Vec<String>| -> std::io::Result<()> {
-            let mut f = std::io::BufWriter::new(std::fs::File::create(dir.join(name))?);
-            latency.write_hgrm(&mut f)?;
-            f.flush()?;
-            written.push(name.to_string());
-            Ok(())
-        };
+        let hgrm =
+            |name: &str, latency: &Latency, written: &mut Vec<String>| -> std::io::Result<()> {
+                let mut f = std::io::BufWriter::new(std::fs::File::create(dir.join(name))?);
+                latency.write_hgrm(&mut f)?;
+                f.flush()?;
+                written.push(name.to_string());
+                Ok(())
+            };
         hgrm("latency-all.hgrm", self.all_latency(), &mut written)?;
         for (kind, Tally { latency, .. }) in &self.main.by_kind {
-            hgrm(&format!("latency-{}.hgrm", kind.name()), latency, &mut written)?;
+            hgrm(
+                &format!("latency-{}.hgrm", kind.name()),
+                latency,
+                &mut written,
+            )?;
         }
         if let Some(h) = &self.half_peak {
-            hgrm("half-peak-latency-all.hgrm", &h.stats.all.latency, &mut written)?;
+            hgrm(
+                "half-peak-latency-all.hgrm",
+                &h.stats.all.latency,
+                &mut written,
+            )?;
         }
-        let intervals: Vec<_> = self.runs.iter().flat_map(|r| r.intervals.iter().cloned()).collect();
+        let intervals: Vec<_> = self
+            .runs
+            .iter()
+            .flat_map(|r| r.intervals.iter().cloned())
+            .collect();
         let title = format!(
             "specie bench {} — {} — {:.0} committed/s, p99 {:.1} ms{}",
             self.profile,
@@ -423,7 +488,10 @@ impl BenchReport {
             self.main.all.latency.quantile_ms(0.99),
             if self.durable { ", durable" } else { "" }
         );
-        std::fs::write(dir.join("plot.svg"), plot::render(&title, &intervals, self.all_latency()))?;
+        std::fs::write(
+            dir.join("plot.svg"),
+            plot::render(&title, &intervals, self.all_latency()),
+        )?;
         written.push("plot.svg".to_string());
         Ok(written)
     }

@@ -62,7 +62,12 @@ impl Tally {
 
 /// Reasons as a JSON object.
 pub fn reasons_json(reasons: &BTreeMap<&'static str, u64>) -> Value {
-    Value::Object(reasons.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<Map<_, _>>())
+    Value::Object(
+        reasons
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect::<Map<_, _>>(),
+    )
 }
 
 /// Planted operations of one class and how they were answered.
@@ -250,7 +255,8 @@ impl RunStats {
     /// Share of the window, in percent, during which some task on the machine waited for a
     /// CPU: above a few percent, the machine was shared and figures are lower than it can do.
     pub fn cpu_pressure_percent(&self) -> Option<f64> {
-        self.cpu_pressure_s.map(|p| 100.0 * p / self.duration_s.max(1e-9))
+        self.cpu_pressure_s
+            .map(|p| 100.0 * p / self.duration_s.max(1e-9))
     }
 
     /// CPU time the whole process spent per committed operation, in µs: what a saga costs,
@@ -264,7 +270,10 @@ impl RunStats {
 
     /// Planted operations that committed (each one a failure).
     pub fn planted_committed(&self) -> Vec<String> {
-        self.planted.values().flat_map(|p| p.committed.iter().cloned()).collect()
+        self.planted
+            .values()
+            .flat_map(|p| p.committed.iter().cloned())
+            .collect()
     }
 
     /// Combines repeats of the same run into one record (rates are over the summed windows).
@@ -303,7 +312,12 @@ impl RunStats {
 
     /// `by_kind` as JSON.
     pub fn by_kind_json(&self) -> Value {
-        Value::Object(self.by_kind.iter().map(|(k, t)| (k.name().to_string(), t.to_json())).collect())
+        Value::Object(
+            self.by_kind
+                .iter()
+                .map(|(k, t)| (k.name().to_string(), t.to_json()))
+                .collect(),
+        )
     }
 
     /// Planted refusals as JSON.

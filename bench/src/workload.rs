@@ -18,8 +18,8 @@ use rand_chacha::ChaCha8Rng;
 use specie_actors::wallet::WalletCommand;
 use specie_actors::Blueprint;
 use specie_protocol::{
-    AbortReason, Address, Amount, CoinId, Envelope, InstitutionId, KeyStore, Payload, PaymentAuthorization,
-    SagaId, SoftKeyStore, WalletId,
+    AbortReason, Address, Amount, CoinId, Envelope, InstitutionId, KeyStore, Payload,
+    PaymentAuthorization, SagaId, SoftKeyStore, WalletId,
 };
 use std::collections::VecDeque;
 
@@ -28,7 +28,7 @@ pub const SPENT_MEMORY_MAX: usize = 4096;
 /// Random picks tried before an arrival finds no idle wallet and is shed.
 pub const PICK_TRIES_MAX: usize = 32;
 /// The client address forged requests come from.
-pub const FORGER: Address = Address::External(0xbe_7c);
+pub const FORGER: Address = Address::External(0xbe7c);
 
 /// What the generator expects of an operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -191,14 +191,17 @@ impl Workload {
         let wallets = blueprint.wallet_count();
         let institutions = blueprint.institution_count() as u32;
         // The hot set must fit in the cluster (checked when the profile is validated).
-        assert!(spec.hot_wallets <= wallets, "hot set larger than the cluster");
+        assert!(
+            spec.hot_wallets <= wallets,
+            "hot set larger than the cluster"
+        );
         Workload {
             hot_wallets: spec.hot_wallets,
             spec,
             blueprint,
             wallets,
             institutions,
-            rng: ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_0f_b3_4c),
+            rng: ChaCha8Rng::seed_from_u64(seed ^ 0x005e_ed0f_b34c),
             balance: vec![initial_fen; wallets as usize],
             reserved: vec![0; wallets as usize],
             busy: vec![0; wallets as usize],
@@ -225,7 +228,10 @@ impl Workload {
     /// An idle wallet outside the hot set with something to spend.
     fn pick_payer(&mut self) -> Option<WalletId> {
         for _ in 0..PICK_TRIES_MAX {
-            let w = WalletId(self.rng.gen_range(self.hot_wallets..self.wallets.max(self.hot_wallets + 1)));
+            let w = WalletId(
+                self.rng
+                    .gen_range(self.hot_wallets..self.wallets.max(self.hot_wallets + 1)),
+            );
             if w.0 < self.wallets && !self.is_busy(w) && self.available(w) > 0 {
                 return Some(w);
             }
@@ -257,7 +263,11 @@ impl Workload {
         }
         let roll = self.roll();
         let s = &self.spec;
-        let (a, b, c) = (s.insufficient_percent, s.double_spend_percent, s.forged_percent);
+        let (a, b, c) = (
+            s.insufficient_percent,
+            s.double_spend_percent,
+            s.forged_percent,
+        );
         let planted = if roll < a {
             self.plan_insufficient()
         } else if roll < a + b {
@@ -282,7 +292,10 @@ impl Workload {
         let payer = self.pick_payer()?;
         let cross = self.roll() < self.spec.cross_institution_percent;
         let payee = self.pick_payee(payer, cross);
-        let amount = Amount(self.rng.gen_range(1..=self.available(payer).min(self.spec.amount_max_fen)));
+        let amount = Amount(
+            self.rng
+                .gen_range(1..=self.available(payer).min(self.spec.amount_max_fen)),
+        );
         let collect = self.roll() < self.spec.collect_percent && !self.is_busy(payee);
         let saga = self.saga();
         if collect {
@@ -295,7 +308,14 @@ impl Workload {
                 payee,
                 amount,
                 busy: vec![payer, payee],
-                action: Action::Submit(payee, WalletCommand::Collect { saga, payer, amount }),
+                action: Action::Submit(
+                    payee,
+                    WalletCommand::Collect {
+                        saga,
+                        payer,
+                        amount,
+                    },
+                ),
             });
         }
         let payee_institution = self.institution_of(payee);
@@ -355,7 +375,10 @@ impl Workload {
         if available == 0 {
             return None;
         }
-        let amount = Amount(self.rng.gen_range(1..=available.min(self.spec.amount_max_fen)));
+        let amount = Amount(
+            self.rng
+                .gen_range(1..=available.min(self.spec.amount_max_fen)),
+        );
         let saga = self.saga();
         let payee_institution = self.institution_of(payee);
         Some(Planned {
@@ -490,7 +513,12 @@ impl Workload {
     }
 
     /// Settles an operation begun earlier with its outcome.
-    pub fn settle(&mut self, p: &Planned, result: Result<(), AbortReason>, spent_coin_ids: Vec<CoinId>) {
+    pub fn settle(
+        &mut self,
+        p: &Planned,
+        result: Result<(), AbortReason>,
+        spent_coin_ids: Vec<CoinId>,
+    ) {
         for w in &p.busy {
             let b = &mut self.busy[w.0 as usize];
             // Every busy mark was set by `begin` of this operation.
@@ -546,7 +574,11 @@ mod tests {
             w.begin(&p);
             w.settle(&p, Ok(()), vec![]);
         }
-        assert_eq!(w.total_fen(), 40 * 60_000, "payments move value, never create it");
+        assert_eq!(
+            w.total_fen(),
+            40 * 60_000,
+            "payments move value, never create it"
+        );
     }
 
     #[test]
@@ -564,21 +596,33 @@ mod tests {
                 }
                 Err(NoOp::NoIdleWallet) => misses += 1,
             }
-            assert!(planned.len() <= 40, "more operations in flight than wallets");
+            assert!(
+                planned.len() <= 40,
+                "more operations in flight than wallets"
+            );
         }
         assert_eq!(planned.len(), 40, "every wallet pays once");
         let payers: std::collections::HashSet<_> = planned.iter().map(|p| p.payer).collect();
-        assert_eq!(payers.len(), planned.len(), "each in-flight payment has its own payer");
+        assert_eq!(
+            payers.len(),
+            planned.len(),
+            "each in-flight payment has its own payer"
+        );
         let first = planned.remove(0);
         w.settle(&first, Err(AbortReason::Timeout), vec![]);
         // One idle wallet among 40: some of these random picks find it.
-        let again = (0..50).filter_map(|_| w.plan().ok()).next().expect("a settled payer is idle again");
+        let again = (0..50)
+            .filter_map(|_| w.plan().ok())
+            .next()
+            .expect("a settled payer is idle again");
         assert_eq!(again.payer, first.payer);
     }
 
     #[test]
     fn planted_operations_carry_the_refusal_they_must_get() {
-        let mut w = workload("[workload]\ninsufficient_percent = 15\ndouble_spend_percent = 15\nforged_percent = 15");
+        let mut w = workload(
+            "[workload]\ninsufficient_percent = 15\ndouble_spend_percent = 15\nforged_percent = 15",
+        );
         // Seed spent coins so double spends and forgeries can be planted.
         let seed = w.plan().expect("plan");
         w.begin(&seed);
@@ -587,16 +631,26 @@ mod tests {
         for _ in 0..300 {
             let Ok(p) = w.plan() else { continue };
             if p.class == Class::Insufficient {
-                assert!(p.amount.0 > 60_000 + 20_000, "above any balance the payer can hold");
+                assert!(
+                    p.amount.0 > 60_000 + 20_000,
+                    "above any balance the payer can hold"
+                );
             }
             seen.insert(p.class);
             w.begin(&p);
             let result = p.class.expected_refusal().map_or(Ok(()), Err);
             // Committed payments spend coins that later plants can name.
-            let spent = if result.is_ok() { vec![CoinId([seen.len() as u8; 32])] } else { vec![] };
+            let spent = if result.is_ok() {
+                vec![CoinId([seen.len() as u8; 32])]
+            } else {
+                vec![]
+            };
             w.settle(&p, result, spent);
         }
-        assert!(seen.contains(&Class::Insufficient) && seen.contains(&Class::Forged), "{seen:?}");
+        assert!(
+            seen.contains(&Class::Insufficient) && seen.contains(&Class::Forged),
+            "{seen:?}"
+        );
     }
 
     #[test]

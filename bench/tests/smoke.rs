@@ -14,7 +14,10 @@ fn smoke_profile() -> Profile {
 #[test]
 fn smoke_bench_reports_the_documented_shape_and_passes_the_audit() {
     let profile = smoke_profile();
-    assert!(profile.durable, "the smoke bench exercises the durable journal");
+    assert!(
+        profile.durable,
+        "the smoke bench exercises the durable journal"
+    );
     let options = Options {
         duration_s: Some(2.0),
         ..Options::default()
@@ -59,12 +62,22 @@ fn smoke_bench_reports_the_documented_shape_and_passes_the_audit() {
 
     let dir = tempfile::tempdir().expect("temp dir");
     let files = report.write_dir(dir.path()).expect("report folder");
-    for f in ["bench.json", "plot.svg", "latency-all.hgrm", "latency-pay_cross.hgrm"] {
+    for f in [
+        "bench.json",
+        "plot.svg",
+        "latency-all.hgrm",
+        "latency-pay_cross.hgrm",
+    ] {
         assert!(files.iter().any(|w| w == f), "{f} in {files:?}");
-        assert!(dir.path().join(f).metadata().expect("written").len() > 0, "{f} is not empty");
+        assert!(
+            dir.path().join(f).metadata().expect("written").len() > 0,
+            "{f} is not empty"
+        );
     }
-    let written: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("bench.json")).expect("read")).expect("JSON");
+    let written: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("bench.json")).expect("read"),
+    )
+    .expect("JSON");
     assert_eq!(written["ok"], Value::Bool(true));
     let hgrm = std::fs::read_to_string(dir.path().join("latency-all.hgrm")).expect("read");
     assert!(hgrm.contains("#[Max"), "{hgrm}");
@@ -73,12 +86,32 @@ fn smoke_bench_reports_the_documented_shape_and_passes_the_audit() {
 #[test]
 fn every_shipped_profile_is_valid_and_merge_profiles_offer_merges() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/bench");
-    for name in ["smoke", "pay", "merge", "mixed", "contended", "million-wallets"] {
-        let p = Profile::load(&dir.join(format!("{name}.toml"))).unwrap_or_else(|e| panic!("{name}: {e}"));
+    for name in [
+        "smoke",
+        "pay",
+        "merge",
+        "mixed",
+        "contended",
+        "million-wallets",
+    ] {
+        let p = Profile::load(&dir.join(format!("{name}.toml")))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(p.name, name);
     }
-    assert!(Profile::load(&dir.join("merge.toml")).expect("valid").workload.merge_percent > 0);
-    assert!(Profile::load(&dir.join("mixed.toml")).expect("valid").workload.merge_percent > 0);
+    assert!(
+        Profile::load(&dir.join("merge.toml"))
+            .expect("valid")
+            .workload
+            .merge_percent
+            > 0
+    );
+    assert!(
+        Profile::load(&dir.join("mixed.toml"))
+            .expect("valid")
+            .workload
+            .merge_percent
+            > 0
+    );
     let million = Profile::load(&dir.join("million-wallets.toml")).expect("valid");
     assert_eq!(million.cluster_config.cluster.wallets, 1_000_000);
 }

@@ -172,7 +172,16 @@ mod tests {
         let mut p = pb::Coin::from(&coin);
         p.body.as_mut().unwrap().denomination = 50_000; // inflate the value
         let err = Coin::try_from(p).unwrap_err();
-        assert!(matches!(err, ProtocolError::Invalid { field: "coin.id", .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                ProtocolError::Invalid {
+                    field: "coin.id",
+                    ..
+                }
+            ),
+            "{err}"
+        );
         assert_eq!(Coin::try_from(pb::Coin::from(&coin)), Ok(coin));
     }
 }

@@ -121,7 +121,13 @@ mod tests {
         let mallory = SoftKeyStore::from_seed([2; 32]);
         let sig = alice.sign(b"pay 5");
         assert_eq!(verify(&alice.public_key(), b"pay 5", &sig), Ok(()));
-        assert_eq!(verify(&alice.public_key(), b"pay 6", &sig), Err(BadSignature));
-        assert_eq!(verify(&mallory.public_key(), b"pay 5", &sig), Err(BadSignature));
+        assert_eq!(
+            verify(&alice.public_key(), b"pay 6", &sig),
+            Err(BadSignature)
+        );
+        assert_eq!(
+            verify(&mallory.public_key(), b"pay 5", &sig),
+            Err(BadSignature)
+        );
     }
 }

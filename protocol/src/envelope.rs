@@ -3,17 +3,17 @@
 use crate::coin::Coin;
 use crate::error::{fixed, required, ProtocolError};
 use crate::escrow::EscrowMessage;
-use crate::negotiate::NegotiationMessage;
-use crate::update::UpdateMessage;
-use crate::merge::MergeMessage;
-use crate::offline::OfflineMessage;
 use crate::ids::{Amount, CoinId, InstitutionId, SagaId, WalletId};
+use crate::merge::MergeMessage;
+use crate::negotiate::NegotiationMessage;
+use crate::offline::OfflineMessage;
 use crate::pay::{AbortReason, SagaKind, SagaState, SignedAuthorization};
 use crate::pb;
 use crate::reconcile::{
     BatchHashAck, BatchHashPost, BatchId, ReconcileReport, RecordHashesReply, RecordHashesRequest,
     ShardHashesReply, ShardHashesRequest,
 };
+use crate::update::UpdateMessage;
 use bytes::Bytes;
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -81,12 +81,22 @@ impl Address {
     /// stable key for storage.
     pub fn code(self) -> (u8, u64) {
         let p = self.to_pb();
-        (u8::try_from(p.kind).expect("address kinds fit in a byte"), p.id)
+        (
+            u8::try_from(p.kind).expect("address kinds fit in a byte"),
+            p.id,
+        )
     }
 
     /// The inverse of [`Address::code`]; `None` for an unknown kind or an id out of range.
     pub fn from_code(kind: u8, id: u64) -> Option<Address> {
-        Address::from_pb("address", Some(pb::Address { kind: i32::from(kind), id })).ok()
+        Address::from_pb(
+            "address",
+            Some(pb::Address {
+                kind: i32::from(kind),
+                id,
+            }),
+        )
+        .ok()
     }
 
     fn from_pb(field: &'static str, p: Option<pb::Address>) -> Result<Address, ProtocolError> {
@@ -412,10 +422,9 @@ impl Envelope {
     /// Checks the checksum, then decodes and validates an envelope. Any malformed input is an
     /// error; nothing panics.
     pub fn decode(bytes: &[u8]) -> Result<Envelope, ProtocolError> {
-        let split = bytes
-            .len()
-            .checked_sub(4)
-            .ok_or_else(|| ProtocolError::Decode(format!("{} bytes is shorter than a checksum", bytes.len())))?;
+        let split = bytes.len().checked_sub(4).ok_or_else(|| {
+            ProtocolError::Decode(format!("{} bytes is shorter than a checksum", bytes.len()))
+        })?;
         let (body, crc) = bytes.split_at(split);
         let crc = u32::from_le_bytes(crc.try_into().expect("4 bytes"));
         if crc32fast::hash(body) != crc {
@@ -428,7 +437,9 @@ impl Envelope {
     fn to_pb(&self) -> pb::Envelope {
         use pb::envelope::Payload as P;
         let payload = match &self.payload {
-            Payload::BalanceQuery { amount } => P::BalanceQuery(pb::BalanceQuery { amount: amount.0 }),
+            Payload::BalanceQuery { amount } => {
+                P::BalanceQuery(pb::BalanceQuery { amount: amount.0 })
+            }
             Payload::BalanceReply {
                 available,
                 coin_ids,
@@ -586,9 +597,11 @@ impl TryFrom<pb::Envelope> for Envelope {
                     .map(|()| Amount(m.locked_total)),
             ),
             P::CommitRequest(_) => Payload::CommitRequest,
-            P::CommitReply(m) => {
-                Payload::CommitReply(result_from_pb("commit_reply.reason", m.committed, m.reason)?)
-            }
+            P::CommitReply(m) => Payload::CommitReply(result_from_pb(
+                "commit_reply.reason",
+                m.committed,
+                m.reason,
+            )?),
             P::AbortRequest(m) => Payload::AbortRequest {
                 reason: AbortReason::from_pb("abort_request.reason", m.reason)?,
             },
@@ -950,7 +963,10 @@ mod tests {
         for i in 0..bytes.len() * 8 {
             let mut flipped = bytes.to_vec();
             flipped[i / 8] ^= 1 << (i % 8);
-            assert!(Envelope::decode(&flipped).is_err(), "bit {i} flipped still decodes");
+            assert!(
+                Envelope::decode(&flipped).is_err(),
+                "bit {i} flipped still decodes"
+            );
         }
     }
 

@@ -329,7 +329,10 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
     if c.institutions.is_empty() || c.institutions.len() > INSTITUTIONS_MAX {
         return Err(invalid(
             "cluster.institutions",
-            format!("must list 1 to {INSTITUTIONS_MAX} names, has {}", c.institutions.len()),
+            format!(
+                "must list 1 to {INSTITUTIONS_MAX} names, has {}",
+                c.institutions.len()
+            ),
         ));
     }
     let mut seen = HashSet::new();
@@ -349,7 +352,10 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
     }
     let g = &raw.genesis;
     if g.account_balance_fen == 0 {
-        return Err(invalid("genesis.account_balance_fen", "must be positive".into()));
+        return Err(invalid(
+            "genesis.account_balance_fen",
+            "must be positive".into(),
+        ));
     }
     if g.exchange_fen > g.account_balance_fen {
         return Err(invalid(
@@ -361,8 +367,7 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
         ));
     }
     // The total money supply must fit in u64 with room to spare.
-    if g
-        .account_balance_fen
+    if g.account_balance_fen
         .checked_mul(c.wallets)
         .is_none_or(|total| total > u64::MAX / 4)
     {
@@ -388,7 +393,10 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
     if r.mailbox_capacity < MAILBOX_CAPACITY_MIN {
         return Err(invalid(
             "runtime.mailbox_capacity",
-            format!("must be at least {MAILBOX_CAPACITY_MIN}, is {}", r.mailbox_capacity),
+            format!(
+                "must be at least {MAILBOX_CAPACITY_MIN}, is {}",
+                r.mailbox_capacity
+            ),
         ));
     }
     let l = &raw.limits;
@@ -432,7 +440,10 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
     if l.offline_limit_fen == 0 || l.offline_limit_fen > OFFLINE_LIMIT_FEN_MAX {
         return Err(invalid(
             "limits.offline_limit_fen",
-            format!("must be 1 to {OFFLINE_LIMIT_FEN_MAX}, is {}", l.offline_limit_fen),
+            format!(
+                "must be 1 to {OFFLINE_LIMIT_FEN_MAX}, is {}",
+                l.offline_limit_fen
+            ),
         ));
     }
     let max = specie_protocol::pay::AUTHORIZATION_COINS_MAX;
@@ -446,20 +457,29 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
     if j.batch_entries_max == 0 || j.batch_entries_max > JOURNAL_BATCH_ENTRIES_MAX {
         return Err(invalid(
             "journal.batch_entries_max",
-            format!("must be 1 to {JOURNAL_BATCH_ENTRIES_MAX}, is {}", j.batch_entries_max),
+            format!(
+                "must be 1 to {JOURNAL_BATCH_ENTRIES_MAX}, is {}",
+                j.batch_entries_max
+            ),
         ));
     }
     if j.batch_wait_us > JOURNAL_BATCH_WAIT_US_MAX {
         return Err(invalid(
             "journal.batch_wait_us",
-            format!("must be at most {JOURNAL_BATCH_WAIT_US_MAX}, is {}", j.batch_wait_us),
+            format!(
+                "must be at most {JOURNAL_BATCH_WAIT_US_MAX}, is {}",
+                j.batch_wait_us
+            ),
         ));
     }
     if j.queue_capacity == 0 {
         return Err(invalid("journal.queue_capacity", "must be positive".into()));
     }
     if j.snapshot_entries_min == 0 {
-        return Err(invalid("journal.snapshot_entries_min", "must be positive".into()));
+        return Err(invalid(
+            "journal.snapshot_entries_min",
+            "must be positive".into(),
+        ));
     }
     let v = &raw.supervision;
     let strategy = match v.strategy.as_str() {
@@ -473,10 +493,16 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
         }
     };
     if v.restart_intensity_max == 0 {
-        return Err(invalid("supervision.restart_intensity_max", "must be positive".into()));
+        return Err(invalid(
+            "supervision.restart_intensity_max",
+            "must be positive".into(),
+        ));
     }
     if v.restart_window_ms == 0 {
-        return Err(invalid("supervision.restart_window_ms", "must be positive".into()));
+        return Err(invalid(
+            "supervision.restart_window_ms",
+            "must be positive".into(),
+        ));
     }
     if v.restart_backoff_max_ms < v.restart_backoff_ms {
         return Err(invalid(
@@ -492,10 +518,16 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
         return Err(invalid("workload.in_flight_max", "must be positive".into()));
     }
     if w.amount_max_fen == 0 {
-        return Err(invalid("workload.amount_max_fen", "must be positive".into()));
+        return Err(invalid(
+            "workload.amount_max_fen",
+            "must be positive".into(),
+        ));
     }
     for (field, v) in [
-        ("workload.cross_institution_percent", w.cross_institution_percent),
+        (
+            "workload.cross_institution_percent",
+            w.cross_institution_percent,
+        ),
         ("workload.collect_percent", w.collect_percent),
     ] {
         if v > 100 {
@@ -522,10 +554,17 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
     };
     let mix_total: u64 = mix.shares().iter().map(|(_, v)| u64::from(*v)).sum();
     if mix_total != 100 {
-        let shares: Vec<String> = mix.shares().iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let shares: Vec<String> = mix
+            .shares()
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
         return Err(invalid(
             "workload.mix",
-            format!("percentages must sum to 100, sum to {mix_total} ({})", shares.join(", ")),
+            format!(
+                "percentages must sum to 100, sum to {mix_total} ({})",
+                shares.join(", ")
+            ),
         ));
     }
     Ok(Config {
@@ -594,17 +633,36 @@ mod tests {
     #[test]
     fn the_workload_mix_must_name_every_kind_and_sum_to_100() {
         let c = Config::parse(LOCAL, "local.toml").expect("valid");
-        assert_eq!(c.workload.mix.shares().iter().map(|(_, v)| v).sum::<u32>(), 100);
-        let start = LOCAL.find("[workload.mix]").expect("the default names its mix");
+        assert_eq!(
+            c.workload.mix.shares().iter().map(|(_, v)| v).sum::<u32>(),
+            100
+        );
+        let start = LOCAL
+            .find("[workload.mix]")
+            .expect("the default names its mix");
         let (head, tail) = LOCAL.split_at(start);
         let tail = tail.replacen("pay = ", "pay = 1", 1);
-        let err = Config::parse(&format!("{head}{tail}"), "x.toml").unwrap_err().to_string();
-        assert!(err.contains("workload.mix") && err.contains("sum to 100"), "{err}");
-        let without_escrow: String = tail.lines().filter(|l| !l.starts_with("escrow")).collect::<Vec<_>>().join("\n");
-        let err = Config::parse(&format!("{head}{without_escrow}"), "x.toml").unwrap_err().to_string();
+        let err = Config::parse(&format!("{head}{tail}"), "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("workload.mix") && err.contains("sum to 100"),
+            "{err}"
+        );
+        let without_escrow: String = tail
+            .lines()
+            .filter(|l| !l.starts_with("escrow"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let err = Config::parse(&format!("{head}{without_escrow}"), "x.toml")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("escrow"), "{err}");
         let absent = &LOCAL[..start];
-        assert_eq!(Config::parse(absent, "x.toml").expect("valid").workload.mix, WorkloadMix::DEFAULT);
+        assert_eq!(
+            Config::parse(absent, "x.toml").expect("valid").workload.mix,
+            WorkloadMix::DEFAULT
+        );
     }
 
     #[test]
@@ -633,7 +691,10 @@ mod tests {
     fn an_unknown_restart_strategy_is_refused() {
         let text = LOCAL.replace("strategy = \"one_for_one\"", "strategy = \"one_for_some\"");
         let err = Config::parse(&text, "x.toml").unwrap_err().to_string();
-        assert!(err.contains("supervision.strategy") && err.contains("one_for_some"), "{err}");
+        assert!(
+            err.contains("supervision.strategy") && err.contains("one_for_some"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -646,13 +707,24 @@ mod tests {
         );
         let err = Config::parse(&zero, "x.toml").unwrap_err().to_string();
         assert!(err.contains("limits.offline_limit_fen"), "{err}");
-        let absent = LOCAL.replace(&format!("offline_limit_fen = {}", c.limits.offline_limit_fen), "");
-        assert_eq!(Config::parse(&absent, "x.toml").expect("valid").limits.offline_limit_fen, 50_000);
+        let absent = LOCAL.replace(
+            &format!("offline_limit_fen = {}", c.limits.offline_limit_fen),
+            "",
+        );
+        assert_eq!(
+            Config::parse(&absent, "x.toml")
+                .expect("valid")
+                .limits
+                .offline_limit_fen,
+            50_000
+        );
     }
 
     #[test]
     fn a_missing_file_is_an_io_error_naming_it() {
         let err = Config::load(Path::new("/nonexistent/specie.toml")).unwrap_err();
-        assert!(err.to_string().starts_with("/nonexistent/specie.toml: cannot read"));
+        assert!(err
+            .to_string()
+            .starts_with("/nonexistent/specie.toml: cannot read"));
     }
 }

@@ -72,7 +72,10 @@ pub fn actor_kind(address: Address) -> &'static str {
 }
 
 /// Rebuilds a state machine from its journal: its latest snapshot, then the entries after it.
-pub fn recover<S: StateMachine>(journal: &dyn crate::Journal, factory: &Factory<S>) -> Result<S, JournalError> {
+pub fn recover<S: StateMachine>(
+    journal: &dyn crate::Journal,
+    factory: &Factory<S>,
+) -> Result<S, JournalError> {
     recover_counting(journal, factory).map(|(state, _)| state)
 }
 
@@ -84,11 +87,13 @@ fn recover_counting<S: StateMachine>(
     let mut state = factory();
     let address = state.address();
     if let Some(checkpoint) = journal.load_snapshot(address)? {
-        state.restore(&checkpoint).map_err(|why| JournalError::Corrupt {
-            actor: address,
-            index: 0,
-            why: format!("snapshot: {why}"),
-        })?;
+        state
+            .restore(&checkpoint)
+            .map_err(|why| JournalError::Corrupt {
+                actor: address,
+                index: 0,
+                why: format!("snapshot: {why}"),
+            })?;
     }
     let entries = journal.load(address)?;
     for (index, bytes) in entries.iter().enumerate() {
@@ -142,7 +147,11 @@ pub struct Host<S: StateMachine> {
 
 impl<S: StateMachine> Host<S> {
     /// Builds the host, recovering the state from the journal.
-    pub fn new(node: Node, factory: Factory<S>, group: Option<u64>) -> Result<Host<S>, JournalError> {
+    pub fn new(
+        node: Node,
+        factory: Factory<S>,
+        group: Option<u64>,
+    ) -> Result<Host<S>, JournalError> {
         let (state, entries_since_snapshot) = recover_counting(node.journal().as_ref(), &factory)?;
         let address = state.address();
         Ok(Host {
@@ -211,7 +220,8 @@ impl<S: StateMachine> Host<S> {
             let now = Instant::now();
             for (delay_ms, key) in out.timers {
                 self.timer_seq += 1;
-                self.timers.insert((now + Duration::from_millis(delay_ms), self.timer_seq), key);
+                self.timers
+                    .insert((now + Duration::from_millis(delay_ms), self.timer_seq), key);
             }
             self.arm_timer(ctx);
         }
@@ -238,7 +248,9 @@ impl<S: StateMachine> Host<S> {
         if self.durable_waiter {
             return;
         }
-        let Some(front) = self.outbox.front() else { return };
+        let Some(front) = self.outbox.front() else {
+            return;
+        };
         self.durable_waiter = true;
         let durable = self.node.journal().wait_durable(front.seq);
         ctx.spawn(durable.into_actor(self).map(|result, host, ctx| {
@@ -255,7 +267,9 @@ impl<S: StateMachine> Host<S> {
 
     /// Arms the host's one actix timer for the earliest deadline, unless it already is.
     fn arm_timer(&mut self, ctx: &mut Context<Self>) {
-        let Some(&(deadline, _)) = self.timers.keys().next() else { return };
+        let Some(&(deadline, _)) = self.timers.keys().next() else {
+            return;
+        };
         if let Some((armed, handle)) = self.timer_armed {
             if armed <= deadline {
                 return;
@@ -293,14 +307,23 @@ impl<S: StateMachine> Host<S> {
     /// Replaces the entries so far with a snapshot of the state, when the machine takes
     /// snapshots. A failure only postpones compaction: the entries stay.
     fn take_snapshot(&mut self) {
-        let Some(checkpoint) = self.state.checkpoint() else { return };
-        match self.node.journal().snapshot(self.address, Bytes::from(checkpoint), self.last_seq) {
+        let Some(checkpoint) = self.state.checkpoint() else {
+            return;
+        };
+        match self
+            .node
+            .journal()
+            .snapshot(self.address, Bytes::from(checkpoint), self.last_seq)
+        {
             Ok(seq) => {
                 self.last_seq = seq;
                 self.entries_since_snapshot = 0;
                 metrics::counter!("specie_journal_snapshots_total").increment(1);
             }
-            Err(e) => eprintln!("{}: snapshot failed, keeping the entries: {e}", self.address),
+            Err(e) => eprintln!(
+                "{}: snapshot failed, keeping the entries: {e}",
+                self.address
+            ),
         }
     }
 
@@ -343,7 +366,9 @@ impl<S: StateMachine> Actor for Host<S> {
         self.timer_armed = None;
         self.durable_waiter = false;
         ctx.set_mailbox_capacity(self.node.mailbox_capacity());
-        self.node.network().register(self.address, ctx.address().recipient());
+        self.node
+            .network()
+            .register(self.address, ctx.address().recipient());
         let Some(backoff) = self.restart.take() else {
             self.start_machine(ctx);
             return;
@@ -356,7 +381,8 @@ impl<S: StateMachine> Actor for Host<S> {
             durable.await
         };
         ctx.wait(recovery.into_actor(self).map(|result, host, ctx| {
-            let recovered = result.and_then(|()| recover_counting(host.node.journal().as_ref(), &host.factory));
+            let recovered =
+                result.and_then(|()| recover_counting(host.node.journal().as_ref(), &host.factory));
             match recovered {
                 Ok((state, entries)) => {
                     host.state = state;
@@ -366,7 +392,10 @@ impl<S: StateMachine> Actor for Host<S> {
                     host.wait_for_outbox(ctx);
                     host.start_machine(ctx);
                 }
-                Err(e) => host.node.escalate(format!("{} cannot recover from its journal: {e}", host.address)),
+                Err(e) => host.node.escalate(format!(
+                    "{} cannot recover from its journal: {e}",
+                    host.address
+                )),
             }
         }));
     }
@@ -380,7 +409,11 @@ impl<S: StateMachine> Supervised for Host<S> {
         // The outbox survives the crash, like a durable outbox: what it holds is released
         // once its steps are durable, after recovery. A reply lost here would be recovered by
         // retries, but a notice (a client's acknowledgement) would never be published again.
-        match self.node.supervision().on_restart(self.address, Instant::now()) {
+        match self
+            .node
+            .supervision()
+            .on_restart(self.address, Instant::now())
+        {
             RestartVerdict::Restart(backoff) => self.restart = Some(backoff),
             RestartVerdict::Escalate(why) => {
                 self.restart = Some(Duration::MAX / 4);

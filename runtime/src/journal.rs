@@ -80,7 +80,12 @@ pub trait Journal: Send + Sync {
     /// Writes a snapshot of the actor's state that covers its entries up to `covers_seq`
     /// (its latest append), and drops those entries — after every earlier append, in order,
     /// atomically. Returns the sequence number that makes it durable.
-    fn snapshot(&self, actor: Address, checkpoint: Bytes, covers_seq: u64) -> Result<u64, JournalError>;
+    fn snapshot(
+        &self,
+        actor: Address,
+        checkpoint: Bytes,
+        covers_seq: u64,
+    ) -> Result<u64, JournalError>;
     /// The actor's latest snapshot, if any.
     fn load_snapshot(&self, actor: Address) -> Result<Option<Bytes>, JournalError>;
     /// Every actor that has entries.
@@ -145,7 +150,12 @@ impl Journal for MemoryJournal {
         Ok(seq)
     }
 
-    fn snapshot(&self, actor: Address, checkpoint: Bytes, covers_seq: u64) -> Result<u64, JournalError> {
+    fn snapshot(
+        &self,
+        actor: Address,
+        checkpoint: Bytes,
+        covers_seq: u64,
+    ) -> Result<u64, JournalError> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         self.snapshots.insert(actor, checkpoint);
         if let Some(mut log) = self.logs.get_mut(&actor) {

@@ -28,7 +28,9 @@ pub mod supervision;
 
 pub use clock::{Clock, SystemClock};
 pub use host::{Crash, Host, Inspect, Submit};
-pub use journal::{AppendFault, Journal, JournalError, JournalFaultHook, JournalStats, MemoryJournal};
+pub use journal::{
+    AppendFault, Journal, JournalError, JournalFaultHook, JournalStats, MemoryJournal,
+};
 pub use machine::{Effects, Notice, StateMachine};
 pub use network::{Deliver, Delivery, FaultHook, Network, NetworkStats, NoFaults};
 pub use node::{Node, NodeSettings};

@@ -95,7 +95,12 @@ pub trait StateMachine: Sized + Unpin + 'static {
     );
 
     /// Handles a timer armed earlier.
-    fn on_timer(&mut self, key: Self::Timer, now_ms: u64, out: &mut Effects<Self::Event, Self::Timer>);
+    fn on_timer(
+        &mut self,
+        key: Self::Timer,
+        now_ms: u64,
+        out: &mut Effects<Self::Event, Self::Timer>,
+    );
 
     /// Handles a local command.
     fn on_command(

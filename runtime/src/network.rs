@@ -201,10 +201,18 @@ impl Network {
                 let network = self.clone();
                 let to = envelope.to;
                 // Counted as in flight from now, so quiescence waits for delayed deliveries.
-                network.inner.counters.delivered.fetch_add(1, Ordering::Relaxed);
+                network
+                    .inner
+                    .counters
+                    .delivered
+                    .fetch_add(1, Ordering::Relaxed);
                 actix::spawn(async move {
                     tokio::time::sleep(delivery.after).await;
-                    network.inner.counters.delivered.fetch_sub(1, Ordering::Relaxed);
+                    network
+                        .inner
+                        .counters
+                        .delivered
+                        .fetch_sub(1, Ordering::Relaxed);
                     network.deliver_bytes(to, delivery.bytes);
                 });
             }
@@ -215,10 +223,16 @@ impl Network {
     /// Used by [`Network::send`] and by tests that feed malformed input.
     pub fn deliver_bytes(&self, to: Address, bytes: Bytes) {
         let Some(mailbox) = self.mailbox(to) else {
-            self.inner.counters.undeliverable.fetch_add(1, Ordering::Relaxed);
+            self.inner
+                .counters
+                .undeliverable
+                .fetch_add(1, Ordering::Relaxed);
             return;
         };
-        self.inner.counters.delivered.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .counters
+            .delivered
+            .fetch_add(1, Ordering::Relaxed);
         match mailbox.try_send(Deliver(bytes)) {
             Ok(()) => {}
             Err(SendError::Full(message)) => {
@@ -284,6 +298,9 @@ mod tests {
     #[test]
     fn traceparent_is_w3c_shaped_and_carries_the_saga_as_trace_id() {
         let tp = traceparent(SagaId::from_u128(0xabc), 7);
-        assert_eq!(tp, "00-00000000000000000000000000000abc-0000000000000007-01");
+        assert_eq!(
+            tp,
+            "00-00000000000000000000000000000abc-0000000000000007-01"
+        );
     }
 }

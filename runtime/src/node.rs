@@ -61,10 +61,20 @@ impl std::fmt::Debug for Node {
 
 impl Node {
     /// Starts a node. Must run inside an actix system.
-    pub fn start(network: Network, journal: Arc<dyn Journal>, clock: Arc<dyn Clock>, settings: NodeSettings) -> Node {
+    pub fn start(
+        network: Network,
+        journal: Arc<dyn Journal>,
+        clock: Arc<dyn Clock>,
+        settings: NodeSettings,
+    ) -> Node {
         assert!(settings.arbiters > 0, "a node needs at least one arbiter");
-        assert!(settings.mailbox_capacity > 0, "mailboxes need room for one message");
-        let arbiters = (0..settings.arbiters).map(|_| Arbiter::new().handle()).collect();
+        assert!(
+            settings.mailbox_capacity > 0,
+            "mailboxes need room for one message"
+        );
+        let arbiters = (0..settings.arbiters)
+            .map(|_| Arbiter::new().handle())
+            .collect();
         Node {
             inner: Arc::new(Inner {
                 network,
@@ -99,7 +109,11 @@ impl Node {
             })
         });
         if let Some(g) = group {
-            self.inner.groups.entry(g).or_default().push(addr.clone().recipient());
+            self.inner
+                .groups
+                .entry(g)
+                .or_default()
+                .push(addr.clone().recipient());
         }
         addr
     }
@@ -175,7 +189,12 @@ impl Node {
 
     /// Restarts so far, by actor kind.
     pub fn restarts(&self) -> Vec<(&'static str, u64)> {
-        let mut v: Vec<_> = self.inner.restarts.iter().map(|e| (*e.key(), *e.value())).collect();
+        let mut v: Vec<_> = self
+            .inner
+            .restarts
+            .iter()
+            .map(|e| (*e.key(), *e.value()))
+            .collect();
         v.sort();
         v
     }

@@ -83,7 +83,9 @@ pub struct RedbJournal {
 
 impl std::fmt::Debug for RedbJournal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedbJournal").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("RedbJournal")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -117,7 +119,11 @@ fn open_error(path: &Path, why: impl std::fmt::Display) -> JournalError {
 }
 
 /// Reads and checks the meta table of an opened database.
-fn check_meta(db: &impl ReadableDatabase, path: &Path, identity: Option<&[u8]>) -> Result<Option<u64>, JournalError> {
+fn check_meta(
+    db: &impl ReadableDatabase,
+    path: &Path,
+    identity: Option<&[u8]>,
+) -> Result<Option<u64>, JournalError> {
     let txn = db.begin_read().map_err(|e| open_error(path, e))?;
     let meta = match txn.open_table(META) {
         Ok(t) => t,
@@ -144,7 +150,10 @@ fn check_meta(db: &impl ReadableDatabase, path: &Path, identity: Option<&[u8]>) 
     }
     if let Some(expected) = identity {
         let found = meta.get(META_IDENTITY).map_err(|e| open_error(path, e))?;
-        let found = found.as_ref().map(|g| g.value().to_vec()).unwrap_or_default();
+        let found = found
+            .as_ref()
+            .map(|g| g.value().to_vec())
+            .unwrap_or_default();
         if found != expected {
             return Err(open_error(
                 path,
@@ -183,9 +192,19 @@ fn check_existing(path: &Path, identity: Option<&[u8]>) -> Result<(), JournalErr
 
 impl RedbJournal {
     /// Opens (or creates) the journal file of the node named by `identity`.
-    pub fn open(path: &Path, identity: &[u8], settings: JournalSettings) -> Result<RedbJournal, JournalError> {
-        assert!(settings.batch_entries_max > 0 && settings.queue_capacity > 0, "validated settings");
-        let existed = path.exists() && std::fs::metadata(path).map(|m| m.len() > 0).unwrap_or(false);
+    pub fn open(
+        path: &Path,
+        identity: &[u8],
+        settings: JournalSettings,
+    ) -> Result<RedbJournal, JournalError> {
+        assert!(
+            settings.batch_entries_max > 0 && settings.queue_capacity > 0,
+            "validated settings"
+        );
+        let existed = path.exists()
+            && std::fs::metadata(path)
+                .map(|m| m.len() > 0)
+                .unwrap_or(false);
         if existed {
             check_existing(path, Some(identity))?;
         }
@@ -303,14 +322,22 @@ impl Drop for RedbJournal {
     }
 }
 
-fn read_meta(db: &impl ReadableDatabase, path: &Path, key: &str) -> Result<Option<Vec<u8>>, JournalError> {
+fn read_meta(
+    db: &impl ReadableDatabase,
+    path: &Path,
+    key: &str,
+) -> Result<Option<Vec<u8>>, JournalError> {
     let txn = db.begin_read().map_err(|e| open_error(path, e))?;
     let meta = txn.open_table(META).map_err(|e| open_error(path, e))?;
     let value = meta.get(key).map_err(|e| open_error(path, e))?;
     Ok(value.map(|g| g.value().to_vec()))
 }
 
-fn load_actor(db: &impl ReadableDatabase, path: &Path, actor: Address) -> Result<Vec<Bytes>, JournalError> {
+fn load_actor(
+    db: &impl ReadableDatabase,
+    path: &Path,
+    actor: Address,
+) -> Result<Vec<Bytes>, JournalError> {
     let txn = db.begin_read().map_err(|e| open_error(path, e))?;
     let table = txn.open_table(ENTRIES).map_err(|e| open_error(path, e))?;
     let prefix = actor_prefix(actor);
@@ -319,14 +346,21 @@ fn load_actor(db: &impl ReadableDatabase, path: &Path, actor: Address) -> Result
     let mut start = [0u8; 21];
     start[..9].copy_from_slice(&prefix);
     let mut out = Vec::new();
-    for item in table.range(&start[..]..=&end[..]).map_err(|e| open_error(path, e))? {
+    for item in table
+        .range(&start[..]..=&end[..])
+        .map_err(|e| open_error(path, e))?
+    {
         let (_, value) = item.map_err(|e| open_error(path, e))?;
         out.push(Bytes::copy_from_slice(value.value()));
     }
     Ok(out)
 }
 
-fn load_snapshot(db: &impl ReadableDatabase, path: &Path, actor: Address) -> Result<Option<Bytes>, JournalError> {
+fn load_snapshot(
+    db: &impl ReadableDatabase,
+    path: &Path,
+    actor: Address,
+) -> Result<Option<Bytes>, JournalError> {
     let txn = db.begin_read().map_err(|e| open_error(path, e))?;
     let table = txn.open_table(SNAPSHOTS).map_err(|e| open_error(path, e))?;
     let prefix = actor_prefix(actor);
@@ -340,7 +374,9 @@ fn list_actors(db: &impl ReadableDatabase, path: &Path) -> Result<Vec<Address>, 
     let mut actors = Vec::new();
     let mut cursor = [0u8; 21];
     loop {
-        let mut range = table.range(&cursor[..]..).map_err(|e| open_error(path, e))?;
+        let mut range = table
+            .range(&cursor[..]..)
+            .map_err(|e| open_error(path, e))?;
         let Some(item) = range.next() else { break };
         let (key, _) = item.map_err(|e| open_error(path, e))?;
         let key = key.value();
@@ -364,7 +400,8 @@ fn list_actors(db: &impl ReadableDatabase, path: &Path) -> Result<Vec<Address>, 
     let snapshots = txn.open_table(SNAPSHOTS).map_err(|e| open_error(path, e))?;
     for item in snapshots.iter().map_err(|e| open_error(path, e))? {
         let (key, _) = item.map_err(|e| open_error(path, e))?;
-        let actor = actor_from_prefix(key.value()).ok_or_else(|| open_error(path, "corrupt snapshot key"))?;
+        let actor = actor_from_prefix(key.value())
+            .ok_or_else(|| open_error(path, "corrupt snapshot key"))?;
         actors.push(actor);
     }
     actors.sort();
@@ -425,21 +462,28 @@ fn write_loop(
                         keyed.push((entry_key(item.actor, item.seq, i as u32), entry));
                     }
                 }
-                keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                keyed.sort_unstable_by_key(|(key, _)| *key);
                 for (key, entry) in &keyed {
-                    table.insert(&key[..], entry.as_ref()).map_err(|e| e.to_string())?;
+                    table
+                        .insert(&key[..], entry.as_ref())
+                        .map_err(|e| e.to_string())?;
                 }
                 for item in &batch {
                     if let Some((checkpoint, covers)) = &item.snapshot {
                         let prefix = actor_prefix(item.actor);
-                        snapshots.insert(&prefix[..], checkpoint.as_ref()).map_err(|e| e.to_string())?;
+                        snapshots
+                            .insert(&prefix[..], checkpoint.as_ref())
+                            .map_err(|e| e.to_string())?;
                         let start = entry_key(item.actor, 0, 0);
                         let end = entry_key(item.actor, *covers, u32::MAX);
-                        table.retain_in(&start[..]..=&end[..], |_, _| false).map_err(|e| e.to_string())?;
+                        table
+                            .retain_in(&start[..]..=&end[..], |_, _| false)
+                            .map_err(|e| e.to_string())?;
                     }
                 }
                 let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
-                meta.insert(META_LAST_SEQ, &last.to_be_bytes()[..]).map_err(|e| e.to_string())?;
+                meta.insert(META_LAST_SEQ, &last.to_be_bytes()[..])
+                    .map_err(|e| e.to_string())?;
             }
             txn.commit().map_err(|e| e.to_string())
         })();
@@ -448,13 +492,18 @@ fn write_loop(
             Ok(()) => {
                 counters.batches.fetch_add(1, Ordering::Relaxed);
                 counters.entries.fetch_add(count as u64, Ordering::Relaxed);
-                counters.commit_ns.fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+                counters
+                    .commit_ns
+                    .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
                 metrics::histogram!("specie_journal_fsync_seconds").record(elapsed.as_secs_f64());
                 durable.send_replace(last);
             }
             Err(why) => {
                 // Nothing after this point can become durable: stop, and let waiters see it.
-                eprintln!("{}: group commit failed: {why}; the journal stops", path.display());
+                eprintln!(
+                    "{}: group commit failed: {why}; the journal stops",
+                    path.display()
+                );
                 return;
             }
         }
@@ -465,7 +514,10 @@ impl Journal for RedbJournal {
     fn append(&self, actor: Address, entries: Vec<Bytes>) -> Result<u64, JournalError> {
         let mut queue = self.queue.lock();
         let seq = queue.0;
-        let sender = queue.1.as_ref().ok_or_else(|| JournalError::Stopped("journal closed".into()))?;
+        let sender = queue
+            .1
+            .as_ref()
+            .ok_or_else(|| JournalError::Stopped("journal closed".into()))?;
         sender
             .send(Item {
                 seq,
@@ -473,15 +525,25 @@ impl Journal for RedbJournal {
                 entries,
                 snapshot: None,
             })
-            .map_err(|_| JournalError::Stopped(format!("{}: writer stopped", self.path.display())))?;
+            .map_err(|_| {
+                JournalError::Stopped(format!("{}: writer stopped", self.path.display()))
+            })?;
         queue.0 += 1;
         Ok(seq)
     }
 
-    fn snapshot(&self, actor: Address, checkpoint: Bytes, covers_seq: u64) -> Result<u64, JournalError> {
+    fn snapshot(
+        &self,
+        actor: Address,
+        checkpoint: Bytes,
+        covers_seq: u64,
+    ) -> Result<u64, JournalError> {
         let mut queue = self.queue.lock();
         let seq = queue.0;
-        let sender = queue.1.as_ref().ok_or_else(|| JournalError::Stopped("journal closed".into()))?;
+        let sender = queue
+            .1
+            .as_ref()
+            .ok_or_else(|| JournalError::Stopped("journal closed".into()))?;
         sender
             .send(Item {
                 seq,
@@ -489,7 +551,9 @@ impl Journal for RedbJournal {
                 entries: Vec::new(),
                 snapshot: Some((checkpoint, covers_seq)),
             })
-            .map_err(|_| JournalError::Stopped(format!("{}: writer stopped", self.path.display())))?;
+            .map_err(|_| {
+                JournalError::Stopped(format!("{}: writer stopped", self.path.display()))
+            })?;
         queue.0 += 1;
         Ok(seq)
     }
@@ -546,7 +610,9 @@ pub struct ReadJournal {
 
 impl std::fmt::Debug for ReadJournal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReadJournal").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("ReadJournal")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -583,7 +649,12 @@ impl Journal for ReadJournal {
         }
     }
 
-    fn snapshot(&self, actor: Address, _checkpoint: Bytes, _covers_seq: u64) -> Result<u64, JournalError> {
+    fn snapshot(
+        &self,
+        actor: Address,
+        _checkpoint: Bytes,
+        _covers_seq: u64,
+    ) -> Result<u64, JournalError> {
         Err(JournalError::Write {
             actor,
             why: format!("{} is open read-only", self.path.display()),

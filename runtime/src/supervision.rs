@@ -72,7 +72,10 @@ impl Supervision {
         let window = Duration::from_millis(self.settings.restart_window_ms);
         let entry = self.recent.entry(actor).or_default();
         let mut recent = entry.lock();
-        while recent.front().is_some_and(|t| now.duration_since(*t) > window) {
+        while recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > window)
+        {
             recent.pop_front();
         }
         recent.push_back(now);
@@ -113,9 +116,18 @@ mod tests {
         let s = Supervision::new(settings());
         let a = Address::Wallet(WalletId(1));
         let t = Instant::now();
-        assert_eq!(s.on_restart(a, t), RestartVerdict::Restart(Duration::from_millis(10)));
-        assert_eq!(s.on_restart(a, t), RestartVerdict::Restart(Duration::from_millis(20)));
-        assert_eq!(s.on_restart(a, t), RestartVerdict::Restart(Duration::from_millis(25)));
+        assert_eq!(
+            s.on_restart(a, t),
+            RestartVerdict::Restart(Duration::from_millis(10))
+        );
+        assert_eq!(
+            s.on_restart(a, t),
+            RestartVerdict::Restart(Duration::from_millis(20))
+        );
+        assert_eq!(
+            s.on_restart(a, t),
+            RestartVerdict::Restart(Duration::from_millis(25))
+        );
         assert!(matches!(s.on_restart(a, t), RestartVerdict::Escalate(m) if m.contains("4 times")));
     }
 
@@ -128,7 +140,10 @@ mod tests {
             s.on_restart(a, t);
         }
         let later = t + Duration::from_millis(1500);
-        assert_eq!(s.on_restart(a, later), RestartVerdict::Restart(Duration::from_millis(10)));
+        assert_eq!(
+            s.on_restart(a, later),
+            RestartVerdict::Restart(Duration::from_millis(10))
+        );
     }
 
     #[test]

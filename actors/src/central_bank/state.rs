@@ -125,8 +125,12 @@ impl CentralBank {
         }
         self.next_prune_ms = now_ms + self.dedup_retention_ms / 8;
         let horizon = now_ms.saturating_sub(self.dedup_retention_ms);
-        let mut sagas: Vec<SagaId> =
-            self.applied.iter().filter(|(_, (_, _, at))| *at < horizon).map(|(s, _)| *s).collect();
+        let mut sagas: Vec<SagaId> = self
+            .applied
+            .iter()
+            .filter(|(_, (_, _, at))| *at < horizon)
+            .map(|(s, _)| *s)
+            .collect();
         if !sagas.is_empty() {
             sagas.sort();
             self.record(CentralBankEvent::DedupPruned { sagas }, out);
@@ -153,7 +157,10 @@ impl CentralBank {
                 if amount.is_zero() {
                     return Err(AbortReason::InvalidAmount);
                 }
-                let free = self.reserves.get(&institution).map_or(Amount::ZERO, |r| r.free);
+                let free = self
+                    .reserves
+                    .get(&institution)
+                    .map_or(Amount::ZERO, |r| r.free);
                 if free < amount {
                     return Err(AbortReason::InsufficientReserve);
                 }
@@ -166,7 +173,10 @@ impl CentralBank {
                 if amount.is_zero() {
                     return Err(AbortReason::InvalidAmount);
                 }
-                let backing = self.reserves.get(&institution).map_or(Amount::ZERO, |r| r.backing);
+                let backing = self
+                    .reserves
+                    .get(&institution)
+                    .map_or(Amount::ZERO, |r| r.backing);
                 if backing < amount {
                     return Err(AbortReason::InsufficientReserve);
                 }
@@ -284,10 +294,16 @@ impl StateMachine for CentralBank {
 
     fn on_start(&mut self, _now_ms: u64, _out: &mut Effects<CentralBankEvent, ()>) {}
 
-    fn on_envelope(&mut self, envelope: Envelope, now_ms: u64, out: &mut Effects<CentralBankEvent, ()>) {
+    fn on_envelope(
+        &mut self,
+        envelope: Envelope,
+        now_ms: u64,
+        out: &mut Effects<CentralBankEvent, ()>,
+    ) {
         self.prune(now_ms, out);
         let Address::Institution(sender) = envelope.from else {
-            metrics::counter!("specie_envelopes_rejected_total", "reason" => "unexpected").increment(1);
+            metrics::counter!("specie_envelopes_rejected_total", "reason" => "unexpected")
+                .increment(1);
             return;
         };
         let change = match envelope.payload {
@@ -304,7 +320,8 @@ impl StateMachine for CentralBank {
                 amount,
             },
             _ => {
-                metrics::counter!("specie_envelopes_rejected_total", "reason" => "unexpected").increment(1);
+                metrics::counter!("specie_envelopes_rejected_total", "reason" => "unexpected")
+                    .increment(1);
                 return;
             }
         };
@@ -313,10 +330,16 @@ impl StateMachine for CentralBank {
 
     fn on_timer(&mut self, _key: (), _now_ms: u64, _out: &mut Effects<CentralBankEvent, ()>) {}
 
-    fn on_command(&mut self, command: CentralBankCommand, _now_ms: u64, out: &mut Effects<CentralBankEvent, ()>) {
+    fn on_command(
+        &mut self,
+        command: CentralBankCommand,
+        _now_ms: u64,
+        out: &mut Effects<CentralBankEvent, ()>,
+    ) {
         match command {
             // Genesis mints once per institution; a repeated genesis (after a crash) is a no-op.
-            CentralBankCommand::Mint { institution, .. } if self.reserves.contains_key(&institution) => {}
+            CentralBankCommand::Mint { institution, .. }
+                if self.reserves.contains_key(&institution) => {}
             CentralBankCommand::Mint {
                 institution,
                 amount,
@@ -396,7 +419,17 @@ mod tests {
     fn backing_moves_once_per_saga_even_when_retried() {
         let mut cb = funded();
         let mut out = Effects::default();
-        cb.on_envelope(envelope(0, 1, Payload::ReserveBacking { amount: Amount(600) }), 0, &mut out);
+        cb.on_envelope(
+            envelope(
+                0,
+                1,
+                Payload::ReserveBacking {
+                    amount: Amount(600),
+                },
+            ),
+            0,
+            &mut out,
+        );
         assert_eq!(ack(&out), Ok(()));
         let mv = Payload::MoveBacking {
             from: InstitutionId(0),
@@ -409,8 +442,20 @@ mod tests {
             assert_eq!(ack(&out), Ok(()));
         }
         let s = cb.snapshot();
-        assert_eq!(s.reserves[&InstitutionId(0)], Reserve { backing: Amount(350), free: Amount(400) });
-        assert_eq!(s.reserves[&InstitutionId(1)], Reserve { backing: Amount(250), free: Amount(1000) });
+        assert_eq!(
+            s.reserves[&InstitutionId(0)],
+            Reserve {
+                backing: Amount(350),
+                free: Amount(400)
+            }
+        );
+        assert_eq!(
+            s.reserves[&InstitutionId(1)],
+            Reserve {
+                backing: Amount(250),
+                free: Amount(1000)
+            }
+        );
         assert_eq!(s.minted, Amount(2000));
     }
 
@@ -432,53 +477,130 @@ mod tests {
     fn reusing_a_key_with_different_content_is_a_conflict() {
         let mut cb = funded();
         let mut out = Effects::default();
-        cb.on_envelope(envelope(0, 4, Payload::ReserveBacking { amount: Amount(10) }), 0, &mut out);
+        cb.on_envelope(
+            envelope(0, 4, Payload::ReserveBacking { amount: Amount(10) }),
+            0,
+            &mut out,
+        );
         let mut out = Effects::default();
-        cb.on_envelope(envelope(0, 4, Payload::ReserveBacking { amount: Amount(20) }), 0, &mut out);
+        cb.on_envelope(
+            envelope(0, 4, Payload::ReserveBacking { amount: Amount(20) }),
+            0,
+            &mut out,
+        );
         assert_eq!(ack(&out), Err(AbortReason::Conflict));
-        assert_eq!(cb.snapshot().reserves[&InstitutionId(0)].backing, Amount(10));
+        assert_eq!(
+            cb.snapshot().reserves[&InstitutionId(0)].backing,
+            Amount(10)
+        );
     }
 
     #[test]
     fn recorded_answers_are_pruned_after_the_retention() {
         let mut cb = funded();
         let mut out = Effects::default();
-        cb.on_envelope(envelope(0, 7, Payload::ReserveBacking { amount: Amount(10) }), 1_000, &mut out);
+        cb.on_envelope(
+            envelope(0, 7, Payload::ReserveBacking { amount: Amount(10) }),
+            1_000,
+            &mut out,
+        );
         assert!(cb.snapshot().applied.contains(&SagaId::from_u128(7)));
         let later = 1_000 + 86_400_000 + 1;
         let mut out = Effects::default();
-        cb.on_envelope(envelope(0, 8, Payload::ReserveBacking { amount: Amount(10) }), later, &mut out);
+        cb.on_envelope(
+            envelope(0, 8, Payload::ReserveBacking { amount: Amount(10) }),
+            later,
+            &mut out,
+        );
         assert!(out.events.iter().any(
             |e| matches!(e, CentralBankEvent::DedupPruned { sagas } if sagas == &vec![SagaId::from_u128(7)])
         ));
         let applied = cb.snapshot().applied;
-        assert!(!applied.contains(&SagaId::from_u128(7)) && applied.contains(&SagaId::from_u128(8)));
+        assert!(
+            !applied.contains(&SagaId::from_u128(7)) && applied.contains(&SagaId::from_u128(8))
+        );
         // Reserves are not deduplication state: both changes stand.
-        assert_eq!(cb.snapshot().reserves[&InstitutionId(0)].backing, Amount(20));
+        assert_eq!(
+            cb.snapshot().reserves[&InstitutionId(0)].backing,
+            Amount(20)
+        );
     }
 
     #[test]
     fn a_release_turns_backing_into_free_reserve_once_per_saga() {
         let mut cb = funded();
         let mut out = Effects::default();
-        cb.on_envelope(envelope(0, 1, Payload::ReserveBacking { amount: Amount(600) }), 0, &mut out);
+        cb.on_envelope(
+            envelope(
+                0,
+                1,
+                Payload::ReserveBacking {
+                    amount: Amount(600),
+                },
+            ),
+            0,
+            &mut out,
+        );
         for _ in 0..3 {
             let mut out = Effects::default();
-            cb.on_envelope(envelope(0, 2, Payload::ReleaseBacking { amount: Amount(250) }), 0, &mut out);
+            cb.on_envelope(
+                envelope(
+                    0,
+                    2,
+                    Payload::ReleaseBacking {
+                        amount: Amount(250),
+                    },
+                ),
+                0,
+                &mut out,
+            );
             assert_eq!(ack(&out), Ok(()));
         }
-        assert_eq!(cb.snapshot().reserves[&InstitutionId(0)], Reserve { backing: Amount(350), free: Amount(650) });
+        assert_eq!(
+            cb.snapshot().reserves[&InstitutionId(0)],
+            Reserve {
+                backing: Amount(350),
+                free: Amount(650)
+            }
+        );
         let mut out = Effects::default();
-        cb.on_envelope(envelope(0, 3, Payload::ReleaseBacking { amount: Amount(351) }), 0, &mut out);
-        assert_eq!(ack(&out), Err(AbortReason::InsufficientReserve), "no more than the backing");
-        assert_eq!(cb.snapshot().reserves[&InstitutionId(0)].backing, Amount(350));
+        cb.on_envelope(
+            envelope(
+                0,
+                3,
+                Payload::ReleaseBacking {
+                    amount: Amount(351),
+                },
+            ),
+            0,
+            &mut out,
+        );
+        assert_eq!(
+            ack(&out),
+            Err(AbortReason::InsufficientReserve),
+            "no more than the backing"
+        );
+        assert_eq!(
+            cb.snapshot().reserves[&InstitutionId(0)].backing,
+            Amount(350)
+        );
     }
 
     #[test]
     fn only_the_gaining_institution_may_pull_backing() {
         let mut cb = funded();
         let mut out = Effects::default();
-        cb.on_envelope(envelope(0, 5, Payload::ReserveBacking { amount: Amount(100) }), 0, &mut out);
+        cb.on_envelope(
+            envelope(
+                0,
+                5,
+                Payload::ReserveBacking {
+                    amount: Amount(100),
+                },
+            ),
+            0,
+            &mut out,
+        );
         let mut out = Effects::default();
         let theft = Payload::MoveBacking {
             from: InstitutionId(0),
@@ -487,6 +609,9 @@ mod tests {
         };
         cb.on_envelope(envelope(0, 6, theft), 0, &mut out);
         assert!(out.sends.is_empty() && out.events.is_empty());
-        assert_eq!(cb.snapshot().reserves[&InstitutionId(0)].backing, Amount(100));
+        assert_eq!(
+            cb.snapshot().reserves[&InstitutionId(0)].backing,
+            Amount(100)
+        );
     }
 }

@@ -5,15 +5,15 @@
 //! coins' issuer it locks, retires or unlocks them; as the payee's institution it coordinates
 //! the saga and issues the payee's coin. All rules are in [`state`].
 
-mod state;
-#[cfg(test)]
-mod tests;
-#[cfg(test)]
-mod sagas_fixture;
 #[cfg(test)]
 mod merge_tests;
 #[cfg(test)]
 mod offline_tests;
+#[cfg(test)]
+mod sagas_fixture;
+mod state;
+#[cfg(test)]
+mod tests;
 
 pub use state::{
     Account, CoinRecord, CoinState, ExchangeState, Institution, InstitutionCommand,
@@ -22,11 +22,12 @@ pub use state::{
 };
 // Escrow pre-payment (issuer and merchant's institution) and the wallet update platform.
 pub use state::{
-    AppliedSettlement, EscrowIssuerEvent, HoldState, HoldSummary, IssuerEscrows, PayoutSummary, Platform,
-    PlatformEvent, WithdrawState, WithdrawalSummary,
+    AppliedSettlement, EscrowIssuerEvent, HoldState, HoldSummary, IssuerEscrows, PayoutSummary,
+    Platform, PlatformEvent, WithdrawState, WithdrawalSummary,
 };
 // Merge, split and offline payment (coordinator, issuer and ledger).
 pub use state::{
-    merge_backing_key, settlement_saga, ClaimState, ClaimSummary, LedgerSummary, MergeEvent, MergeStep,
-    MergeSummary, OfflineEvent, RedeemStep, RedemptionSummary, SagaBookSnapshot, SplitSummary, SyncSummary,
+    merge_backing_key, settlement_saga, ClaimState, ClaimSummary, LedgerSummary, MergeEvent,
+    MergeStep, MergeSummary, OfflineEvent, RedeemStep, RedemptionSummary, SagaBookSnapshot,
+    SplitSummary, SyncSummary,
 };

@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 use specie_protocol::crypto::PublicKey;
 use specie_protocol::envelope::SagaOutcome;
 use specie_protocol::{
-    AbortReason, Address, Amount, Coin, CoinBody, CoinId, Envelope, InstitutionId,
-    Payload, SagaId, SagaKind, SagaState, SignedAuthorization, SoftKeyStore, WalletId,
+    AbortReason, Address, Amount, Coin, CoinBody, CoinId, Envelope, InstitutionId, Payload, SagaId,
+    SagaKind, SagaState, SignedAuthorization, SoftKeyStore, WalletId,
 };
 use specie_runtime::{Effects, Notice, StateMachine};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -32,14 +32,17 @@ use std::sync::Arc;
 mod escrow;
 #[path = "update.rs"]
 mod update;
-pub use escrow::{AppliedSettlement, EscrowIssuerEvent, HoldState, HoldSummary, IssuerEscrows, PayoutSummary};
+pub use escrow::{
+    AppliedSettlement, EscrowIssuerEvent, HoldState, HoldSummary, IssuerEscrows, PayoutSummary,
+};
 pub use update::{Platform, PlatformEvent, WithdrawState, WithdrawalSummary};
 // Merge, split and offline payment: child modules too, for the same reason.
 #[path = "sagas.rs"]
 mod sagas;
 pub use sagas::{
-    merge_backing_key, settlement_saga, ClaimState, ClaimSummary, LedgerSummary, MergeEvent, MergeStep,
-    MergeSummary, OfflineEvent, RedeemStep, RedemptionSummary, SagaBookSnapshot, SplitSummary, SyncSummary,
+    merge_backing_key, settlement_saga, ClaimState, ClaimSummary, LedgerSummary, MergeEvent,
+    MergeStep, MergeSummary, OfflineEvent, RedeemStep, RedemptionSummary, SagaBookSnapshot,
+    SplitSummary, SyncSummary,
 };
 
 /// Settings of an institution, from the validated config.
@@ -504,7 +507,10 @@ pub const DEDUP_PRUNE_BATCH_MAX: usize = 65_536;
 impl Institution {
     /// A new institution with no accounts and no coins.
     pub fn new(id: InstitutionId, keys: Arc<SoftKeyStore>, limits: Arc<InstitutionLimits>) -> Self {
-        assert!(!limits.denominations.is_empty(), "validated config has denominations");
+        assert!(
+            !limits.denominations.is_empty(),
+            "validated config has denominations"
+        );
         Institution {
             id,
             keys,
@@ -547,7 +553,14 @@ impl Institution {
     }
 
     /// Issues a coin (not yet registered: the event that carries it registers it).
-    fn issue(&self, owner: PublicKey, denomination: Amount, saga: SagaId, nonce: u64, now_ms: u64) -> Coin {
+    fn issue(
+        &self,
+        owner: PublicKey,
+        denomination: Amount,
+        saga: SagaId,
+        nonce: u64,
+        now_ms: u64,
+    ) -> Coin {
         debug_assert!(!denomination.is_zero(), "coins are never issued empty");
         Coin::issue(
             CoinBody {
@@ -605,7 +618,11 @@ impl Institution {
 
     /// The rule for "can these coins be locked for this authorization?": everything the issuer
     /// checks before it locks, in order. Changes nothing.
-    pub fn check_lock(&self, signed: &SignedAuthorization, now_ms: u64) -> Result<Amount, AbortReason> {
+    pub fn check_lock(
+        &self,
+        signed: &SignedAuthorization,
+        now_ms: u64,
+    ) -> Result<Amount, AbortReason> {
         let a = &signed.authorization;
         if a.amount.is_zero() {
             return Err(AbortReason::InvalidAmount);
@@ -626,7 +643,10 @@ impl Institution {
         if !a.coin_ids.iter().all(|id| seen.insert(id)) {
             return Err(AbortReason::DuplicateCoin);
         }
-        let account = self.accounts.get(&a.payer).ok_or(AbortReason::UnknownWallet)?;
+        let account = self
+            .accounts
+            .get(&a.payer)
+            .ok_or(AbortReason::UnknownWallet)?;
         if account.key != a.payer_key {
             return Err(AbortReason::CoinNotOwned);
         }
@@ -644,14 +664,16 @@ impl Institution {
             match record.state {
                 CoinState::Active => {}
                 #[cfg(feature = "planted-bugs")]
-                CoinState::Locked(_) if crate::planted::active(crate::planted::Bug::SkipLockCheck) => {}
+                CoinState::Locked(_)
+                    if crate::planted::active(crate::planted::Bug::SkipLockCheck) => {}
                 CoinState::Locked(_) => return Err(AbortReason::CoinLocked),
                 CoinState::Spent(_) => return Err(AbortReason::CoinSpent),
                 // A frozen coin belongs to its escrow until the escrow settles it.
                 CoinState::Frozen(_) => return Err(AbortReason::CoinLocked),
             }
         }
-        let total = Amount::sum(records.iter().map(|r| r.coin.value())).ok_or(AbortReason::InvalidAmount)?;
+        let total = Amount::sum(records.iter().map(|r| r.coin.value()))
+            .ok_or(AbortReason::InvalidAmount)?;
         if total < a.amount {
             return Err(AbortReason::InsufficientFunds);
         }
@@ -661,7 +683,10 @@ impl Institution {
     fn register_coin(&mut self, coin: &Coin) {
         self.next_nonce = self.next_nonce.max(coin.body.nonce + 1);
         self.undelivered.insert(coin.id, coin.body.issued_at_ms);
-        self.holdings.entry(coin.body.owner).or_default().insert(coin.id);
+        self.holdings
+            .entry(coin.body.owner)
+            .or_default()
+            .insert(coin.id);
         let previous = self.register.insert(
             coin.id,
             CoinRecord {
@@ -673,7 +698,10 @@ impl Institution {
     }
 
     fn set_state(&mut self, id: &CoinId, state: CoinState) {
-        let record = self.register.get_mut(id).expect("locked coins are registered");
+        let record = self
+            .register
+            .get_mut(id)
+            .expect("locked coins are registered");
         record.state = state;
         if let CoinState::Spent(_) = state {
             if let Some(set) = self.holdings.get_mut(&record.coin.body.owner) {
@@ -682,7 +710,14 @@ impl Institution {
         }
     }
 
-    fn outcome_to(&self, saga: SagaId, to: Address, result: Result<(), AbortReason>, spent: Vec<CoinId>, out: &mut Out) {
+    fn outcome_to(
+        &self,
+        saga: SagaId,
+        to: Address,
+        result: Result<(), AbortReason>,
+        spent: Vec<CoinId>,
+        out: &mut Out,
+    ) {
         out.send(self.envelope(
             saga,
             to,
@@ -721,7 +756,14 @@ impl Institution {
 
     // ----- coordinator: the pay saga -----
 
-    fn on_redeem(&mut self, from: Address, saga: SagaId, signed: SignedAuthorization, now_ms: u64, out: &mut Out) {
+    fn on_redeem(
+        &mut self,
+        from: Address,
+        saga: SagaId,
+        signed: SignedAuthorization,
+        now_ms: u64,
+        out: &mut Out,
+    ) {
         let a = &signed.authorization;
         if a.saga_id != saga {
             self.outcome_to(saga, from, Err(AbortReason::Conflict), vec![], out);
@@ -734,7 +776,9 @@ impl Institution {
             }
             // A duplicate: answer with the recorded outcome once there is one.
             match p.step.saga_state() {
-                (SagaState::Committed, _) => self.outcome_to(saga, from, Ok(()), a.coin_ids.clone(), out),
+                (SagaState::Committed, _) => {
+                    self.outcome_to(saga, from, Ok(()), a.coin_ids.clone(), out)
+                }
                 (SagaState::Aborted, reason) => {
                     let reason = reason.expect("an aborted saga has a reason");
                     self.outcome_to(saga, from, Err(reason), vec![], out)
@@ -760,7 +804,9 @@ impl Institution {
             // Same-institution path: lock, decide and retire in one journaled step.
             let outcome = self.check_lock(&signed, now_ms).map(|total| {
                 let payee_coin = self.issue(payee.key, a.amount, saga, self.next_nonce, now_ms);
-                let change = total.checked_sub(a.amount).expect("checked: total covers amount");
+                let change = total
+                    .checked_sub(a.amount)
+                    .expect("checked: total covers amount");
                 let change_coin = (!change.is_zero())
                     .then(|| self.issue(a.payer_key, change, saga, self.next_nonce + 1, now_ms));
                 (payee_coin, change_coin)
@@ -776,9 +822,19 @@ impl Institution {
                 out,
             );
             if let Ok((payee_coin, change)) = outcome {
-                out.send(self.envelope(saga, Address::Wallet(payee_wallet), 0, Payload::CoinIssued(payee_coin)));
+                out.send(self.envelope(
+                    saga,
+                    Address::Wallet(payee_wallet),
+                    0,
+                    Payload::CoinIssued(payee_coin),
+                ));
                 if let Some(change) = change {
-                    out.send(self.envelope(saga, Address::Wallet(payer), 0, Payload::CoinIssued(change)));
+                    out.send(self.envelope(
+                        saga,
+                        Address::Wallet(payer),
+                        0,
+                        Payload::CoinIssued(change),
+                    ));
                 }
                 self.announce(saga, Ok(()), out);
             } else if let Err(reason) = outcome {
@@ -796,12 +852,27 @@ impl Institution {
             out,
         );
         out.send(self.envelope(saga, issuer, 0, Payload::LockRequest(signed)));
-        out.timer(self.limits.saga_timeout_ms, InstitutionTimer::LockTimeout(saga));
-        out.timer(self.backoff_ms(0), InstitutionTimer::Retry { saga, attempt: 1 });
+        out.timer(
+            self.limits.saga_timeout_ms,
+            InstitutionTimer::LockTimeout(saga),
+        );
+        out.timer(
+            self.backoff_ms(0),
+            InstitutionTimer::Retry { saga, attempt: 1 },
+        );
     }
 
-    fn on_lock_reply(&mut self, from: Address, saga: SagaId, reply: Result<Amount, AbortReason>, now_ms: u64, out: &mut Out) {
-        let Some(p) = self.pays.get(&saga) else { return };
+    fn on_lock_reply(
+        &mut self,
+        from: Address,
+        saga: SagaId,
+        reply: Result<Amount, AbortReason>,
+        now_ms: u64,
+        out: &mut Out,
+    ) {
+        let Some(p) = self.pays.get(&saga) else {
+            return;
+        };
         let a = &p.authorization.authorization;
         if p.step != PayStep::Locking || from != Address::Institution(a.payer_institution) {
             return; // late or duplicate reply: the decision is already taken
@@ -818,7 +889,12 @@ impl Institution {
                     },
                     out,
                 );
-                out.send(self.envelope(saga, Address::Institution(issuer), 0, Payload::CommitRequest));
+                out.send(self.envelope(
+                    saga,
+                    Address::Institution(issuer),
+                    0,
+                    Payload::CommitRequest,
+                ));
                 out.send(self.envelope(
                     saga,
                     Address::CentralBank,
@@ -829,12 +905,18 @@ impl Institution {
                         amount,
                     },
                 ));
-                out.send(self.envelope(saga, Address::Wallet(payee), 0, Payload::CoinIssued(payee_coin)));
+                out.send(self.envelope(
+                    saga,
+                    Address::Wallet(payee),
+                    0,
+                    Payload::CoinIssued(payee_coin),
+                ));
                 self.announce(saga, Ok(()), out);
             }
             Ok(_) => {
                 // The issuer locked less than the amount: never commit on it.
-                metrics::counter!("specie_protocol_violations_total", "what" => "short_lock").increment(1);
+                metrics::counter!("specie_protocol_violations_total", "what" => "short_lock")
+                    .increment(1);
                 self.abort_pay(saga, AbortReason::InsufficientFunds, true, out);
             }
             Err(reason) => self.abort_pay(saga, reason, false, out),
@@ -842,9 +924,21 @@ impl Institution {
     }
 
     fn abort_pay(&mut self, saga: SagaId, reason: AbortReason, unlock: bool, out: &mut Out) {
-        self.record(InstitutionEvent::PayAbortDecided { saga, reason, unlock }, out);
+        self.record(
+            InstitutionEvent::PayAbortDecided {
+                saga,
+                reason,
+                unlock,
+            },
+            out,
+        );
         if unlock {
-            let issuer = Address::Institution(self.pays[&saga].authorization.authorization.payer_institution);
+            let issuer = Address::Institution(
+                self.pays[&saga]
+                    .authorization
+                    .authorization
+                    .payer_institution,
+            );
             out.send(self.envelope(saga, issuer, 0, Payload::AbortRequest { reason }));
         }
         self.announce(saga, Err(reason), out);
@@ -853,17 +947,28 @@ impl Institution {
     fn on_pay_timer(&mut self, key: InstitutionTimer, out: &mut Out) {
         match key {
             InstitutionTimer::LockTimeout(saga) => {
-                if self.pays.get(&saga).is_some_and(|p| p.step == PayStep::Locking) {
+                if self
+                    .pays
+                    .get(&saga)
+                    .is_some_and(|p| p.step == PayStep::Locking)
+                {
                     self.abort_pay(saga, AbortReason::Timeout, true, out);
                 }
             }
             InstitutionTimer::Retry { saga, attempt } => {
-                let Some(p) = self.pays.get(&saga) else { return };
+                let Some(p) = self.pays.get(&saga) else {
+                    return;
+                };
                 let a = &p.authorization.authorization;
                 let issuer = Address::Institution(a.payer_institution);
                 match p.step {
                     PayStep::Locking => {
-                        out.send(self.envelope(saga, issuer, attempt, Payload::LockRequest(p.authorization.clone())));
+                        out.send(self.envelope(
+                            saga,
+                            issuer,
+                            attempt,
+                            Payload::LockRequest(p.authorization.clone()),
+                        ));
                     }
                     PayStep::Committing {
                         issuer_done,
@@ -886,11 +991,22 @@ impl Institution {
                         }
                     }
                     PayStep::Aborting { reason } => {
-                        out.send(self.envelope(saga, issuer, attempt, Payload::AbortRequest { reason }));
+                        out.send(self.envelope(
+                            saga,
+                            issuer,
+                            attempt,
+                            Payload::AbortRequest { reason },
+                        ));
                     }
                     PayStep::Committed | PayStep::Aborted { .. } => return,
                 }
-                out.timer(self.backoff_ms(attempt), InstitutionTimer::Retry { saga, attempt: attempt + 1 });
+                out.timer(
+                    self.backoff_ms(attempt),
+                    InstitutionTimer::Retry {
+                        saga,
+                        attempt: attempt + 1,
+                    },
+                );
             }
             InstitutionTimer::ExchangeRetry { .. } | InstitutionTimer::Redeliver => {
                 unreachable!("routed by on_timer")
@@ -900,8 +1016,17 @@ impl Institution {
 
     // ----- issuer: lock, retire, unlock -----
 
-    fn on_lock_request(&mut self, from: Address, saga: SagaId, signed: SignedAuthorization, now_ms: u64, out: &mut Out) {
-        let Address::Institution(coordinator) = from else { return };
+    fn on_lock_request(
+        &mut self,
+        from: Address,
+        saga: SagaId,
+        signed: SignedAuthorization,
+        now_ms: u64,
+        out: &mut Out,
+    ) {
+        let Address::Institution(coordinator) = from else {
+            return;
+        };
         let a = &signed.authorization;
         let reply = |inst: &Self, r: Result<Amount, AbortReason>, out: &mut Out| {
             out.send(inst.envelope(saga, from, 0, Payload::LockReply(r)));
@@ -916,7 +1041,8 @@ impl Institution {
             let answer = match (&p.digest, &p.state) {
                 (None, _) | (_, ParticipantState::Aborted) => Err(AbortReason::SagaAborted),
                 (Some(d), _) if *d != digest => Err(AbortReason::Conflict),
-                (_, ParticipantState::Locked { total, .. }) | (_, ParticipantState::Committed { total }) => Ok(*total),
+                (_, ParticipantState::Locked { total, .. })
+                | (_, ParticipantState::Committed { total }) => Ok(*total),
                 (_, ParticipantState::Refused(reason)) => Err(*reason),
             };
             reply(self, answer, out);
@@ -975,7 +1101,9 @@ impl Institution {
                 payer_key,
                 ..
             } => {
-                let change_value = total.checked_sub(*amount).expect("lock checked total covers amount");
+                let change_value = total
+                    .checked_sub(*amount)
+                    .expect("lock checked total covers amount");
                 let change = (!change_value.is_zero())
                     .then(|| self.issue(*payer_key, change_value, saga, self.next_nonce, now_ms));
                 let payer = *payer;
@@ -988,7 +1116,12 @@ impl Institution {
                     out,
                 );
                 if let Some(coin) = change {
-                    out.send(self.envelope(saga, Address::Wallet(payer), 0, Payload::CoinIssued(coin)));
+                    out.send(self.envelope(
+                        saga,
+                        Address::Wallet(payer),
+                        0,
+                        Payload::CoinIssued(coin),
+                    ));
                 }
                 reply(self, Ok(()), out);
             }
@@ -1000,7 +1133,9 @@ impl Institution {
     }
 
     fn on_abort_request(&mut self, from: Address, saga: SagaId, now_ms: u64, out: &mut Out) {
-        let Address::Institution(coordinator) = from else { return };
+        let Address::Institution(coordinator) = from else {
+            return;
+        };
         match self.participations.get(&saga) {
             Some(p) if p.coordinator != coordinator => return,
             Some(Participation {
@@ -1009,7 +1144,12 @@ impl Institution {
             }) => {
                 // A coordinator never aborts after deciding commit; refuse loudly.
                 metrics::counter!("specie_protocol_violations_total", "what" => "abort_after_commit").increment(1);
-                out.send(self.envelope(saga, from, 0, Payload::CommitReply(Err(AbortReason::AlreadyCommitted))));
+                out.send(self.envelope(
+                    saga,
+                    from,
+                    0,
+                    Payload::CommitReply(Err(AbortReason::AlreadyCommitted)),
+                ));
                 return;
             }
             Some(Participation {
@@ -1032,13 +1172,17 @@ impl Institution {
     // ----- exchange: account money into coins -----
 
     fn on_exchange_request(&mut self, from: Address, saga: SagaId, amount: Amount, out: &mut Out) {
-        let Address::Wallet(wallet) = from else { return };
+        let Address::Wallet(wallet) = from else {
+            return;
+        };
         let reply = |inst: &Self, r: Result<(), AbortReason>, out: &mut Out| {
             out.send(inst.envelope(saga, from, 0, Payload::ExchangeReply(r)));
         };
         if let Some(x) = self.exchanges.get(&saga) {
             match x.state {
-                _ if x.wallet != wallet || x.amount != amount => reply(self, Err(AbortReason::Conflict), out),
+                _ if x.wallet != wallet || x.amount != amount => {
+                    reply(self, Err(AbortReason::Conflict), out)
+                }
                 ExchangeState::Pending => {}
                 ExchangeState::Committed => reply(self, Ok(()), out),
                 ExchangeState::Aborted(reason) => reply(self, Err(reason), out),
@@ -1069,9 +1213,24 @@ impl Institution {
             reply(self, Err(reason), out);
             return;
         }
-        self.record(InstitutionEvent::ExchangeStarted { saga, wallet, amount }, out);
-        out.send(self.envelope(saga, Address::CentralBank, 0, Payload::ReserveBacking { amount }));
-        out.timer(self.backoff_ms(0), InstitutionTimer::ExchangeRetry { saga, attempt: 1 });
+        self.record(
+            InstitutionEvent::ExchangeStarted {
+                saga,
+                wallet,
+                amount,
+            },
+            out,
+        );
+        out.send(self.envelope(
+            saga,
+            Address::CentralBank,
+            0,
+            Payload::ReserveBacking { amount },
+        ));
+        out.timer(
+            self.backoff_ms(0),
+            InstitutionTimer::ExchangeRetry { saga, attempt: 1 },
+        );
     }
 
     /// Splits an amount into coins of the configured denominations, largest first; any rest
@@ -1091,8 +1250,16 @@ impl Institution {
         parts
     }
 
-    fn on_exchange_ack(&mut self, saga: SagaId, ack: Result<(), AbortReason>, now_ms: u64, out: &mut Out) {
-        let Some(x) = self.exchanges.get(&saga) else { return };
+    fn on_exchange_ack(
+        &mut self,
+        saga: SagaId,
+        ack: Result<(), AbortReason>,
+        now_ms: u64,
+        out: &mut Out,
+    ) {
+        let Some(x) = self.exchanges.get(&saga) else {
+            return;
+        };
         if x.state != ExchangeState::Pending {
             return;
         }
@@ -1105,7 +1272,9 @@ impl Institution {
                     .split(amount)
                     .into_iter()
                     .enumerate()
-                    .map(|(i, value)| self.issue(key, value, saga, self.next_nonce + i as u64, now_ms))
+                    .map(|(i, value)| {
+                        self.issue(key, value, saga, self.next_nonce + i as u64, now_ms)
+                    })
                     .collect();
                 self.record(
                     InstitutionEvent::ExchangeCommitted {
@@ -1127,11 +1296,24 @@ impl Institution {
     }
 
     fn on_exchange_timer(&mut self, saga: SagaId, attempt: u32, out: &mut Out) {
-        let Some(x) = self.exchanges.get(&saga) else { return };
+        let Some(x) = self.exchanges.get(&saga) else {
+            return;
+        };
         if x.state == ExchangeState::Pending {
             let amount = x.amount;
-            out.send(self.envelope(saga, Address::CentralBank, attempt, Payload::ReserveBacking { amount }));
-            out.timer(self.backoff_ms(attempt), InstitutionTimer::ExchangeRetry { saga, attempt: attempt + 1 });
+            out.send(self.envelope(
+                saga,
+                Address::CentralBank,
+                attempt,
+                Payload::ReserveBacking { amount },
+            ));
+            out.timer(
+                self.backoff_ms(attempt),
+                InstitutionTimer::ExchangeRetry {
+                    saga,
+                    attempt: attempt + 1,
+                },
+            );
         }
     }
 
@@ -1148,7 +1330,9 @@ impl Institution {
         let mut expired: Vec<SagaId> = self
             .participations
             .iter()
-            .filter(|(_, p)| p.at_ms < horizon && !matches!(p.state, ParticipantState::Locked { .. }))
+            .filter(|(_, p)| {
+                p.at_ms < horizon && !matches!(p.state, ParticipantState::Locked { .. })
+            })
             .map(|(saga, _)| *saga)
             .take(DEDUP_PRUNE_BATCH_MAX)
             .collect();
@@ -1168,21 +1352,41 @@ impl Institution {
             .collect();
         for id in resend {
             let coin = &self.register[&id].coin;
-            let Some(wallet) = self.wallet_of_key.get(&coin.body.owner) else { continue };
+            let Some(wallet) = self.wallet_of_key.get(&coin.body.owner) else {
+                continue;
+            };
             metrics::counter!("specie_coins_redelivered_total").increment(1);
-            let envelope = self.envelope(coin.body.origin_saga, Address::Wallet(*wallet), 1, Payload::CoinIssued(coin.clone()));
+            let envelope = self.envelope(
+                coin.body.origin_saga,
+                Address::Wallet(*wallet),
+                1,
+                Payload::CoinIssued(coin.clone()),
+            );
             out.send(envelope);
         }
-        out.timer(self.limits.retry_interval_max_ms, InstitutionTimer::Redeliver);
+        out.timer(
+            self.limits.retry_interval_max_ms,
+            InstitutionTimer::Redeliver,
+        );
     }
 
     fn on_balance_query(&mut self, from: Address, saga: SagaId, amount: Amount, out: &mut Out) {
-        let Address::Wallet(wallet) = from else { return };
+        let Address::Wallet(wallet) = from else {
+            return;
+        };
         let (available, coin_ids) = match self.accounts.get(&wallet) {
             Some(account) => self.select_coins(&account.key, amount),
             None => (Amount::ZERO, Vec::new()),
         };
-        out.send(self.envelope(saga, from, 0, Payload::BalanceReply { available, coin_ids }));
+        out.send(self.envelope(
+            saga,
+            from,
+            0,
+            Payload::BalanceReply {
+                available,
+                coin_ids,
+            },
+        ));
     }
 
     fn on_status_query(&mut self, from: Address, saga: SagaId, out: &mut Out) {
@@ -1206,7 +1410,11 @@ impl StateMachine for Institution {
 
     fn apply(&mut self, event: &InstitutionEvent) {
         match event {
-            InstitutionEvent::AccountOpened { wallet, key, deposit } => {
+            InstitutionEvent::AccountOpened {
+                wallet,
+                key,
+                deposit,
+            } => {
                 self.wallet_of_key.insert(*key, *wallet);
                 self.accounts.insert(
                     *wallet,
@@ -1263,10 +1471,20 @@ impl StateMachine for Institution {
                     },
                 );
             }
-            InstitutionEvent::Retired { saga, change, at_ms } => {
-                let p = self.participations.get_mut(saga).expect("retire follows lock");
+            InstitutionEvent::Retired {
+                saga,
+                change,
+                at_ms,
+            } => {
+                let p = self
+                    .participations
+                    .get_mut(saga)
+                    .expect("retire follows lock");
                 p.at_ms = *at_ms;
-                let ParticipantState::Locked { coin_ids, total, .. } = &p.state else {
+                let ParticipantState::Locked {
+                    coin_ids, total, ..
+                } = &p.state
+                else {
                     panic!("retire of saga {saga} that is not locked");
                 };
                 let (coin_ids, total) = (coin_ids.clone(), *total);
@@ -1306,7 +1524,10 @@ impl StateMachine for Institution {
                     for id in &coin_ids {
                         self.set_state(id, CoinState::Active);
                     }
-                    self.participations.get_mut(saga).expect("just inserted").digest = digest;
+                    self.participations
+                        .get_mut(saga)
+                        .expect("just inserted")
+                        .digest = digest;
                 }
             }
             InstitutionEvent::PayStarted {
@@ -1332,7 +1553,11 @@ impl StateMachine for Institution {
                     backing_done: false,
                 };
             }
-            InstitutionEvent::PayAbortDecided { saga, reason, unlock } => {
+            InstitutionEvent::PayAbortDecided {
+                saga,
+                reason,
+                unlock,
+            } => {
                 self.pays.get_mut(saga).expect("decided saga exists").step = if *unlock {
                     PayStep::Aborting { reason: *reason }
                 } else {
@@ -1393,9 +1618,19 @@ impl StateMachine for Institution {
                     },
                 );
             }
-            InstitutionEvent::ExchangeStarted { saga, wallet, amount } => {
-                let account = self.accounts.get_mut(wallet).expect("exchange checked the account");
-                account.balance = account.balance.checked_sub(*amount).expect("exchange checked the balance");
+            InstitutionEvent::ExchangeStarted {
+                saga,
+                wallet,
+                amount,
+            } => {
+                let account = self
+                    .accounts
+                    .get_mut(wallet)
+                    .expect("exchange checked the account");
+                account.balance = account
+                    .balance
+                    .checked_sub(*amount)
+                    .expect("exchange checked the balance");
                 self.exchanges.insert(
                     *saga,
                     Exchange {
@@ -1435,7 +1670,10 @@ impl StateMachine for Institution {
                 let x = self.exchanges.get_mut(saga).expect("started");
                 x.state = ExchangeState::Aborted(*reason);
                 let (wallet, amount) = (x.wallet, x.amount);
-                let account = self.accounts.get_mut(&wallet).expect("exchange checked the account");
+                let account = self
+                    .accounts
+                    .get_mut(&wallet)
+                    .expect("exchange checked the account");
                 account.balance = account.balance.checked_add(amount).expect("refund fits");
             }
             InstitutionEvent::Escrow(event) => self.apply_escrow(event),
@@ -1447,7 +1685,10 @@ impl StateMachine for Institution {
 
     fn on_start(&mut self, now_ms: u64, out: &mut Out) {
         self.wake_escrows(out);
-        out.timer(self.limits.retry_interval_max_ms, InstitutionTimer::Redeliver);
+        out.timer(
+            self.limits.retry_interval_max_ms,
+            InstitutionTimer::Redeliver,
+        );
         // Re-drive everything in flight from its last persisted step, in saga order so that
         // a deterministic simulation arms the same timers in the same order every time.
         let mut pays: Vec<_> = self.pays.iter().collect();
@@ -1457,10 +1698,22 @@ impl StateMachine for Institution {
                 PayStep::Locking => {
                     let left = (p.started_ms + self.limits.saga_timeout_ms).saturating_sub(now_ms);
                     out.timer(left, InstitutionTimer::LockTimeout(*saga));
-                    out.timer(0, InstitutionTimer::Retry { saga: *saga, attempt: 0 });
+                    out.timer(
+                        0,
+                        InstitutionTimer::Retry {
+                            saga: *saga,
+                            attempt: 0,
+                        },
+                    );
                 }
                 PayStep::Committing { .. } | PayStep::Aborting { .. } => {
-                    out.timer(0, InstitutionTimer::Retry { saga: *saga, attempt: 0 });
+                    out.timer(
+                        0,
+                        InstitutionTimer::Retry {
+                            saga: *saga,
+                            attempt: 0,
+                        },
+                    );
                 }
                 PayStep::Committed | PayStep::Aborted { .. } => {}
             }
@@ -1469,7 +1722,13 @@ impl StateMachine for Institution {
         exchanges.sort_unstable_by_key(|(saga, _)| **saga);
         for (saga, x) in exchanges {
             if x.state == ExchangeState::Pending {
-                out.timer(0, InstitutionTimer::ExchangeRetry { saga: *saga, attempt: 0 });
+                out.timer(
+                    0,
+                    InstitutionTimer::ExchangeRetry {
+                        saga: *saga,
+                        attempt: 0,
+                    },
+                );
             }
         }
         self.on_sagas_start(now_ms, out);
@@ -1490,15 +1749,26 @@ impl StateMachine for Institution {
             Payload::CommitReply(reply) => {
                 // Only the issuer of the saga's coins can acknowledge their retirement.
                 let committing = self.pays.get(&saga).is_some_and(|p| {
-                    matches!(p.step, PayStep::Committing { issuer_done: false, .. })
-                        && from == Address::Institution(p.authorization.authorization.payer_institution)
+                    matches!(
+                        p.step,
+                        PayStep::Committing {
+                            issuer_done: false,
+                            ..
+                        }
+                    ) && from
+                        == Address::Institution(p.authorization.authorization.payer_institution)
                 });
                 match reply {
-                    Ok(()) if committing => self.record(InstitutionEvent::PayIssuerDone { saga }, out),
+                    Ok(()) if committing => {
+                        self.record(InstitutionEvent::PayIssuerDone { saga }, out)
+                    }
                     Ok(()) => {}
                     Err(reason) => {
                         metrics::counter!("specie_protocol_violations_total", "what" => "commit_refused").increment(1);
-                        eprintln!("{}: issuer refused commit of saga {saga}: {reason}", self.id);
+                        eprintln!(
+                            "{}: issuer refused commit of saga {saga}: {reason}",
+                            self.id
+                        );
                     }
                 }
             }
@@ -1506,7 +1776,8 @@ impl StateMachine for Institution {
             Payload::AbortReply => {
                 let aborting = self.pays.get(&saga).is_some_and(|p| {
                     matches!(p.step, PayStep::Aborting { .. })
-                        && from == Address::Institution(p.authorization.authorization.payer_institution)
+                        && from
+                            == Address::Institution(p.authorization.authorization.payer_institution)
                 });
                 if aborting {
                     self.record(InstitutionEvent::PayIssuerDone { saga }, out);
@@ -1515,19 +1786,28 @@ impl StateMachine for Institution {
             Payload::ReserveAck(ack) if from == Address::CentralBank && self.is_payout(&saga) => {
                 self.on_payout_backing(saga, ack, out)
             }
-            Payload::ReserveAck(ack) if from == Address::CentralBank && self.is_withdrawal(&saga) => {
+            Payload::ReserveAck(ack)
+                if from == Address::CentralBank && self.is_withdrawal(&saga) =>
+            {
                 self.on_withdraw_backing(saga, ack, out)
             }
             Payload::ReserveAck(ack) if from == Address::CentralBank => {
                 if let Some(p) = self.pays.get(&saga) {
                     match (ack, p.step) {
-                        (Ok(()), PayStep::Committing { backing_done: false, .. }) => {
-                            self.record(InstitutionEvent::PayBackingDone { saga }, out)
-                        }
+                        (
+                            Ok(()),
+                            PayStep::Committing {
+                                backing_done: false,
+                                ..
+                            },
+                        ) => self.record(InstitutionEvent::PayBackingDone { saga }, out),
                         (Ok(()), _) => {}
                         (Err(reason), _) => {
                             metrics::counter!("specie_protocol_violations_total", "what" => "backing_refused").increment(1);
-                            eprintln!("{}: central bank refused backing move of saga {saga}: {reason}", self.id);
+                            eprintln!(
+                                "{}: central bank refused backing move of saga {saga}: {reason}",
+                                self.id
+                            );
                         }
                     }
                 } else {
@@ -1542,11 +1822,14 @@ impl StateMachine for Institution {
                     }
                 }
             }
-            Payload::ExchangeRequest { amount } => self.on_exchange_request(from, saga, amount, out),
+            Payload::ExchangeRequest { amount } => {
+                self.on_exchange_request(from, saga, amount, out)
+            }
             Payload::Escrow(message) => self.on_escrow_message(from, saga, message, now_ms, out),
             Payload::WalletUpdate(message) => self.on_update_message(from, saga, message, out),
             other => {
-                metrics::counter!("specie_envelopes_rejected_total", "reason" => "unexpected").increment(1);
+                metrics::counter!("specie_envelopes_rejected_total", "reason" => "unexpected")
+                    .increment(1);
                 let _ = other;
             }
         }
@@ -1555,7 +1838,9 @@ impl StateMachine for Institution {
     fn on_timer(&mut self, key: InstitutionTimer, now_ms: u64, out: &mut Out) {
         match key {
             InstitutionTimer::Redeliver => self.on_redeliver(now_ms, out),
-            InstitutionTimer::ExchangeRetry { saga, attempt } => self.on_exchange_timer(saga, attempt, out),
+            InstitutionTimer::ExchangeRetry { saga, attempt } => {
+                self.on_exchange_timer(saga, attempt, out)
+            }
             key if self.owns_saga_timer(&key) => self.on_saga_timer(key, out),
             other => self.on_pay_timer(other, out),
         }
@@ -1564,10 +1849,20 @@ impl StateMachine for Institution {
     fn on_command(&mut self, command: InstitutionCommand, _now_ms: u64, out: &mut Out) {
         match command {
             // Genesis opens each account once; a repeated genesis (after a crash) is a no-op.
-            InstitutionCommand::OpenAccount { wallet, .. } if self.accounts.contains_key(&wallet) => {}
-            InstitutionCommand::OpenAccount { wallet, key, deposit } => {
-                self.record(InstitutionEvent::AccountOpened { wallet, key, deposit }, out)
-            }
+            InstitutionCommand::OpenAccount { wallet, .. }
+                if self.accounts.contains_key(&wallet) => {}
+            InstitutionCommand::OpenAccount {
+                wallet,
+                key,
+                deposit,
+            } => self.record(
+                InstitutionEvent::AccountOpened {
+                    wallet,
+                    key,
+                    deposit,
+                },
+                out,
+            ),
             InstitutionCommand::PublishWalletParams(params) => self.publish_params(params, out),
         }
     }
@@ -1593,7 +1888,10 @@ impl StateMachine for Institution {
         self.holdings.clear();
         for (id, record) in &c.register {
             if !matches!(record.state, CoinState::Spent(_)) {
-                self.holdings.entry(record.coin.body.owner).or_default().insert(*id);
+                self.holdings
+                    .entry(record.coin.body.owner)
+                    .or_default()
+                    .insert(*id);
             }
         }
         self.wallet_of_key = c.accounts.iter().map(|(w, a)| (a.key, *w)).collect();
@@ -1614,7 +1912,11 @@ impl StateMachine for Institution {
 
     fn snapshot(&self) -> InstitutionSnapshot {
         InstitutionSnapshot {
-            coins_in_delivery: self.undelivered.keys().filter(|id| !self.acked.contains(id)).count(),
+            coins_in_delivery: self
+                .undelivered
+                .keys()
+                .filter(|id| !self.acked.contains(id))
+                .count(),
             id: self.id,
             accounts: self.accounts.clone(),
             coins: self.register.clone(),

@@ -635,7 +635,12 @@ fn finished_participations_are_pruned_after_the_retention_and_locked_ones_never(
     // Saga 1 committed (finished), saga 2 refused (finished), saga 3 still locked.
     let (reply, _) = a.lock(&authorize(saga(1), &[&coins[0]], Amount(5_000)), NOW_MS);
     assert_eq!(reply, Ok(Amount(5_000)));
-    a.deliver(Address::Institution(B), saga(1), Payload::CommitRequest, NOW_MS);
+    a.deliver(
+        Address::Institution(B),
+        saga(1),
+        Payload::CommitRequest,
+        NOW_MS,
+    );
     let (_, out) = a.lock(&authorize(saga(2), &[&coins[0]], Amount(5_000)), NOW_MS);
     assert_refused(&out, AbortReason::CoinSpent);
     let (reply, _) = a.lock(&authorize(saga(3), &[&coins[1]], Amount(1_000)), NOW_MS);
@@ -643,9 +648,16 @@ fn finished_participations_are_pruned_after_the_retention_and_locked_ones_never(
 
     // Within the retention nothing is pruned, and a retry gets the recorded answer.
     let out = a.fire(InstitutionTimer::Redeliver, NOW_MS + DEDUP_RETENTION_MS - 1);
-    assert!(!out.events.iter().any(|e| matches!(e, InstitutionEvent::DedupPruned { .. })));
+    assert!(!out
+        .events
+        .iter()
+        .any(|e| matches!(e, InstitutionEvent::DedupPruned { .. })));
     let (reply, _) = a.lock(&authorize(saga(1), &[&coins[0]], Amount(5_000)), NOW_MS);
-    assert_eq!(reply, Ok(Amount(5_000)), "recorded answer of a committed lock");
+    assert_eq!(
+        reply,
+        Ok(Amount(5_000)),
+        "recorded answer of a committed lock"
+    );
 
     // After it, the finished records go; the lock in flight stays.
     let out = a.fire(InstitutionTimer::Redeliver, NOW_MS + DEDUP_RETENTION_MS + 1);
@@ -1670,7 +1682,10 @@ fn replaying_the_journal_rebuilds_the_same_state() {
     recovered.inst.on_start(NOW_MS, &mut out);
     // Two sagas to re-drive, and the periodic redelivery of unacknowledged coins.
     assert_eq!(out.timers.len(), 3, "{:?}", out.timers);
-    assert!(out.timers.iter().any(|(_, t)| *t == InstitutionTimer::Redeliver));
+    assert!(out
+        .timers
+        .iter()
+        .any(|(_, t)| *t == InstitutionTimer::Redeliver));
     for id in [saga(3), saga(6)] {
         assert!(out.timers.contains(&(
             0,

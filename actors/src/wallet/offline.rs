@@ -155,7 +155,9 @@ impl Wallet {
     /// frees the offline limit they used.
     #[allow(dead_code)] // for the wallet update's upload reply
     pub(in super::super) fn offline_records_uploaded(&mut self, accepted: usize, out: &mut Out) {
-        let batch = accepted.min(SYNC_TRANSFERS_MAX).min(self.sagas.unsynced.len());
+        let batch = accepted
+            .min(SYNC_TRANSFERS_MAX)
+            .min(self.sagas.unsynced.len());
         let Some(last) = batch.checked_sub(1).map(|i| &self.sagas.unsynced[i]) else {
             return;
         };

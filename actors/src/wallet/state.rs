@@ -11,9 +11,8 @@ use serde::{Deserialize, Serialize};
 use specie_protocol::crypto::PublicKey;
 use specie_protocol::envelope::SagaOutcome;
 use specie_protocol::{
-    AbortReason, Address, Amount, Coin, CoinId, Envelope, InstitutionId, KeyStore,
-    PaymentAuthorization, Payload, SagaId, SagaKind, SagaState, SignedAuthorization,
-    SoftKeyStore, WalletId,
+    AbortReason, Address, Amount, Coin, CoinId, Envelope, InstitutionId, KeyStore, Payload,
+    PaymentAuthorization, SagaId, SagaKind, SagaState, SignedAuthorization, SoftKeyStore, WalletId,
 };
 use specie_runtime::{Effects, Notice, StateMachine};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -34,8 +33,8 @@ pub use update::{UpdateCommand, UpdateEvent, UpdateOp, UpdateStep};
 #[path = "sagas.rs"]
 mod sagas;
 pub use sagas::{
-    OfflineCommand, OfflineSettings, OfflineSnapshot, OfflineSource, SagaOp, SagaWalletEvent, CHAINS_HELD_MAX,
-    DOUBLE_SPEND_REPORTS_MAX,
+    OfflineCommand, OfflineSettings, OfflineSnapshot, OfflineSource, SagaOp, SagaWalletEvent,
+    CHAINS_HELD_MAX, DOUBLE_SPEND_REPORTS_MAX,
 };
 
 /// Settings of a wallet, from the validated config.
@@ -351,9 +350,16 @@ impl Wallet {
     }
 
     fn finish(&mut self, saga: SagaId, result: Result<(), AbortReason>, out: &mut Out) {
-        let Some(op) = self.ops.get(&saga) else { return };
+        let Some(op) = self.ops.get(&saga) else {
+            return;
+        };
         let spent = match (op, result) {
-            (WalletOp::Pay { signed: Some(s), .. }, Ok(())) => s.authorization.coin_ids.clone(),
+            (
+                WalletOp::Pay {
+                    signed: Some(s), ..
+                },
+                Ok(()),
+            ) => s.authorization.coin_ids.clone(),
             (WalletOp::Escrow(op), Ok(())) => op.spent_coins(),
             _ => Vec::new(),
         };
@@ -409,7 +415,10 @@ impl Wallet {
                 Payload::BalanceQuery { amount },
             )),
         }
-        out.timer(self.limits.outcome_timeout_ms, WalletTimer { saga, attempt: 1 });
+        out.timer(
+            self.limits.outcome_timeout_ms,
+            WalletTimer { saga, attempt: 1 },
+        );
     }
 
     fn sign_and_send(&mut self, saga: SagaId, coin_ids: Vec<CoinId>, now_ms: u64, out: &mut Out) {
@@ -437,15 +446,31 @@ impl Wallet {
         }
         .sign(self.keys.as_ref());
         let payee = *payee;
-        self.record(WalletEvent::Signed { signed: signed.clone() }, out);
-        out.send(self.envelope(saga, Address::Wallet(payee), 0, Payload::PaymentRequest(signed)));
+        self.record(
+            WalletEvent::Signed {
+                signed: signed.clone(),
+            },
+            out,
+        );
+        out.send(self.envelope(
+            saga,
+            Address::Wallet(payee),
+            0,
+            Payload::PaymentRequest(signed),
+        ));
     }
 
     fn decline(&self, saga: SagaId, to: Address, reason: AbortReason, out: &mut Out) {
         out.send(self.envelope(saga, to, 0, Payload::PaymentDeclined { reason }));
     }
 
-    fn on_balance_reply(&mut self, saga: SagaId, coin_ids: Vec<CoinId>, now_ms: u64, out: &mut Out) {
+    fn on_balance_reply(
+        &mut self,
+        saga: SagaId,
+        coin_ids: Vec<CoinId>,
+        now_ms: u64,
+        out: &mut Out,
+    ) {
         let Some(WalletOp::Pay {
             signed: None,
             chosen: None,
@@ -458,7 +483,12 @@ impl Wallet {
         };
         if coin_ids.is_empty() {
             if !initiator {
-                self.decline(saga, Address::Wallet(*payee), AbortReason::InsufficientFunds, out);
+                self.decline(
+                    saga,
+                    Address::Wallet(*payee),
+                    AbortReason::InsufficientFunds,
+                    out,
+                );
             }
             self.finish(saga, Err(AbortReason::InsufficientFunds), out);
         } else {
@@ -466,7 +496,14 @@ impl Wallet {
         }
     }
 
-    fn on_collect_request(&mut self, from: Address, saga: SagaId, terms: CollectTerms, now_ms: u64, out: &mut Out) {
+    fn on_collect_request(
+        &mut self,
+        from: Address,
+        saga: SagaId,
+        terms: CollectTerms,
+        now_ms: u64,
+        out: &mut Out,
+    ) {
         let CollectTerms {
             amount,
             payee,
@@ -506,7 +543,13 @@ impl Wallet {
         self.start_pay(saga, op, now_ms, out);
     }
 
-    fn on_payment_request(&mut self, from: Address, saga: SagaId, signed: SignedAuthorization, out: &mut Out) {
+    fn on_payment_request(
+        &mut self,
+        from: Address,
+        saga: SagaId,
+        signed: SignedAuthorization,
+        out: &mut Out,
+    ) {
         let a = &signed.authorization;
         let mut fits = a.saga_id == saga
             && a.payee == self.id
@@ -537,8 +580,18 @@ impl Wallet {
         let retention = self.limits.dedup_retention_ms;
         self.next_prune_ms = now_ms + retention / 8;
         let horizon = now_ms.saturating_sub(retention);
-        let mut sagas: Vec<SagaId> = self.finished.iter().filter(|(_, (_, at))| *at < horizon).map(|(s, _)| *s).collect();
-        let mut coins: Vec<CoinId> = self.spent.iter().filter(|(_, at)| **at < horizon).map(|(c, _)| *c).collect();
+        let mut sagas: Vec<SagaId> = self
+            .finished
+            .iter()
+            .filter(|(_, (_, at))| *at < horizon)
+            .map(|(s, _)| *s)
+            .collect();
+        let mut coins: Vec<CoinId> = self
+            .spent
+            .iter()
+            .filter(|(_, at)| **at < horizon)
+            .map(|(c, _)| *c)
+            .collect();
         if sagas.is_empty() && coins.is_empty() {
             return;
         }
@@ -550,8 +603,12 @@ impl Wallet {
     /// The coordinator of an operation in flight: the only actor whose outcome counts.
     fn coordinator(&self, saga: SagaId) -> Option<Address> {
         Some(match self.ops.get(&saga)? {
-            WalletOp::Pay { payee_institution, .. } => Address::Institution(*payee_institution),
-            WalletOp::Collect { .. } | WalletOp::Exchange { .. } => Address::Institution(self.institution),
+            WalletOp::Pay {
+                payee_institution, ..
+            } => Address::Institution(*payee_institution),
+            WalletOp::Collect { .. } | WalletOp::Exchange { .. } => {
+                Address::Institution(self.institution)
+            }
             WalletOp::Escrow(op) => op.coordinator(),
             WalletOp::Update(_) => Address::Institution(self.institution),
             WalletOp::Negotiate(op) => Address::Wallet(op.peer),
@@ -565,25 +622,47 @@ impl Wallet {
             .is_some_and(|key| coin.verify(key).is_ok());
         // A coin comes from its issuer, or from the wallet's own institution (which may
         // deliver coins of other issuers).
-        let sender_ok = from == Address::Institution(coin.body.issuer) || from == Address::Institution(self.institution);
+        let sender_ok = from == Address::Institution(coin.body.issuer)
+            || from == Address::Institution(self.institution);
         if !genuine || coin.body.owner != self.keys.public_key() || !sender_ok {
             metrics::counter!("specie_coins_rejected_total").increment(1);
             return;
         }
         // Acknowledge every genuine delivery, repeated ones too: the issuer resends until it
         // hears back.
-        out.send(self.envelope(coin.body.origin_saga, from, 0, Payload::CoinAck { coin_ids: vec![coin.id] }));
-        if self.coins.contains_key(&coin.id) || self.spent.contains_key(&coin.id) || self.sagas.spent_offline(&coin.id) {
+        out.send(self.envelope(
+            coin.body.origin_saga,
+            from,
+            0,
+            Payload::CoinAck {
+                coin_ids: vec![coin.id],
+            },
+        ));
+        if self.coins.contains_key(&coin.id)
+            || self.spent.contains_key(&coin.id)
+            || self.sagas.spent_offline(&coin.id)
+        {
             return; // duplicate delivery, or a coin already spent
         }
         self.record(WalletEvent::CoinReceived { coin }, out);
     }
 
-    fn on_status_reply(&mut self, saga: SagaId, state: SagaState, reason: Option<AbortReason>, now_ms: u64, out: &mut Out) {
-        let Some(op) = self.ops.get(&saga) else { return };
+    fn on_status_reply(
+        &mut self,
+        saga: SagaId,
+        state: SagaState,
+        reason: Option<AbortReason>,
+        now_ms: u64,
+        out: &mut Out,
+    ) {
+        let Some(op) = self.ops.get(&saga) else {
+            return;
+        };
         match state {
             SagaState::Committed => self.finish(saga, Ok(()), out),
-            SagaState::Aborted => self.finish(saga, Err(reason.unwrap_or(AbortReason::SagaAborted)), out),
+            SagaState::Aborted => {
+                self.finish(saga, Err(reason.unwrap_or(AbortReason::SagaAborted)), out)
+            }
             SagaState::InProgress => {}
             SagaState::Unknown => match op {
                 WalletOp::Pay {
@@ -602,7 +681,9 @@ impl Wallet {
                         out.send(self.envelope(saga, Address::Wallet(*payee), 1, resend));
                     }
                 }
-                WalletOp::Collect { expires_at_ms, .. } if now_ms > expires_at_ms + self.limits.saga_timeout_ms => {
+                WalletOp::Collect { expires_at_ms, .. }
+                    if now_ms > expires_at_ms + self.limits.saga_timeout_ms =>
+                {
                     // No authorization for this collect can lock any more, and the coordinator
                     // never started it: it can only abort.
                     self.finish(saga, Err(AbortReason::Expired), out);
@@ -642,7 +723,9 @@ impl StateMachine for Wallet {
                 self.ops.insert(*saga, op.clone());
             }
             WalletEvent::Signed { signed } => {
-                if let Some(WalletOp::Pay { signed: slot, .. }) = self.ops.get_mut(&signed.authorization.saga_id) {
+                if let Some(WalletOp::Pay { signed: slot, .. }) =
+                    self.ops.get_mut(&signed.authorization.saga_id)
+                {
                     *slot = Some(signed.clone());
                 }
             }
@@ -682,7 +765,10 @@ impl StateMachine for Wallet {
         let mut sagas: Vec<SagaId> = self.ops.keys().copied().collect();
         sagas.sort_unstable();
         for saga in sagas {
-            out.timer(self.limits.outcome_timeout_ms, WalletTimer { saga, attempt: 1 });
+            out.timer(
+                self.limits.outcome_timeout_ms,
+                WalletTimer { saga, attempt: 1 },
+            );
         }
         self.on_sagas_start(out);
     }
@@ -700,9 +786,13 @@ impl StateMachine for Wallet {
             Payload::BalanceReply { coin_ids, .. } if self.is_escrow_choosing(&saga) => {
                 self.on_escrow_coins(saga, coin_ids, out)
             }
-            Payload::BalanceReply { coin_ids, .. } => self.on_balance_reply(saga, coin_ids, now_ms, out),
+            Payload::BalanceReply { coin_ids, .. } => {
+                self.on_balance_reply(saga, coin_ids, now_ms, out)
+            }
             Payload::Escrow(message) => self.on_escrow_message(from, saga, message, out),
-            Payload::WalletUpdate(message) => self.on_update_message(from, saga, message, now_ms, out),
+            Payload::WalletUpdate(message) => {
+                self.on_update_message(from, saga, message, now_ms, out)
+            }
             Payload::Negotiation(message) => self.on_negotiation(from, saga, message, out),
             Payload::CollectRequest {
                 amount,
@@ -733,7 +823,12 @@ impl StateMachine for Wallet {
             // Outcomes count only from the saga's coordinator.
             Payload::SagaOutcome(outcome) => {
                 let from_coordinator = self.coordinator(saga) == Some(from);
-                if from_coordinator && matches!(self.ops.get(&saga), Some(WalletOp::Pay { .. } | WalletOp::Collect { .. })) {
+                if from_coordinator
+                    && matches!(
+                        self.ops.get(&saga),
+                        Some(WalletOp::Pay { .. } | WalletOp::Collect { .. })
+                    )
+                {
                     self.finish(saga, outcome.result, out);
                 }
             }
@@ -744,12 +839,15 @@ impl StateMachine for Wallet {
             }
             Payload::ExchangeReply(result) => {
                 let from_coordinator = self.coordinator(saga) == Some(from);
-                if from_coordinator && matches!(self.ops.get(&saga), Some(WalletOp::Exchange { .. })) {
+                if from_coordinator
+                    && matches!(self.ops.get(&saga), Some(WalletOp::Exchange { .. }))
+                {
                     self.finish(saga, result, out);
                 }
             }
             _ => {
-                metrics::counter!("specie_envelopes_rejected_total", "reason" => "unexpected").increment(1);
+                metrics::counter!("specie_envelopes_rejected_total", "reason" => "unexpected")
+                    .increment(1);
             }
         }
     }
@@ -760,25 +858,48 @@ impl StateMachine for Wallet {
             return self.on_saga_timer(key, out);
         }
         let WalletTimer { saga, attempt } = key;
-        let Some(op) = self.ops.get(&saga) else { return };
+        let Some(op) = self.ops.get(&saga) else {
+            return;
+        };
         let own = Address::Institution(self.institution);
         let chase = match op {
-            WalletOp::Pay { signed: None, amount, .. } => {
-                self.envelope(saga, own, attempt, Payload::BalanceQuery { amount: *amount })
-            }
+            WalletOp::Pay {
+                signed: None,
+                amount,
+                ..
+            } => self.envelope(
+                saga,
+                own,
+                attempt,
+                Payload::BalanceQuery { amount: *amount },
+            ),
             WalletOp::Pay {
                 payee_institution, ..
-            } => self.envelope(saga, Address::Institution(*payee_institution), attempt, Payload::StatusQuery),
+            } => self.envelope(
+                saga,
+                Address::Institution(*payee_institution),
+                attempt,
+                Payload::StatusQuery,
+            ),
             WalletOp::Collect { .. } => self.envelope(saga, own, attempt, Payload::StatusQuery),
-            WalletOp::Exchange { amount } => {
-                self.envelope(saga, own, attempt, Payload::ExchangeRequest { amount: *amount })
-            }
+            WalletOp::Exchange { amount } => self.envelope(
+                saga,
+                own,
+                attempt,
+                Payload::ExchangeRequest { amount: *amount },
+            ),
             WalletOp::Escrow(op) => self.escrow_request(saga, op, attempt),
             WalletOp::Update(op) => self.update_request(saga, op, attempt),
             WalletOp::Negotiate(op) => self.negotiation_request(saga, op, attempt),
         };
         out.send(chase);
-        out.timer(self.limits.outcome_timeout_ms, WalletTimer { saga, attempt: attempt + 1 });
+        out.timer(
+            self.limits.outcome_timeout_ms,
+            WalletTimer {
+                saga,
+                attempt: attempt + 1,
+            },
+        );
     }
 
     fn on_command(&mut self, command: WalletCommand, now_ms: u64, out: &mut Out) {
@@ -812,7 +933,11 @@ impl StateMachine for Wallet {
                 };
                 self.start_pay(saga, op, now_ms, out);
             }
-            WalletCommand::Collect { saga, payer, amount } => {
+            WalletCommand::Collect {
+                saga,
+                payer,
+                amount,
+            } => {
                 if self.ops.contains_key(&saga) || self.finished.contains_key(&saga) {
                     return self.refuse(saga, SagaKind::Pay, AbortReason::Conflict, out);
                 }
@@ -841,7 +966,10 @@ impl StateMachine for Wallet {
                     expires_at_ms,
                 };
                 out.send(self.envelope(saga, Address::Wallet(payer), 0, request));
-                out.timer(self.limits.outcome_timeout_ms, WalletTimer { saga, attempt: 1 });
+                out.timer(
+                    self.limits.outcome_timeout_ms,
+                    WalletTimer { saga, attempt: 1 },
+                );
             }
             WalletCommand::Exchange { saga, amount } => {
                 if self.ops.contains_key(&saga) || self.finished.contains_key(&saga) {
@@ -860,27 +988,45 @@ impl StateMachine for Wallet {
                     0,
                     Payload::ExchangeRequest { amount },
                 ));
-                out.timer(self.limits.outcome_timeout_ms, WalletTimer { saga, attempt: 1 });
+                out.timer(
+                    self.limits.outcome_timeout_ms,
+                    WalletTimer { saga, attempt: 1 },
+                );
             }
             WalletCommand::Escrow(command) => self.on_escrow_command(command, out),
             WalletCommand::Update(command) => self.on_update_command(command, out),
             WalletCommand::Negotiate(command) => self.on_negotiate_command(command, out),
             WalletCommand::Merge { saga, coins } => self.on_merge_command(saga, coins, now_ms, out),
-            WalletCommand::Split { saga, coin, amount } => self.on_split_command(saga, coin, amount, now_ms, out),
+            WalletCommand::Split { saga, coin, amount } => {
+                self.on_split_command(saga, coin, amount, now_ms, out)
+            }
             WalletCommand::Offline(command) => self.on_offline_command(command, now_ms, out),
         }
     }
 
     fn checkpoint(&self) -> Option<Vec<u8>> {
         let profile = (&self.params, &self.account_balance, &self.agreements);
-        let checkpoint = (&self.coins, &self.ops, &self.finished, &self.spent, profile, self.sagas_checkpoint());
+        let checkpoint = (
+            &self.coins,
+            &self.ops,
+            &self.finished,
+            &self.spent,
+            profile,
+            self.sagas_checkpoint(),
+        );
         Some(postcard::to_stdvec(&checkpoint).expect("state serializes"))
     }
 
     fn restore(&mut self, bytes: &[u8]) -> Result<(), String> {
         let (profile, sagas);
-        (self.coins, self.ops, self.finished, self.spent, profile, sagas) =
-            postcard::from_bytes(bytes).map_err(|e| e.to_string())?;
+        (
+            self.coins,
+            self.ops,
+            self.finished,
+            self.spent,
+            profile,
+            sagas,
+        ) = postcard::from_bytes(bytes).map_err(|e| e.to_string())?;
         (self.params, self.account_balance, self.agreements) = profile;
         self.restore_sagas(sagas);
         Ok(())

@@ -202,7 +202,14 @@ fn payer_with_coins() -> (Institution, Node, Vec<Coin>) {
             coins.push(coin.clone());
             let out = payer.deliver_envelope(e, NOW_MS);
             assert_eq!(out.events.len(), 1, "a genuine coin is taken");
-            assert_only_acknowledged(&Out { events: vec![], ..out }, A, coin.id);
+            assert_only_acknowledged(
+                &Out {
+                    events: vec![],
+                    ..out
+                },
+                A,
+                coin.id,
+            );
         }
     }
     assert_eq!(coins.len(), 4);
@@ -273,10 +280,18 @@ fn aborted(reason: AbortReason) -> SagaOutcome {
 /// A repeated coin changes nothing but is acknowledged to its issuer, so that the issuer stops
 /// resending it.
 fn assert_only_acknowledged(out: &Out, issuer: InstitutionId, coin: CoinId) {
-    assert!(out.events.is_empty() && out.timers.is_empty() && out.notices.is_empty(), "{out:?}");
+    assert!(
+        out.events.is_empty() && out.timers.is_empty() && out.notices.is_empty(),
+        "{out:?}"
+    );
     let e = only_send(out);
     assert_eq!(e.to, Address::Institution(issuer));
-    assert_eq!(e.payload, Payload::CoinAck { coin_ids: vec![coin] });
+    assert_eq!(
+        e.payload,
+        Payload::CoinAck {
+            coin_ids: vec![coin]
+        }
+    );
 }
 
 /// Nothing happened: no event, no envelope, no timer, no notice.
