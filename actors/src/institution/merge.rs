@@ -18,9 +18,7 @@
 //! move is idempotent on its own. All or nothing: a refusal or a timeout before the decision
 //! releases every lock.
 
-use super::super::{
-    CoinState, Institution, InstitutionEvent, InstitutionTimer, Out, ParticipantState,
-};
+use super::super::{CoinState, Institution, InstitutionEvent, InstitutionTimer, LockFacts, Out};
 use serde::{Deserialize, Serialize};
 use specie_protocol::crypto::sha256;
 use specie_protocol::envelope::SagaOutcome;
@@ -719,53 +717,20 @@ impl Institution {
             return;
         }
         let digest = signed.digest();
-        if let Some(p) = self.participations.get(&saga) {
-            // The same recorded answers as a payment's lock (see `on_lock_request`).
-            let answer = match (&p.digest, &p.state) {
-                (None, _) | (_, ParticipantState::Aborted) => Err(AbortReason::SagaAborted),
-                (Some(d), _) if *d != digest => Err(AbortReason::Conflict),
-                (_, ParticipantState::Locked { total, .. })
-                | (_, ParticipantState::Committed { total }) => Ok(*total),
-                (_, ParticipantState::Refused(reason)) => Err(*reason),
-            };
-            reply(self, answer, out);
-            return;
-        }
-        let a = &signed.authorization;
-        match self.check_merge_lock(&signed, coordinator, now_ms) {
-            Ok((coin_ids, total)) => {
-                // A merge's lock is a payment's lock of the whole total: on commit the issuer
-                // retires the coins and, the amount being the total, issues no change.
-                self.record(
-                    InstitutionEvent::Locked {
-                        saga,
-                        digest,
-                        coordinator,
-                        coin_ids,
-                        total,
-                        amount: total,
-                        payer: a.wallet,
-                        payer_key: a.wallet_key,
-                        at_ms: now_ms,
-                    },
-                    out,
-                );
-                reply(self, Ok(total), out);
-            }
-            Err(reason) => {
-                self.record(
-                    InstitutionEvent::LockRefused {
-                        saga,
-                        digest,
-                        coordinator,
-                        reason,
-                        at_ms: now_ms,
-                    },
-                    out,
-                );
-                reply(self, Err(reason), out);
-            }
-        }
+        let answer = self.lock_step(saga, digest, coordinator, now_ms, out, |inst| {
+            // A merge's lock is a payment's lock of the whole total: on commit the issuer
+            // retires the coins and, the amount being the total, issues no change.
+            let a = &signed.authorization;
+            inst.check_merge_lock(&signed, coordinator, now_ms)
+                .map(|(coin_ids, total)| LockFacts {
+                    coin_ids,
+                    total,
+                    amount: total,
+                    payer: a.wallet,
+                    payer_key: a.wallet_key,
+                })
+        });
+        reply(self, answer, out);
     }
 
     /// Applies a merge event.

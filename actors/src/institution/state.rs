@@ -148,6 +148,15 @@ struct PaySaga {
     step: PayStep,
 }
 
+/// What an issuer records when it locks coins for a saga.
+pub(super) struct LockFacts {
+    pub(super) coin_ids: Vec<CoinId>,
+    pub(super) total: Amount,
+    pub(super) amount: Amount,
+    pub(super) payer: WalletId,
+    pub(super) payer_key: PublicKey,
+}
+
 /// The issuer's record of its part in a saga.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Participation {
@@ -1037,34 +1046,57 @@ impl Institution {
             return;
         }
         let digest = signed.digest();
+        let answer = self.lock_step(saga, digest, coordinator, now_ms, out, |inst| {
+            inst.check_lock(&signed, now_ms).map(|total| LockFacts {
+                coin_ids: a.coin_ids.clone(),
+                total,
+                amount: a.amount,
+                payer: a.payer,
+                payer_key: a.payer_key,
+            })
+        });
+        reply(self, answer, out);
+    }
+
+    /// The issuer's lock step, shared by payments and merges: a repeated request gets the
+    /// recorded answer (a different request under the same saga id is a conflict); a new one
+    /// is checked by `check` and its outcome, lock or refusal, is recorded.
+    pub(super) fn lock_step(
+        &mut self,
+        saga: SagaId,
+        digest: [u8; 32],
+        coordinator: InstitutionId,
+        now_ms: u64,
+        out: &mut Out,
+        check: impl FnOnce(&Self) -> Result<LockFacts, AbortReason>,
+    ) -> Result<Amount, AbortReason> {
         if let Some(p) = self.participations.get(&saga) {
-            let answer = match (&p.digest, &p.state) {
+            return match (&p.digest, &p.state) {
                 (None, _) | (_, ParticipantState::Aborted) => Err(AbortReason::SagaAborted),
                 (Some(d), _) if *d != digest => Err(AbortReason::Conflict),
                 (_, ParticipantState::Locked { total, .. })
                 | (_, ParticipantState::Committed { total }) => Ok(*total),
                 (_, ParticipantState::Refused(reason)) => Err(*reason),
             };
-            reply(self, answer, out);
-            return;
         }
-        match self.check_lock(&signed, now_ms) {
-            Ok(total) => {
+        match check(self) {
+            Ok(facts) => {
+                let total = facts.total;
                 self.record(
                     InstitutionEvent::Locked {
                         saga,
                         digest,
                         coordinator,
-                        coin_ids: a.coin_ids.clone(),
+                        coin_ids: facts.coin_ids,
                         total,
-                        amount: a.amount,
-                        payer: a.payer,
-                        payer_key: a.payer_key,
+                        amount: facts.amount,
+                        payer: facts.payer,
+                        payer_key: facts.payer_key,
                         at_ms: now_ms,
                     },
                     out,
                 );
-                reply(self, Ok(total), out);
+                Ok(total)
             }
             Err(reason) => {
                 self.record(
@@ -1077,7 +1109,7 @@ impl Institution {
                     },
                     out,
                 );
-                reply(self, Err(reason), out);
+                Err(reason)
             }
         }
     }
