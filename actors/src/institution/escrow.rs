@@ -23,7 +23,7 @@ use specie_protocol::{
     AbortReason, Address, Amount, Coin, CoinId, InstitutionId, Payload, SagaId, WalletId,
 };
 use specie_runtime::StateMachine;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 /// Where the issuer's hold of an escrow's deposit stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -277,36 +277,9 @@ impl Institution {
         if now_ms > t.expires_at_ms {
             return Err(AbortReason::Expired);
         }
-        let mut seen = HashSet::with_capacity(t.coin_ids.len());
-        if !t.coin_ids.iter().all(|id| seen.insert(id)) {
-            return Err(AbortReason::DuplicateCoin);
-        }
-        let account = self
-            .accounts
-            .get(&t.payer)
-            .ok_or(AbortReason::UnknownWallet)?;
-        if account.key != t.payer_key {
-            return Err(AbortReason::CoinNotOwned);
-        }
-        let mut records = Vec::with_capacity(t.coin_ids.len());
-        for id in &t.coin_ids {
-            let record = self.register.get(id).ok_or(AbortReason::CoinUnknown)?;
-            if record.coin.body.owner != t.payer_key {
-                return Err(AbortReason::CoinNotOwned);
-            }
-            records.push(record);
-        }
-        // Only the owner's signature may reveal anything about the coins' states.
-        signed.verify().map_err(|_| AbortReason::BadSignature)?;
-        for record in &records {
-            match record.state {
-                CoinState::Active => {}
-                CoinState::Locked(_) | CoinState::Frozen(_) => return Err(AbortReason::CoinLocked),
-                CoinState::Spent(_) => return Err(AbortReason::CoinSpent),
-            }
-        }
-        let total = Amount::sum(records.iter().map(|r| r.coin.value()))
-            .ok_or(AbortReason::InvalidAmount)?;
+        let total = self.check_spendable(t.payer, &t.payer_key, &t.coin_ids, || {
+            signed.verify().is_ok()
+        })?;
         if total < t.cap {
             return Err(AbortReason::InsufficientFunds);
         }

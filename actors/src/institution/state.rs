@@ -648,27 +648,49 @@ impl Institution {
         if now_ms > a.expires_at_ms {
             return Err(AbortReason::Expired);
         }
-        let mut seen = HashSet::with_capacity(a.coin_ids.len());
-        if !a.coin_ids.iter().all(|id| seen.insert(id)) {
+        let total = self.check_spendable(a.payer, &a.payer_key, &a.coin_ids, || {
+            signed.verify().is_ok()
+        })?;
+        if total < a.amount {
+            return Err(AbortReason::InsufficientFunds);
+        }
+        Ok(total)
+    }
+
+    /// The rule for "may the owner spend these coins now?", shared by every step that
+    /// takes coins out of circulation (lock, freeze, withdraw): distinct coins, all in this
+    /// register and owned by the wallet's account key, the owner's signature (`verified`,
+    /// checked before anything about the coins' states is revealed), all active. Returns
+    /// their sum. Changes nothing.
+    pub(super) fn check_spendable(
+        &self,
+        wallet: WalletId,
+        key: &PublicKey,
+        coin_ids: &[CoinId],
+        verified: impl FnOnce() -> bool,
+    ) -> Result<Amount, AbortReason> {
+        let mut seen = HashSet::with_capacity(coin_ids.len());
+        if !coin_ids.iter().all(|id| seen.insert(id)) {
             return Err(AbortReason::DuplicateCoin);
         }
         let account = self
             .accounts
-            .get(&a.payer)
+            .get(&wallet)
             .ok_or(AbortReason::UnknownWallet)?;
-        if account.key != a.payer_key {
+        if account.key != *key {
             return Err(AbortReason::CoinNotOwned);
         }
-        let mut records = Vec::with_capacity(a.coin_ids.len());
-        for id in &a.coin_ids {
+        let mut records = Vec::with_capacity(coin_ids.len());
+        for id in coin_ids {
             let record = self.register.get(id).ok_or(AbortReason::CoinUnknown)?;
-            if record.coin.body.owner != a.payer_key {
+            if record.coin.body.owner != *key {
                 return Err(AbortReason::CoinNotOwned);
             }
             records.push(record);
         }
-        // Only the owner's signature may reveal anything about the coins' states.
-        signed.verify().map_err(|_| AbortReason::BadSignature)?;
+        if !verified() {
+            return Err(AbortReason::BadSignature);
+        }
         for record in &records {
             match record.state {
                 CoinState::Active => {}
@@ -681,12 +703,7 @@ impl Institution {
                 CoinState::Frozen(_) => return Err(AbortReason::CoinLocked),
             }
         }
-        let total = Amount::sum(records.iter().map(|r| r.coin.value()))
-            .ok_or(AbortReason::InvalidAmount)?;
-        if total < a.amount {
-            return Err(AbortReason::InsufficientFunds);
-        }
-        Ok(total)
+        Amount::sum(records.iter().map(|r| r.coin.value())).ok_or(AbortReason::InvalidAmount)
     }
 
     fn register_coin(&mut self, coin: &Coin) {

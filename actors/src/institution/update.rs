@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use specie_protocol::update::{SignedWithdraw, UpdateMessage, WalletParams, WITHDRAW_COINS_MAX};
 use specie_protocol::{AbortReason, Address, Amount, CoinId, Payload, SagaId, WalletId};
 use specie_runtime::StateMachine;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 /// Where a withdraw stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,35 +170,9 @@ impl Institution {
         if a.coin_ids.len() > WITHDRAW_COINS_MAX {
             return Err(AbortReason::TooManyCoins);
         }
-        let mut seen = HashSet::with_capacity(a.coin_ids.len());
-        if !a.coin_ids.iter().all(|id| seen.insert(id)) {
-            return Err(AbortReason::DuplicateCoin);
-        }
-        let account = self
-            .accounts
-            .get(&a.wallet)
-            .ok_or(AbortReason::UnknownWallet)?;
-        if account.key != a.wallet_key {
-            return Err(AbortReason::CoinNotOwned);
-        }
-        let mut records = Vec::with_capacity(a.coin_ids.len());
-        for id in &a.coin_ids {
-            let record = self.register.get(id).ok_or(AbortReason::CoinUnknown)?;
-            if record.coin.body.owner != a.wallet_key {
-                return Err(AbortReason::CoinNotOwned);
-            }
-            records.push(record);
-        }
-        signed.verify().map_err(|_| AbortReason::BadSignature)?;
-        for record in &records {
-            match record.state {
-                CoinState::Active => {}
-                CoinState::Locked(_) | CoinState::Frozen(_) => return Err(AbortReason::CoinLocked),
-                CoinState::Spent(_) => return Err(AbortReason::CoinSpent),
-            }
-        }
-        let total = Amount::sum(records.iter().map(|r| r.coin.value()))
-            .ok_or(AbortReason::InvalidAmount)?;
+        let total = self.check_spendable(a.wallet, &a.wallet_key, &a.coin_ids, || {
+            signed.verify().is_ok()
+        })?;
         if total != a.amount {
             return Err(AbortReason::InvalidAmount);
         }
