@@ -1,4 +1,5 @@
-//! `specie audit --data-dir DIR`: opens a node's journal read-only, rebuilds every actor, and
+//! `specie audit --data-dir DIR` (or `--cluster FILE` for every node of a multi-process
+//! cluster): opens a node's journal read-only, rebuilds every actor, and
 //! checks the invariants that can be checked from it — and, given the acknowledgements a
 //! client received, that none of them was lost.
 
@@ -6,6 +7,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::{json, Map, Value};
 use specie_actors::data_dir::offline_snapshot;
+use specie_actors::member::offline_cluster_snapshot;
+use specie_runtime::topology::ClusterFile;
 use specie_actors::institution::{ExchangeState, PayStep};
 use specie_actors::{audit, DataDir};
 use specie_protocol::SagaId;
@@ -17,8 +20,12 @@ use std::path::{Path, PathBuf};
 #[derive(Args, Debug)]
 pub struct AuditArgs {
     /// The node's data directory.
+    #[arg(long, required_unless_present = "cluster", conflicts_with = "cluster")]
+    pub data_dir: Option<PathBuf>,
+    /// A multi-process cluster's file: audit the whole cluster from every node's data
+    /// directory (each actor read from the node it lives on). Stop the nodes first.
     #[arg(long)]
-    pub data_dir: PathBuf,
+    pub cluster: Option<PathBuf>,
     /// Write the machine-readable result here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -52,8 +59,18 @@ fn read_acks(path: &Path) -> Result<Vec<SagaId>> {
 
 /// Runs `specie audit`; returns whether everything held.
 pub fn run(args: &AuditArgs) -> Result<bool> {
-    let dir = DataDir::open(&args.data_dir)?;
-    let snapshot = offline_snapshot(&dir)?;
+    let (snapshot, source) = match (&args.data_dir, &args.cluster) {
+        (Some(path), _) => {
+            let dir = DataDir::open(path)?;
+            (offline_snapshot(&dir)?, dir.journal_path().display().to_string())
+        }
+        (None, Some(path)) => {
+            let file = ClusterFile::load(path)?;
+            let snapshot = offline_cluster_snapshot(&file)?;
+            (snapshot, format!("cluster {} ({} nodes)", path.display(), file.nodes.len()))
+        }
+        (None, None) => anyhow::bail!("give --data-dir DIR or --cluster FILE"),
+    };
     let report = audit(&snapshot, false);
     let mut committed = 0usize;
     let mut committed_sagas = HashSet::new();
@@ -108,7 +125,7 @@ pub fn run(args: &AuditArgs) -> Result<bool> {
         (true, true) => format!("\x1b[32m{text}\x1b[0m"),
         (true, false) => format!("\x1b[31m{text}\x1b[0m"),
     };
-    println!("specie audit — {}", dir.journal_path().display());
+    println!("specie audit — {source}");
     println!("  committed     {committed} sagas");
     println!(
         "  in flight     {} sagas (judged by their recorded decisions)",

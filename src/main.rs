@@ -6,7 +6,10 @@
 
 mod audit_cmd;
 mod bench_cmd;
+mod certs;
 mod chaos_cmd;
+mod client;
+mod node_cmd;
 mod reconcile;
 mod report;
 mod run;
@@ -45,6 +48,12 @@ enum Command {
     /// Deterministic chaos experiments: run a scenario over seeds, replay one, shrink a failure.
     #[command(subcommand)]
     Chaos(chaos_cmd::ChaosCommand),
+    /// Run one node of a multi-process cluster (`--config config/cluster-3.toml --id n1`).
+    Node(node_cmd::NodeArgs),
+    /// Talk to a multi-process cluster: pay, merge, split, escrow, status, balance.
+    Client(client::ClientArgs),
+    /// Generate a development CA and node, client and admin certificates (mutual TLS).
+    Certs(certs::CertsArgs),
 }
 
 /// A config as given: its text, where it came from, and whether the user named it.
@@ -91,6 +100,13 @@ fn main() -> ExitCode {
         Command::Reconcile(args) => reconcile::run(&args),
         Command::Bench(args) => bench_cmd::run(&args),
         Command::Chaos(command) => chaos_cmd::run(&command),
+        Command::Node(args) => node_cmd::run(args).map(|()| true),
+        Command::Certs(args) => certs::run(&args),
+        Command::Client(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the client's runtime")
+            .and_then(|rt| rt.block_on(client::run(args))),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -3,6 +3,7 @@
 use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
 use serde_json::{json, Map, Value};
+use specie_actors::reconciler::{FeedSettings, FeedSummary};
 use specie_actors::AuditReport;
 use specie_protocol::AbortReason;
 use specie_runtime::config::Config;
@@ -77,6 +78,8 @@ pub struct RunReport {
     pub negotiation: Option<(u64, u64)>,
     /// Offline double spends the issuers detected (mixed workload).
     pub offline_double_spends_detected: Option<u64>,
+    /// Continuous reconciliation: its settings and what it did, flushed at the end of the run.
+    pub reconciliation: Option<(FeedSettings, FeedSummary)>,
 }
 
 fn ms(us: u64) -> f64 {
@@ -119,6 +122,7 @@ impl RunReport {
             workload: "pay",
             negotiation: None,
             offline_double_spends_detected: None,
+            reconciliation: None,
         }
     }
 
@@ -169,8 +173,13 @@ impl RunReport {
             .all(|p| p.refused_as_expected == p.planted)
     }
 
+    fn reconciliation_ok(&self) -> bool {
+        self.reconciliation.as_ref().is_none_or(|(_, s)| s.ok())
+    }
+
     /// Whether the run is clean: every invariant holds, every planted request was refused for
-    /// the right reason, every operation finished, and the cluster went quiet.
+    /// the right reason, every operation finished, the cluster went quiet, and every
+    /// reconciliation batch agreed.
     pub fn ok(&self) -> bool {
         let audit_ok = self
             .audit
@@ -182,6 +191,7 @@ impl RunReport {
             && self.quiescent
             && self.model_mismatches == 0
             && self.ack_log_errors.is_empty()
+            && self.reconciliation_ok()
     }
 
     fn throughput(&self) -> f64 {
@@ -264,6 +274,7 @@ impl RunReport {
                 "commit_seconds": self.journal.commit_seconds,
             },
             "restarts": restarts,
+            "reconciliation": self.reconciliation.as_ref().map(|(settings, s)| reconciliation_json(settings, s)),
         })
     }
 
@@ -412,6 +423,63 @@ impl RunReport {
                 )
             );
         }
+        if let Some((_, r)) = &self.reconciliation {
+            println!(
+                "  reconcile     {} batches: {} agreed, {} inconsistent{} — {} hashes compared",
+                r.batches,
+                r.agreed,
+                r.inconsistent,
+                if r.unfinished > 0 {
+                    format!(", {} unfinished", r.unfinished)
+                } else {
+                    String::new()
+                },
+                r.hashes_compared()
+            );
+            println!(
+                "                records {} institution / {} platform ({:.2} / {:.2})",
+                r.institution.records,
+                r.platform.records,
+                r.institution.amount as f64 / 100.0,
+                r.platform.amount as f64 / 100.0
+            );
+            let findings = r.findings_total();
+            let kinds: Vec<String> = r
+                .findings_by_kind
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect();
+            let line = if findings == 0 {
+                "findings      none".to_string()
+            } else {
+                format!("findings      {findings}: {}", kinds.join(", "))
+            };
+            println!("  {}", paint(findings == 0, &line));
+            for f in r.findings.iter().take(5) {
+                println!(
+                    "                {} {} at {} batch {} ({})",
+                    f.kind.name(),
+                    f.record_id,
+                    f.institution,
+                    f.batch_id.0,
+                    f.record_kind.map_or("?", |k| k.name())
+                );
+            }
+            let oddities = [
+                ("late", r.late_records),
+                ("conflicting", r.conflicting_records),
+                ("duplicate", r.duplicate_records),
+                ("stale", r.stale_records),
+            ];
+            let odd: Vec<String> = oddities
+                .iter()
+                .filter(|(_, n)| *n > 0)
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect();
+            if !odd.is_empty() {
+                println!("                records {}", odd.join(", "));
+            }
+        }
         if let Some(a) = &self.audit {
             println!("  audit");
             for (name, check) in a.invariants() {
@@ -432,4 +500,57 @@ impl RunReport {
             paint(self.ok(), if self.ok() { "ok" } else { "FAILED" })
         );
     }
+}
+
+/// The `reconciliation` section of the JSON report.
+fn reconciliation_json(settings: &FeedSettings, r: &FeedSummary) -> Value {
+    let level = |l: specie_protocol::reconcile::LevelCount| {
+        json!({"compared": l.compared, "unequal": l.unequal})
+    };
+    let by_kind: Map<String, Value> = r
+        .records_by_kind
+        .iter()
+        .map(|(k, (i, p))| (k.to_string(), json!({"institution": i, "platform": p})))
+        .collect();
+    let findings: Vec<Value> = r
+        .findings
+        .iter()
+        .map(|f| {
+            json!({
+                "institution": f.institution.0,
+                "batch_id": f.batch_id.0,
+                "record_id": f.record_id.0,
+                "kind": f.kind.name(),
+                "saga": f.saga.map(|s| s.to_string()),
+                "record_kind": f.record_kind.map(|k| k.name()),
+            })
+        })
+        .collect();
+    json!({
+        "ok": r.ok(),
+        "batch_interval_ms": settings.batch_interval_ms,
+        "close_after_ms": settings.close_after_ms,
+        "batches": r.batches,
+        "reconciled": r.reconciled,
+        "agreed": r.agreed,
+        "inconsistent": r.inconsistent,
+        "unfinished": r.unfinished,
+        "records": {"institution": r.institution.records, "platform": r.platform.records},
+        "amount_fen": {"institution": r.institution.amount, "platform": r.platform.amount},
+        "records_by_kind": by_kind,
+        "hashes_compared": r.hashes_compared(),
+        "levels": {
+            "batch": level(r.levels.batch),
+            "shard": level(r.levels.shard),
+            "record": level(r.levels.record),
+        },
+        "findings_total": r.findings_total(),
+        "findings_by_kind": r.findings_by_kind,
+        "findings": findings,
+        "late_records": r.late_records,
+        "stale_records": r.stale_records,
+        "duplicate_records": r.duplicate_records,
+        "conflicting_records": r.conflicting_records,
+        "open_records": r.open_records,
+    })
 }

@@ -60,6 +60,8 @@ pub struct RunArgs {
 
 /// How long to wait, after the workload stops, for operations still in flight.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the final reconciliation of every open batch may take.
+const RECONCILE_FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
 /// Spent coins remembered for planting double spends.
 const SPENT_MEMORY_MAX: usize = 1024;
 /// The client address forged requests come from.
@@ -565,6 +567,12 @@ async fn drive(
     }
     let quiet = cluster.quiesce(Duration::from_secs(30)).await;
     let audit = cluster.audit().await?;
+    // After the audit, which wants a quiet network: reconciling exchanges messages too. Every
+    // committed step's records are published by now (the cluster is quiet), so every batch
+    // can be closed.
+    let reconciliation = cluster
+        .flush_reconciliation(RECONCILE_FLUSH_TIMEOUT)
+        .await;
     let unfinished = driver.in_flight();
     let mut report = std::mem::replace(&mut driver.report, RunReport::new(seed, &config));
     workload_mixed::conclude(&driver, &mut report).await?;
@@ -576,6 +584,7 @@ async fn drive(
     report.wall_s = t0.elapsed().as_secs_f64() + genesis_s;
     report.restarts = cluster.node().restarts();
     report.audit = Some(audit);
+    report.reconciliation = Some((cluster.reconciliation().settings(), reconciliation));
     cluster.shutdown();
     Ok(report)
 }

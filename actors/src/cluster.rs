@@ -6,6 +6,7 @@ use crate::central_bank::{CentralBank, CentralBankCommand, CentralBankSnapshot};
 use crate::data_dir::{DataDir, DataDirError, NODE_IDENTITY};
 use crate::escrow::{Escrow, EscrowSnapshot};
 use crate::institution::{Institution, InstitutionCommand, InstitutionSnapshot};
+use crate::reconciler::{Feed, FeedSettings, FeedSummary, LocalReconcilers, ReconcilerLimits};
 use crate::wallet::{Wallet, WalletCommand, WalletSnapshot};
 use actix::prelude::*;
 use futures::future::join_all;
@@ -75,6 +76,8 @@ pub struct Cluster {
     escrows: EscrowRegistry,
     /// Waiters for wallets' offline steps (`cluster_offline.rs`).
     handover: offline::Handover,
+    /// Continuous reconciliation: the reconcilers and the feed of records into them.
+    feed: Feed,
 }
 
 // Offline payment's hand-over between wallets, a child module so it reaches their mailboxes.
@@ -186,6 +189,25 @@ impl Cluster {
             wallets.push(node.spawn(w as usize, None, blueprint.wallet(WalletId(w), keys)));
         }
         let handover = offline::Handover::install(&node);
+        // Before genesis, whose exchanges are the first committed steps to reconcile. The
+        // reconcilers recover from the journal like every actor.
+        let reconcilers = LocalReconcilers::start(
+            &node,
+            (0..blueprint.institution_count()).map(|i| InstitutionId(i as u32)),
+            ReconcilerLimits {
+                retry_interval_ms: config.limits.retry_interval_ms,
+                retry_interval_max_ms: config.limits.retry_interval_max_ms,
+            },
+        );
+        let feed = Feed::start(
+            &node,
+            Arc::new(reconcilers),
+            FeedSettings {
+                batch_interval_ms: config.reconcile.batch_interval_ms,
+                close_after_ms: config.reconcile.close_after_ms,
+            },
+        )
+        .await;
         let cluster = Cluster {
             node,
             blueprint,
@@ -196,6 +218,7 @@ impl Cluster {
             wallet_keys,
             escrows,
             handover,
+            feed,
         };
         let genesis_done = match &cluster.durable {
             Some(j) => j.meta(META_GENESIS_DONE)?.is_some(),
@@ -376,6 +399,19 @@ impl Cluster {
         false
     }
 
+    /// Continuous reconciliation: the feed of both sides' transaction records into the
+    /// reconcilers.
+    pub fn reconciliation(&self) -> &Feed {
+        &self.feed
+    }
+
+    /// Closes every open reconciliation batch, reconciles it, and waits (at most `timeout`)
+    /// for every result. Call once the cluster is quiet, or records still on their way are
+    /// reconciled late.
+    pub async fn flush_reconciliation(&self, timeout: Duration) -> FeedSummary {
+        self.feed.flush(timeout).await
+    }
+
     /// Escrow contracts started so far.
     pub fn escrow_count(&self) -> usize {
         self.escrows.lock().len()
@@ -445,6 +481,7 @@ impl Cluster {
     pub fn shutdown(&self) {
         // The spawner holds the node: drop it, and start no escrow from now on.
         self.node.network().set_spawner(None);
+        self.feed.stop();
         self.node.shutdown();
         if let Some(j) = &self.durable {
             j.close();

@@ -23,7 +23,9 @@ pub mod central_bank;
 pub mod cluster;
 pub mod data_dir;
 pub mod escrow;
+pub mod ingress;
 pub mod institution;
+pub mod member;
 #[cfg(feature = "planted-bugs")]
 pub mod planted;
 pub mod reconciler;

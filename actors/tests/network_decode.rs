@@ -174,6 +174,7 @@ async fn mangled_envelopes_are_rejected_and_change_nothing() {
                 kind: SagaKind::Pay,
                 result: Ok(()),
                 spent_coin_ids: vec![held_id],
+                decided_at_ms: 1,
             };
             envelope(n, i1, wallet_addr, Payload::SagaOutcome(outcome))
         }),
@@ -197,10 +198,17 @@ async fn mangled_envelopes_are_rejected_and_change_nothing() {
             let reply = Payload::StatusReply {
                 state: SagaState::Committed,
                 reason: None,
+                decided_at_ms: 1,
             };
             envelope(n, i1, wallet_addr, reply)
         }),
-        Box::new(move |n| envelope(n, i1, wallet_addr, Payload::ExchangeReply(Ok(())))),
+        Box::new(move |n| {
+            let reply = Payload::ExchangeReply {
+                result: Ok(()),
+                decided_at_ms: 1,
+            };
+            envelope(n, i1, wallet_addr, reply)
+        }),
     ];
     let to_institution: Vec<Make> = vec![
         Box::new(move |n| envelope(n, customer, inst_addr, Payload::StatusQuery)),

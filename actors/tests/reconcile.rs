@@ -5,14 +5,16 @@
 use parking_lot::Mutex;
 use specie_actors::reconciler::sample::{plant, records};
 use specie_actors::reconciler::{
-    verify_anchored, verify_blocks, Batch, BatchKey, BatchStatus, ChainError, LocalReconcilers,
-    ReconcilerLimits,
+    verify_anchored, verify_blocks, Batch, BatchKey, BatchStatus, ChainError, Feed, FeedSettings,
+    LocalReconcilers, Movement, ReconcilerLimits,
 };
-use specie_protocol::reconcile::{BatchId, Digest, InconsistencyKind, RecordId, TransactionRecord};
-use specie_protocol::{Address, Envelope, InstitutionId};
+use specie_protocol::reconcile::{
+    BatchId, Digest, InconsistencyKind, RecordId, RecordKind, TransactionRecord,
+};
+use specie_protocol::{Address, Amount, Envelope, InstitutionId, SagaId, WalletId};
 use specie_runtime::{
-    Delivery, FaultHook, MemoryJournal, Network, Node, NodeSettings, RestartStrategy,
-    SupervisionSettings, SystemClock,
+    Clock, Delivery, FaultHook, LedgerRecord, MemoryJournal, Network, Node, NodeSettings,
+    RestartStrategy, SupervisionSettings, SystemClock,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -280,5 +282,97 @@ async fn a_crashed_platform_recovers_its_chain_and_batch_from_the_journal() {
     );
     assert_eq!(verify_blocks(&chain), Ok(()));
     assert_eq!(node.restarts(), vec![("reconciler", 1)]);
+    node.shutdown();
+}
+
+/// A record of saga `n` decided at `at_ms`, as both sides would make it.
+fn step_record(n: u128, at_ms: u64) -> TransactionRecord {
+    Movement {
+        saga: SagaId::from_u128(n),
+        kind: RecordKind::Pay,
+        payer: WalletId(1),
+        payee: WalletId(2),
+        amount: Amount(100 + n as u64),
+        at_ms,
+    }
+    .record(InstitutionId(0))
+}
+
+fn ledger(records: &[TransactionRecord]) -> Vec<LedgerRecord> {
+    records
+        .iter()
+        .map(|r| LedgerRecord {
+            institution: InstitutionId(0),
+            record: r.clone(),
+        })
+        .collect()
+}
+
+#[actix::test]
+async fn the_feed_reconciles_each_batch_and_finds_exactly_what_one_side_lost_or_altered() {
+    let (node, reconcilers) = start(None);
+    let settings = FeedSettings {
+        batch_interval_ms: 1_000,
+        close_after_ms: 3_000,
+    };
+    let feed = Feed::new(&node, Arc::new(reconcilers), settings).await;
+    // Two batches of institution 0, a little in the future (the feed started now): batch `b`
+    // and batch `b + 1`, 40 records each.
+    let base = (SystemClock.now_ms() / 1_000 + 2) * 1_000;
+    let first: Vec<_> = (0..40).map(|n| step_record(n, base + n as u64)).collect();
+    let second: Vec<_> = (40..80)
+        .map(|n| step_record(n, base + 1_000 + n as u64))
+        .collect();
+    let institution = Address::Institution(InstitutionId(0));
+    let platform = Address::Wallet(WalletId(1));
+    // The second batch: both sides honest (the platform's copies in two steps, one repeated).
+    feed.ingest(institution, &ledger(&second));
+    feed.ingest(platform, &ledger(&second[..20]));
+    feed.ingest(platform, &ledger(&second[10..]));
+    // The first: the platform never learns of record 3, the institution forgot record 7, and
+    // the platform's copy of record 11 says another amount.
+    let mut tampered = first.clone();
+    tampered[11].amount = Amount(1);
+    let (lost, forgot, altered) = (first[3].id, first[7].id, first[11].id);
+    let theirs: Vec<_> = tampered.into_iter().filter(|r| r.id != lost).collect();
+    let ours: Vec<_> = first.iter().filter(|r| r.id != forgot).cloned().collect();
+    feed.ingest(institution, &ledger(&ours));
+    feed.ingest(platform, &ledger(&theirs));
+
+    let summary = feed.flush(RECONCILE_TIMEOUT).await;
+    assert_eq!(summary.batches, 2);
+    assert_eq!((summary.agreed, summary.inconsistent), (1, 1));
+    assert_eq!(summary.unfinished, 0);
+    assert_eq!(summary.institution.records, 79);
+    assert_eq!(summary.platform.records, 79);
+    assert_eq!(summary.duplicate_records, 10);
+    let found: BTreeMap<RecordId, (InconsistencyKind, Option<SagaId>)> = summary
+        .findings
+        .iter()
+        .map(|f| (f.record_id, (f.kind, f.saga)))
+        .collect();
+    let saga = |i: usize| Some(first[i].saga_id);
+    assert_eq!(
+        found,
+        BTreeMap::from([
+            (lost, (InconsistencyKind::Extra, saga(3))),
+            (forgot, (InconsistencyKind::Missing, saga(7))),
+            (altered, (InconsistencyKind::Altered, saga(11))),
+        ])
+    );
+    assert_eq!(summary.findings_total(), 3);
+    // The honest batch cost one comparison; the other drilled down to its records only.
+    assert_eq!(summary.levels.batch.compared, 2);
+    assert_eq!(summary.levels.batch.unequal, 1);
+    assert!(summary.levels.record.compared < 20, "{:?}", summary.levels);
+    assert!(!summary.ok());
+
+    // Records for a batch already reconciled are late; records decided before the feed
+    // started are stale; neither is reconciled.
+    feed.ingest(platform, &ledger(&first[..1]));
+    feed.ingest(platform, &ledger(&[step_record(99, 1)]));
+    let after = feed.flush(RECONCILE_TIMEOUT).await;
+    assert_eq!((after.late_records, after.stale_records), (1, 1));
+    assert_eq!(after.batches, 2);
     node.shutdown();
 }

@@ -603,6 +603,7 @@ mod tests {
                 kind: SagaKind::Pay,
                 result,
                 spent_coin_ids: vec![],
+                decided_at_ms: 0,
             },
         }
     }

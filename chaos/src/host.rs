@@ -189,6 +189,8 @@ impl<S: SimMachine> Hosted<S> {
             self.last_commit_at = at;
             result.commit = Some((at, seq));
         }
+        // The step's transaction records (`out.records`) are dropped: the simulator checks the
+        // money invariants, not reconciliation.
         if out.sends.is_empty() && out.notices.is_empty() {
             return result;
         }

@@ -145,6 +145,10 @@ pub struct SagaOutcome {
     pub result: Result<(), AbortReason>,
     /// The coins the saga spent (empty when aborted).
     pub spent_coin_ids: Vec<CoinId>,
+    /// When the coordinator decided commit (its clock, ms since the epoch): the time the
+    /// saga's transaction records carry on both sides of reconciliation. 0 when aborted, and
+    /// in the notices of wallets and escrows (their records carry it instead).
+    pub decided_at_ms: u64,
 }
 
 /// What an envelope carries. One variant per message of `proto/specie/v1/pay.proto`.
@@ -189,7 +193,11 @@ pub enum Payload {
     /// Issuer → coordinator: the coins are locked (with their total), or why not.
     LockReply(Result<Amount, AbortReason>),
     /// Coordinator → issuer: the decision is commit; retire the locked coins.
-    CommitRequest,
+    CommitRequest {
+        /// When the coordinator decided (its clock): the time of the step's transaction
+        /// records.
+        decided_at_ms: u64,
+    },
     /// Issuer → coordinator: committed, or why not.
     CommitReply(Result<(), AbortReason>),
     /// Coordinator → issuer: the decision is abort; unlock.
@@ -216,6 +224,8 @@ pub enum Payload {
         state: SagaState,
         /// The reason when aborted.
         reason: Option<AbortReason>,
+        /// When the coordinator decided commit; 0 unless committed.
+        decided_at_ms: u64,
     },
     /// Coordinator → central bank: move backing reserve between institutions.
     MoveBacking {
@@ -239,7 +249,12 @@ pub enum Payload {
         amount: Amount,
     },
     /// Institution → wallet: the exchange is done (the coins follow as `CoinIssued`), or not.
-    ExchangeReply(Result<(), AbortReason>),
+    ExchangeReply {
+        /// Done, or why not.
+        result: Result<(), AbortReason>,
+        /// When the institution issued the coins; 0 unless done.
+        decided_at_ms: u64,
+    },
     /// Institution reconciler → platform reconciler: append my batch hash to the hash chain.
     BatchHashPost(BatchHashPost),
     /// Platform → institution: the block holding the institution's post.
@@ -289,7 +304,7 @@ impl Payload {
             Payload::RedeemRequest(_) => "redeem_request",
             Payload::LockRequest(_) => "lock_request",
             Payload::LockReply(_) => "lock_reply",
-            Payload::CommitRequest => "commit_request",
+            Payload::CommitRequest { .. } => "commit_request",
             Payload::CommitReply(_) => "commit_reply",
             Payload::AbortRequest { .. } => "abort_request",
             Payload::AbortReply => "abort_reply",
@@ -302,7 +317,7 @@ impl Payload {
             Payload::ReserveBacking { .. } => "reserve_backing",
             Payload::ReserveAck(_) => "reserve_ack",
             Payload::ExchangeRequest { .. } => "exchange_request",
-            Payload::ExchangeReply(_) => "exchange_reply",
+            Payload::ExchangeReply { .. } => "exchange_reply",
             Payload::BatchHashPost(_) => "batch_hash_post",
             Payload::BatchHashAck(_) => "batch_hash_ack",
             Payload::ShardHashesRequest(_) => "shard_hashes_request",
@@ -475,7 +490,9 @@ impl Envelope {
                 reason: reason_of(r),
                 locked_total: r.map(|a| a.0).unwrap_or(0),
             }),
-            Payload::CommitRequest => P::CommitRequest(pb::CommitRequest {}),
+            Payload::CommitRequest { decided_at_ms } => P::CommitRequest(pb::CommitRequest {
+                decided_at_ms: *decided_at_ms,
+            }),
             Payload::CommitReply(r) => P::CommitReply(pb::CommitReply {
                 committed: r.is_ok(),
                 reason: reason_of(r),
@@ -495,9 +512,14 @@ impl Envelope {
                 committed: o.result.is_ok(),
                 reason: reason_of(&o.result),
                 spent_coin_ids: ids_to_pb(&o.spent_coin_ids),
+                decided_at_ms: o.decided_at_ms,
             }),
             Payload::StatusQuery => P::StatusQuery(pb::StatusQuery {}),
-            Payload::StatusReply { state, reason } => P::StatusReply(pb::StatusReply {
+            Payload::StatusReply {
+                state,
+                reason,
+                decided_at_ms,
+            } => P::StatusReply(pb::StatusReply {
                 state: match state {
                     SagaState::Unknown => pb::SagaState::Unknown,
                     SagaState::InProgress => pb::SagaState::InProgress,
@@ -505,6 +527,7 @@ impl Envelope {
                     SagaState::Aborted => pb::SagaState::Aborted,
                 } as i32,
                 reason: reason.map_or(pb::AbortReason::Unspecified as i32, |r| r.to_pb()),
+                decided_at_ms: *decided_at_ms,
             }),
             Payload::MoveBacking { from, to, amount } => P::MoveBacking(pb::MoveBacking {
                 from: from.0,
@@ -521,9 +544,13 @@ impl Envelope {
             Payload::ExchangeRequest { amount } => {
                 P::ExchangeRequest(pb::ExchangeRequest { amount: amount.0 })
             }
-            Payload::ExchangeReply(r) => P::ExchangeReply(pb::ExchangeReply {
-                ok: r.is_ok(),
-                reason: reason_of(r),
+            Payload::ExchangeReply {
+                result,
+                decided_at_ms,
+            } => P::ExchangeReply(pb::ExchangeReply {
+                ok: result.is_ok(),
+                reason: reason_of(result),
+                decided_at_ms: *decided_at_ms,
             }),
             Payload::BatchHashPost(m) => P::BatchHashPost(m.into()),
             Payload::BatchHashAck(m) => P::BatchHashAck(m.into()),
@@ -596,7 +623,9 @@ impl TryFrom<pb::Envelope> for Envelope {
                 result_from_pb("lock_reply.reason", m.locked, m.reason)?
                     .map(|()| Amount(m.locked_total)),
             ),
-            P::CommitRequest(_) => Payload::CommitRequest,
+            P::CommitRequest(m) => Payload::CommitRequest {
+                decided_at_ms: m.decided_at_ms,
+            },
             P::CommitReply(m) => Payload::CommitReply(result_from_pb(
                 "commit_reply.reason",
                 m.committed,
@@ -616,6 +645,7 @@ impl TryFrom<pb::Envelope> for Envelope {
                 kind: kind_from_pb(m.kind)?,
                 result: result_from_pb("saga_outcome.reason", m.committed, m.reason)?,
                 spent_coin_ids: ids_from_pb("saga_outcome.spent_coin_ids[]", &m.spent_coin_ids)?,
+                decided_at_ms: m.decided_at_ms,
             }),
             P::StatusQuery(_) => Payload::StatusQuery,
             P::StatusReply(m) => {
@@ -636,7 +666,11 @@ impl TryFrom<pb::Envelope> for Envelope {
                 } else {
                     None
                 };
-                Payload::StatusReply { state, reason }
+                Payload::StatusReply {
+                    state,
+                    reason,
+                    decided_at_ms: m.decided_at_ms,
+                }
             }
             P::MoveBacking(m) => Payload::MoveBacking {
                 from: InstitutionId(m.from),
@@ -652,9 +686,10 @@ impl TryFrom<pb::Envelope> for Envelope {
             P::ExchangeRequest(m) => Payload::ExchangeRequest {
                 amount: Amount(m.amount),
             },
-            P::ExchangeReply(m) => {
-                Payload::ExchangeReply(result_from_pb("exchange_reply.reason", m.ok, m.reason)?)
-            }
+            P::ExchangeReply(m) => Payload::ExchangeReply {
+                result: result_from_pb("exchange_reply.reason", m.ok, m.reason)?,
+                decided_at_ms: m.decided_at_ms,
+            },
             P::BatchHashPost(m) => Payload::BatchHashPost(m.try_into()?),
             P::BatchHashAck(m) => Payload::BatchHashAck(m.try_into()?),
             P::ShardHashesRequest(m) => Payload::ShardHashesRequest(m.try_into()?),
@@ -762,7 +797,7 @@ mod tests {
             Payload::LockRequest(auth.clone()),
             Payload::LockReply(Ok(Amount(20))),
             Payload::LockReply(Err(AbortReason::CoinSpent)),
-            Payload::CommitRequest,
+            Payload::CommitRequest { decided_at_ms: 12 },
             Payload::CommitReply(Ok(())),
             Payload::CommitReply(Err(AbortReason::SagaAborted)),
             Payload::AbortRequest {
@@ -777,15 +812,18 @@ mod tests {
                 kind: SagaKind::Pay,
                 result: Err(AbortReason::BadSignature),
                 spent_coin_ids: vec![],
+                decided_at_ms: 0,
             }),
             Payload::StatusQuery,
             Payload::StatusReply {
                 state: SagaState::Aborted,
                 reason: Some(AbortReason::Timeout),
+                decided_at_ms: 0,
             },
             Payload::StatusReply {
                 state: SagaState::Committed,
                 reason: None,
+                decided_at_ms: 1_700_000_000_123,
             },
             Payload::MoveBacking {
                 from: InstitutionId(1),
@@ -795,7 +833,10 @@ mod tests {
             Payload::ReserveBacking { amount: Amount(3) },
             Payload::ReserveAck(Err(AbortReason::InsufficientReserve)),
             Payload::ExchangeRequest { amount: Amount(3) },
-            Payload::ExchangeReply(Ok(())),
+            Payload::ExchangeReply {
+                result: Ok(()),
+                decided_at_ms: 99,
+            },
         ];
         let payloads = payloads.into_iter().chain(reconcile_payloads());
         for payload in payloads {

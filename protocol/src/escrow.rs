@@ -249,6 +249,8 @@ pub enum EscrowMessage {
         seq: u32,
         /// What to do.
         settlement: Settlement,
+        /// When the escrow decided it (its clock): the time of its transaction records.
+        decided_at_ms: u64,
     },
     /// Issuer → escrow: settlement `seq` is applied, or why not.
     SettleReply {
@@ -266,6 +268,10 @@ pub enum EscrowMessage {
         merchant: WalletId,
         /// The issuer of the retired frozen coins, whose backing moves.
         from: InstitutionId,
+        /// When the escrow decided the claim: the time of its transaction records.
+        decided_at_ms: u64,
+        /// The escrow's payer: the payer of the claim's transaction record.
+        payer: WalletId,
     },
     /// Merchant's institution → escrow: the coin is issued and the backing moved, or why not.
     PayoutReply(Result<(), AbortReason>),
@@ -354,6 +360,7 @@ impl TryFrom<pb::EscrowMessage> for EscrowMessage {
                         })
                     }
                 },
+                decided_at_ms: m.decided_at_ms,
             },
             Body::SettleReply(m) => EscrowMessage::SettleReply {
                 seq: m.seq,
@@ -363,6 +370,8 @@ impl TryFrom<pb::EscrowMessage> for EscrowMessage {
                 amount: Amount(m.amount),
                 merchant: WalletId(m.merchant),
                 from: InstitutionId(m.from_institution),
+                decided_at_ms: m.decided_at_ms,
+                payer: WalletId(m.payer),
             },
             Body::PayoutReply(m) => {
                 EscrowMessage::PayoutReply(result_pb("escrow_payout_reply.reason", m.ok, m.reason)?)
@@ -417,7 +426,11 @@ impl From<&EscrowMessage> for pb::EscrowMessage {
                 merchant_institution: merchant_institution.0,
             }),
             EscrowMessage::Release => Body::Release(pb::EscrowRelease {}),
-            EscrowMessage::Settle { seq, settlement } => Body::Settle(match settlement {
+            EscrowMessage::Settle {
+                seq,
+                settlement,
+                decided_at_ms,
+            } => Body::Settle(match settlement {
                 Settlement::Claim {
                     amount,
                     merchant,
@@ -428,10 +441,12 @@ impl From<&EscrowMessage> for pb::EscrowMessage {
                     amount: amount.0,
                     merchant: merchant.0,
                     merchant_institution: merchant_institution.0,
+                    decided_at_ms: *decided_at_ms,
                 },
                 Settlement::Refund => pb::EscrowSettle {
                     seq: *seq,
                     kind: pb::SettlementKind::Refund as i32,
+                    decided_at_ms: *decided_at_ms,
                     ..Default::default()
                 },
             }),
@@ -446,10 +461,14 @@ impl From<&EscrowMessage> for pb::EscrowMessage {
                 amount,
                 merchant,
                 from,
+                decided_at_ms,
+                payer,
             } => Body::Payout(pb::EscrowPayout {
                 amount: amount.0,
                 merchant: merchant.0,
                 from_institution: from.0,
+                decided_at_ms: *decided_at_ms,
+                payer: payer.0,
             }),
             EscrowMessage::PayoutReply(r) => Body::PayoutReply(pb::EscrowPayoutReply {
                 ok: r.is_ok(),
@@ -546,10 +565,12 @@ mod tests {
                     merchant: WalletId(8),
                     merchant_institution: InstitutionId(0),
                 },
+                decided_at_ms: 1_000,
             },
             EscrowMessage::Settle {
                 seq: 4,
                 settlement: Settlement::Refund,
+                decided_at_ms: 2_000,
             },
             EscrowMessage::SettleReply {
                 seq: 4,
@@ -559,6 +580,8 @@ mod tests {
                 amount: Amount(10),
                 merchant: WalletId(8),
                 from: InstitutionId(3),
+                decided_at_ms: 1_000,
+                payer: WalletId(9),
             },
             EscrowMessage::PayoutReply(Err(AbortReason::UnknownWallet)),
             EscrowMessage::Result(EscrowResult {

@@ -11,6 +11,8 @@
 //!   security chip) with a software implementation.
 //! - [`coin`]: coins, their canonical body, issuing and verification.
 //! - [`pay`]: the payment authorization and the vocabulary of saga outcomes.
+//! - [`grpc`]: the gRPC services (`tonic`) generated from the `service` blocks, e.g.
+//!   [`grpc::peer`], the link between nodes.
 //! - [`envelope`]: [`Envelope`], the one message that crosses between actors, its
 //!   [`Address`]es and its [`Payload`], with `encode` / `decode`.
 //! - [`reconcile`]: transaction records and the messages of reconciliation (batch hashes
@@ -31,6 +33,7 @@ pub mod crypto;
 pub mod envelope;
 mod error;
 pub mod escrow;
+pub mod grpc;
 pub mod ids;
 pub mod merge;
 pub mod negotiate;

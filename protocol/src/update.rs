@@ -222,7 +222,13 @@ pub enum UpdateMessage {
     Withdraw(SignedWithdraw),
     /// Institution → wallet: the account was credited this much (once the central bank
     /// released the backing), or why not.
-    WithdrawReply(Result<Amount, AbortReason>),
+    WithdrawReply {
+        /// The amount credited, or why not.
+        result: Result<Amount, AbortReason>,
+        /// When the institution retired the coins and credited the account (its clock): the
+        /// time of the withdraw's transaction records; 0 unless credited.
+        decided_at_ms: u64,
+    },
     /// Wallet → institution: offline records not yet synced (opaque here).
     Upload {
         /// The records, each an encoded offline transfer record.
@@ -254,7 +260,7 @@ impl UpdateMessage {
             UpdateMessage::Check { .. } => "update_check",
             UpdateMessage::CheckReply { .. } => "update_check_reply",
             UpdateMessage::Withdraw(_) => "withdraw_request",
-            UpdateMessage::WithdrawReply(_) => "withdraw_reply",
+            UpdateMessage::WithdrawReply { .. } => "withdraw_reply",
             UpdateMessage::Upload { .. } => "offline_upload",
             UpdateMessage::UploadReply { .. } => "offline_upload_reply",
             UpdateMessage::Request { .. } => "update_request",
@@ -279,11 +285,14 @@ impl TryFrom<pb::WalletUpdateMessage> for UpdateMessage {
             Body::Withdraw(m) => UpdateMessage::Withdraw(
                 required("withdraw_request.withdraw", m.withdraw)?.try_into()?,
             ),
-            Body::WithdrawReply(m) => UpdateMessage::WithdrawReply(if m.ok {
-                Ok(Amount(m.amount))
-            } else {
-                Err(AbortReason::from_pb("withdraw_reply.reason", m.reason)?)
-            }),
+            Body::WithdrawReply(m) => UpdateMessage::WithdrawReply {
+                result: if m.ok {
+                    Ok(Amount(m.amount))
+                } else {
+                    Err(AbortReason::from_pb("withdraw_reply.reason", m.reason)?)
+                },
+                decided_at_ms: m.decided_at_ms,
+            },
             Body::Upload(m) => {
                 if m.records.len() > OFFLINE_UPLOAD_RECORDS_MAX {
                     return Err(ProtocolError::Invalid {
@@ -329,13 +338,17 @@ impl From<&UpdateMessage> for pb::WalletUpdateMessage {
             UpdateMessage::Withdraw(s) => Body::Withdraw(pb::WithdrawRequest {
                 withdraw: Some(s.into()),
             }),
-            UpdateMessage::WithdrawReply(r) => Body::WithdrawReply(pb::WithdrawReply {
-                ok: r.is_ok(),
-                reason: match r {
+            UpdateMessage::WithdrawReply {
+                result,
+                decided_at_ms,
+            } => Body::WithdrawReply(pb::WithdrawReply {
+                ok: result.is_ok(),
+                reason: match result {
                     Ok(_) => pb::AbortReason::Unspecified as i32,
                     Err(reason) => reason.to_pb(),
                 },
-                amount: r.map_or(0, |a| a.0),
+                amount: result.map_or(0, |a| a.0),
+                decided_at_ms: *decided_at_ms,
             }),
             UpdateMessage::Upload { records } => Body::Upload(pb::OfflineUpload {
                 records: records.iter().map(|r| r.clone().into()).collect(),
@@ -400,8 +413,14 @@ mod tests {
                 latest_version: 2,
             },
             UpdateMessage::Withdraw(signed()),
-            UpdateMessage::WithdrawReply(Ok(Amount(700))),
-            UpdateMessage::WithdrawReply(Err(AbortReason::CoinLocked)),
+            UpdateMessage::WithdrawReply {
+                result: Ok(Amount(700)),
+                decided_at_ms: 5,
+            },
+            UpdateMessage::WithdrawReply {
+                result: Err(AbortReason::CoinLocked),
+                decided_at_ms: 0,
+            },
             UpdateMessage::Upload {
                 records: vec![vec![1, 2, 3], vec![]],
             },

@@ -136,6 +136,14 @@ struct RawSupervision {
     restart_backoff_max_ms: u64,
 }
 
+/// Raw `[reconcile]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReconcile {
+    batch_interval_ms: u64,
+    close_after_ms: u64,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -146,6 +154,10 @@ struct RawConfig {
     journal: RawJournal,
     supervision: RawSupervision,
     workload: RawWorkload,
+    /// Optional so that the config of a data directory made before continuous reconciliation
+    /// still loads; absent, it is [`ReconcileConfig::DEFAULT`].
+    #[serde(default)]
+    reconcile: Option<RawReconcile>,
 }
 
 /// The cluster's shape.
@@ -264,6 +276,25 @@ impl WorkloadMix {
     }
 }
 
+/// Continuous reconciliation in `specie run` (`[reconcile]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReconcileConfig {
+    /// Width of a reconciliation batch in decision time: a transaction record decided at `t`
+    /// belongs to batch `t / batch_interval_ms` of its institution.
+    pub batch_interval_ms: u64,
+    /// A batch is closed and reconciled this long after its end: long enough for both sides'
+    /// records of its steps to arrive (outcome delivery, retried commits).
+    pub close_after_ms: u64,
+}
+
+impl ReconcileConfig {
+    /// The settings when the config names none: 1 s batches, closed 3 s after their end.
+    pub const DEFAULT: ReconcileConfig = ReconcileConfig {
+        batch_interval_ms: 1_000,
+        close_after_ms: 3_000,
+    };
+}
+
 /// A validated configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -281,6 +312,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// `[workload]`.
     pub workload: WorkloadConfig,
+    /// `[reconcile]`.
+    pub reconcile: ReconcileConfig,
 }
 
 /// Most institutions a cluster may have.
@@ -297,6 +330,8 @@ pub const JOURNAL_BATCH_WAIT_US_MAX: u64 = 1_000_000;
 pub const OFFLINE_LIMIT_FEN_MAX: u64 = 10_000_000;
 /// Smallest mailbox capacity (actix's default).
 pub const MAILBOX_CAPACITY_MIN: usize = 16;
+/// Widest reconciliation batch, and longest wait before closing one: one hour.
+pub const RECONCILE_INTERVAL_MS_MAX: u64 = 3_600_000;
 
 impl Config {
     /// Reads, parses and validates a file.
@@ -552,6 +587,32 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
             wallet_update: m.wallet_update,
         },
     };
+    let reconcile = match &raw.reconcile {
+        None => ReconcileConfig::DEFAULT,
+        Some(r) => ReconcileConfig {
+            batch_interval_ms: r.batch_interval_ms,
+            close_after_ms: r.close_after_ms,
+        },
+    };
+    if reconcile.batch_interval_ms == 0 || reconcile.batch_interval_ms > RECONCILE_INTERVAL_MS_MAX
+    {
+        return Err(invalid(
+            "reconcile.batch_interval_ms",
+            format!(
+                "must be 1 to {RECONCILE_INTERVAL_MS_MAX}, is {}",
+                reconcile.batch_interval_ms
+            ),
+        ));
+    }
+    if reconcile.close_after_ms > RECONCILE_INTERVAL_MS_MAX {
+        return Err(invalid(
+            "reconcile.close_after_ms",
+            format!(
+                "must be at most {RECONCILE_INTERVAL_MS_MAX}, is {}",
+                reconcile.close_after_ms
+            ),
+        ));
+    }
     let mix_total: u64 = mix.shares().iter().map(|(_, v)| u64::from(*v)).sum();
     if mix_total != 100 {
         let shares: Vec<String> = mix
@@ -614,6 +675,7 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
             forged_percent: w.forged_percent,
             mix,
         },
+        reconcile,
     })
 }
 
@@ -718,6 +780,30 @@ mod tests {
                 .offline_limit_fen,
             50_000
         );
+    }
+
+    #[test]
+    fn the_reconcile_table_is_validated_and_defaults_when_absent() {
+        let c = Config::parse(LOCAL, "local.toml").expect("valid");
+        assert_eq!(c.reconcile.batch_interval_ms, 1_000);
+        let start = LOCAL.find("[reconcile]").expect("the default names it");
+        let end = LOCAL[start..]
+            .find("\n[")
+            .map_or(LOCAL.len(), |i| start + i + 1);
+        let without = format!("{}{}", &LOCAL[..start], &LOCAL[end..]);
+        let c = Config::parse(&without, "old.toml").expect("absent is fine");
+        assert_eq!(c.reconcile, ReconcileConfig::DEFAULT);
+        let zero = LOCAL.replace("batch_interval_ms = 1000", "batch_interval_ms = 0");
+        let err = Config::parse(&zero, "z.toml").unwrap_err().to_string();
+        assert!(
+            err.contains("z.toml: field `reconcile.batch_interval_ms` must be 1 to"),
+            "{err}"
+        );
+        let long = LOCAL.replace("close_after_ms = 3000", "close_after_ms = 9999999");
+        let err = Config::parse(&long, "l.toml").unwrap_err().to_string();
+        assert!(err.contains("`reconcile.close_after_ms`"), "{err}");
+        let unknown = LOCAL.replace("close_after_ms = 3000", "close_after_ms = 3000\nshards = 4");
+        assert!(Config::parse(&unknown, "u.toml").is_err());
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //!
 //! A step goes: decode the delivered bytes (rejecting what does not decode or is not
 //! addressed here), let the state machine handle the input, append the events it recorded to
-//! the journal, arm its timers, and hold its envelopes and notices in an outbox until the
-//! journal says the step is durable — so nothing a step announces can be forgotten by a crash.
+//! the journal, arm its timers, and hold its envelopes, notices and transaction records in an
+//! outbox until the journal says the step is durable — so nothing a step announces can be
+//! forgotten by a crash.
 //! Steps without events wait behind the actor's earlier steps, whose state they may reveal.
 //!
 //! A crash (the actor stopping: a journal fault, a failed write, an injected [`Crash`]) makes
@@ -13,10 +14,11 @@
 //! the outbox; at-least-once retries recover the messages in it.)
 
 use crate::journal::{AppendFault, JournalError};
-use crate::machine::{Effects, Notice, StateMachine};
+use crate::machine::{Effects, LedgerRecord, Notice, StateMachine};
 use crate::network::Deliver;
 use crate::node::Node;
 use crate::supervision::RestartVerdict;
+use crate::telemetry::{self, StepSpan};
 use actix::prelude::*;
 use bytes::Bytes;
 use specie_protocol::{Address, Envelope};
@@ -112,6 +114,7 @@ struct Held {
     seq: u64,
     sends: Vec<Envelope>,
     notices: Vec<Notice>,
+    records: Vec<LedgerRecord>,
 }
 
 /// Runs one state machine as a supervised actix actor.
@@ -180,6 +183,14 @@ impl<S: StateMachine> Host<S> {
                 .map(|e| Bytes::from(postcard::to_stdvec(e).expect("events always serialize")))
                 .collect();
             let fault = self.node.journal_fault(self.address, &entries);
+            let injected = match fault {
+                AppendFault::None => None,
+                AppendFault::CrashBefore => Some("journal_crash_before"),
+                AppendFault::CrashAfter => Some("journal_crash_after"),
+            };
+            if let Some(fault) = injected {
+                metrics::counter!("specie_faults_injected_total", "fault" => fault).increment(1);
+            }
             if fault == AppendFault::CrashBefore {
                 ctx.stop();
                 return;
@@ -200,13 +211,15 @@ impl<S: StateMachine> Host<S> {
             }
             if fault == AppendFault::CrashAfter {
                 // The step's envelopes die with the actor (retries recover them); its notices
-                // are the client's acknowledgements, held by the runtime, and are published
-                // once the step is durable, after the restart.
-                if !out.notices.is_empty() {
+                // (the client's acknowledgements) and transaction records are facts of the
+                // step, held by the runtime and published once it is durable, after the
+                // restart.
+                if !out.notices.is_empty() || !out.records.is_empty() {
                     self.outbox.push_back(Held {
                         seq: self.last_seq,
                         sends: Vec::new(),
                         notices: out.notices,
+                        records: out.records,
                     });
                 }
                 ctx.stop();
@@ -225,13 +238,14 @@ impl<S: StateMachine> Host<S> {
             }
             self.arm_timer(ctx);
         }
-        if out.sends.is_empty() && out.notices.is_empty() {
+        if out.sends.is_empty() && out.notices.is_empty() && out.records.is_empty() {
             return;
         }
         let held = Held {
             seq: self.last_seq,
             sends: out.sends,
             notices: out.notices,
+            records: out.records,
         };
         if self.outbox.is_empty() && self.node.journal().is_durable(held.seq) {
             self.release(held);
@@ -346,6 +360,9 @@ impl<S: StateMachine> Host<S> {
         for notice in held.notices {
             self.node.publish(&notice);
         }
+        if !held.records.is_empty() {
+            self.node.publish_records(self.address, &held.records);
+        }
     }
 
     fn start_machine(&mut self, ctx: &mut Context<Self>) {
@@ -436,20 +453,28 @@ impl<S: StateMachine> Handler<Deliver> for Host<S> {
         let envelope = match Envelope::decode(&msg.0) {
             Ok(envelope) => envelope,
             Err(_) => {
-                network.handled(Some("decode"));
+                network.handled(self.address, Some("decode"));
                 return;
             }
         };
         if envelope.to != self.address {
-            network.handled(Some("misaddressed"));
+            network.handled(self.address, Some("misaddressed"));
             return;
         }
         let mut out = Effects::default();
         let now = self.node.clock().now_ms();
+        // A span for a step of a sampled saga (nothing when tracing is off); the step's sends
+        // carry it as their parent.
+        let span = StepSpan::start(&envelope, self.address);
+        let saga = envelope.saga_id;
         self.state.on_envelope(envelope, now, &mut out);
+        telemetry::stamp_sends(span.as_ref(), saga, &mut out.sends);
         self.perform(out, ctx);
+        if let Some(span) = span {
+            span.end();
+        }
         // Counted after the step's own sends, so the network never looks idle in between.
-        network.handled(None);
+        network.handled(self.address, None);
     }
 }
 
@@ -472,10 +497,29 @@ impl<S: StateMachine> Handler<Inspect<S::Snapshot>> for Host<S> {
     }
 }
 
+/// Runs a read-only function on a host's state machine and returns what it computes: a
+/// query that needs less than a whole snapshot (a saga's state, a balance).
+pub struct Query<S, R>(pub Box<dyn FnOnce(&S) -> R + Send>);
+
+impl<S: 'static, R: 'static> Message for Query<S, R> {
+    type Result = R;
+}
+
+impl<S: StateMachine, R: 'static> Handler<Query<S, R>> for Host<S> {
+    type Result = MessageResult<Query<S, R>>;
+
+    fn handle(&mut self, msg: Query<S, R>, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult((msg.0)(&self.state))
+    }
+}
+
 impl<S: StateMachine> Handler<Crash> for Host<S> {
     type Result = ();
 
     fn handle(&mut self, msg: Crash, ctx: &mut Context<Self>) {
+        if !msg.group {
+            metrics::counter!("specie_faults_injected_total", "fault" => "crash").increment(1);
+        }
         self.group_crash = msg.group;
         ctx.stop();
     }

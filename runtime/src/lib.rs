@@ -13,6 +13,11 @@
 //! - [`supervision`]: restart strategy, intensity, backoff and escalation.
 //! - [`clock`]: the [`Clock`] trait and the system clock.
 //! - [`config`]: configuration types, loaded in two steps (parse, then validate).
+//! - [`topology`]: the cluster file of a multi-process cluster (nodes, placement, TLS).
+//! - [`transport`]: the gRPC transport between the processes of a cluster: mutual TLS, the
+//!   peer links (the network's remote route), client channels and the development PKI.
+//! - [`telemetry`]: Prometheus metrics and OpenTelemetry traces (one trace per saga) of a
+//!   node, and their flush at shutdown.
 //! - [`node`]: [`Node`], the handle that bundles one process's network, journal, clock and
 //!   observers, and starts hosts on arbiters.
 
@@ -25,14 +30,19 @@ pub mod network;
 pub mod node;
 pub mod redb_journal;
 pub mod supervision;
+pub mod telemetry;
+pub mod topology;
+pub mod transport;
 
 pub use clock::{Clock, SystemClock};
-pub use host::{Crash, Host, Inspect, Submit};
+pub use host::{Crash, Host, Inspect, Query, Submit};
 pub use journal::{
     AppendFault, Journal, JournalError, JournalFaultHook, JournalStats, MemoryJournal,
 };
-pub use machine::{Effects, Notice, StateMachine};
-pub use network::{Deliver, Delivery, FaultHook, Network, NetworkStats, NoFaults};
-pub use node::{Node, NodeSettings};
+pub use machine::{Effects, LedgerRecord, Notice, StateMachine};
+pub use network::{
+    Deliver, Delivery, FaultHook, Network, NetworkStats, NoFaults, RemoteRoute, Routed,
+};
+pub use node::{LedgerSink, Node, NodeSettings};
 pub use redb_journal::{JournalSettings, ReadJournal, RedbJournal};
 pub use supervision::{RestartStrategy, SupervisionSettings};

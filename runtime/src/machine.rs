@@ -2,13 +2,14 @@
 //!
 //! An actor's rules are a [`StateMachine`]: it takes one input (an envelope, a timer, a local
 //! command) and the current time, changes its state only through events it records, and
-//! returns [`Effects`]: events to journal, envelopes to send, timers to arm and notices for
-//! observers. It performs no I/O, so it can be unit-tested without a runtime and driven by a
+//! returns [`Effects`]: events to journal, envelopes to send, timers to arm, notices for
+//! observers and transaction records for reconciliation. It performs no I/O, so it can be unit-tested without a runtime and driven by a
 //! deterministic simulator.
 
 use serde::{de::DeserializeOwned, Serialize};
 use specie_protocol::envelope::SagaOutcome;
-use specie_protocol::{Address, Envelope, SagaId};
+use specie_protocol::reconcile::TransactionRecord;
+use specie_protocol::{Address, Envelope, InstitutionId, SagaId};
 
 /// A saga reached a terminal state at some actor; published to the node's observers (the
 /// workload driver, reports, metrics).
@@ -22,8 +23,19 @@ pub struct Notice {
     pub outcome: SagaOutcome,
 }
 
+/// A transaction record a step produced, for reconciliation: a committed step that moved
+/// value, as the actor that produced it knows it. Published to the node's ledger sinks
+/// (tagged with the producing actor's address) once the step is durable, like a notice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerRecord {
+    /// The institution whose reconciliation batch the record belongs to.
+    pub institution: InstitutionId,
+    /// The record.
+    pub record: TransactionRecord,
+}
+
 /// What one step of a state machine asks the runtime to do, in this order: journal the
-/// events, then send the envelopes, arm the timers and publish the notices.
+/// events, then send the envelopes, arm the timers and publish the notices and records.
 #[derive(Debug)]
 pub struct Effects<E, T> {
     /// Events already applied to the state; the host journals them before anything leaves.
@@ -34,6 +46,8 @@ pub struct Effects<E, T> {
     pub timers: Vec<(u64, T)>,
     /// Outcomes to publish.
     pub notices: Vec<Notice>,
+    /// Transaction records to publish (empty for most steps: no allocation then).
+    pub records: Vec<LedgerRecord>,
 }
 
 impl<E, T> Default for Effects<E, T> {
@@ -43,6 +57,7 @@ impl<E, T> Default for Effects<E, T> {
             sends: Vec::new(),
             timers: Vec::new(),
             notices: Vec::new(),
+            records: Vec::new(),
         }
     }
 }
@@ -61,6 +76,14 @@ impl<E, T> Effects<E, T> {
     /// Publishes a saga outcome.
     pub fn notice(&mut self, notice: Notice) {
         self.notices.push(notice);
+    }
+
+    /// Publishes a transaction record of `institution`'s reconciliation batch.
+    pub fn ledger(&mut self, institution: InstitutionId, record: TransactionRecord) {
+        self.records.push(LedgerRecord {
+            institution,
+            record,
+        });
     }
 }
 

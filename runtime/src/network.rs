@@ -11,7 +11,7 @@ use dashmap::DashMap;
 use opentelemetry::trace::{SpanId, TraceId};
 use parking_lot::RwLock;
 use specie_protocol::{Address, Envelope, SagaId, TraceContext};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,6 +49,23 @@ impl FaultHook for NoFaults {
     }
 }
 
+/// Where a delivery goes when its address may live in another process: see
+/// [`Network::set_remote`].
+#[derive(Debug)]
+pub enum Routed {
+    /// The address lives on another node; the route took the bytes.
+    Remote,
+    /// The address lives here: the bytes, handed back for local delivery.
+    Local(Bytes),
+}
+
+/// The route to the other processes of a cluster (the transport's peer links). Consulted for
+/// every delivery, after the fault hook.
+pub trait RemoteRoute: Send + Sync {
+    /// Takes the bytes for `to` when it lives on another node, or hands them back.
+    fn route(&self, to: Address, bytes: Bytes) -> Routed;
+}
+
 /// Counters of what crossed the network.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct NetworkStats {
@@ -64,6 +81,49 @@ pub struct NetworkStats {
     pub dropped: u64,
     /// Deliveries to an address with no live mailbox.
     pub undeliverable: u64,
+    /// Deliveries handed to the remote route (addresses on other nodes).
+    pub remote: u64,
+}
+
+/// The actor kinds, as metrics name them ([`crate::host::actor_kind`]), in the order of the
+/// network's per-kind counters.
+pub const ACTOR_KINDS: [&str; 6] = [
+    "central_bank",
+    "institution",
+    "wallet",
+    "external",
+    "reconciler",
+    "escrow",
+];
+
+/// The position of an address's kind in [`ACTOR_KINDS`].
+fn kind_index(address: Address) -> usize {
+    match address {
+        Address::CentralBank => 0,
+        Address::Institution(_) => 1,
+        Address::Wallet(_) => 2,
+        Address::External(_) => 3,
+        Address::Reconciler(_) => 4,
+        Address::Escrow(_) => 5,
+    }
+}
+
+/// Counts what a fault hook did to one send (`specie_faults_injected_total{fault}`): extra
+/// deliveries are duplicates, delayed ones delays, and a delivery whose bytes are not the
+/// buffer that was sent (`sent`, its address and length) a corruption.
+fn count_faults(deliveries: &[Delivery], sent: (*const u8, usize)) {
+    if deliveries.len() > 1 {
+        metrics::counter!("specie_faults_injected_total", "fault" => "duplicate")
+            .increment(deliveries.len() as u64 - 1);
+    }
+    for delivery in deliveries {
+        if !delivery.after.is_zero() {
+            metrics::counter!("specie_faults_injected_total", "fault" => "delay").increment(1);
+        }
+        if (delivery.bytes.as_ptr(), delivery.bytes.len()) != sent {
+            metrics::counter!("specie_faults_injected_total", "fault" => "corrupt").increment(1);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -74,6 +134,9 @@ struct Counters {
     rejected: AtomicU64,
     dropped: AtomicU64,
     undeliverable: AtomicU64,
+    remote: AtomicU64,
+    /// Deliveries placed in mailboxes minus those handled, by [`kind_index`] of the receiver.
+    mailbox_depth: [AtomicI64; ACTOR_KINDS.len()],
 }
 
 /// Starts the actor of an address that has no mailbox yet and returns its mailbox, or `None`
@@ -87,6 +150,7 @@ struct Inner {
     /// Starts actors on demand; `None` until a cluster installs one.
     spawner: RwLock<Option<Spawner>>,
     fault: RwLock<Arc<dyn FaultHook>>,
+    remote: RwLock<Option<Arc<dyn RemoteRoute>>>,
     next_message_id: AtomicU64,
     counters: Counters,
 }
@@ -130,6 +194,7 @@ impl Network {
                 directory: DashMap::new(),
                 spawner: RwLock::new(None),
                 fault: RwLock::new(Arc::new(NoFaults)),
+                remote: RwLock::new(None),
                 next_message_id: AtomicU64::new(1),
                 counters: Counters::default(),
             }),
@@ -139,6 +204,30 @@ impl Network {
     /// Installs the fault hook (the chaos harness plugs in here).
     pub fn set_fault_hook(&self, hook: Arc<dyn FaultHook>) {
         *self.inner.fault.write() = hook;
+    }
+
+    /// Installs (or, with `None`, removes) the route to other nodes. With a route, every
+    /// delivery the fault hook decides goes to the route first, and only the addresses it
+    /// hands back are delivered to local mailboxes. Remote deliveries are not counted as in
+    /// flight here (the receiving node counts them).
+    pub fn set_remote(&self, route: Option<Arc<dyn RemoteRoute>>) {
+        *self.inner.remote.write() = route;
+    }
+
+    /// Delivers to a local mailbox, or through the remote route when `to` lives elsewhere.
+    fn dispatch(&self, to: Address, bytes: Bytes) {
+        let route = self.inner.remote.read().clone();
+        let bytes = match route {
+            None => bytes,
+            Some(route) => match route.route(to, bytes) {
+                Routed::Remote => {
+                    self.inner.counters.remote.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                Routed::Local(bytes) => bytes,
+            },
+        };
+        self.deliver_bytes(to, bytes);
     }
 
     /// Installs (or, with `None`, removes) the spawner of on-demand actors. Remove it before
@@ -188,15 +277,19 @@ impl Network {
         self.inner.counters.sent.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("specie_envelopes_total", "direction" => "sent").increment(1);
         let bytes = envelope.encode();
+        let sent = (bytes.as_ptr(), bytes.len());
         let mut deliveries = Vec::with_capacity(1);
         let hook = self.inner.fault.read().clone();
         hook.on_send(envelope.from, envelope.to, bytes, &mut deliveries);
         if deliveries.is_empty() {
             self.inner.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("specie_faults_injected_total", "fault" => "drop").increment(1);
+        } else {
+            count_faults(&deliveries, sent);
         }
         for delivery in deliveries {
             if delivery.after.is_zero() {
-                self.deliver_bytes(envelope.to, delivery.bytes);
+                self.dispatch(envelope.to, delivery.bytes);
             } else {
                 let network = self.clone();
                 let to = envelope.to;
@@ -206,21 +299,23 @@ impl Network {
                     .counters
                     .delivered
                     .fetch_add(1, Ordering::Relaxed);
-                actix::spawn(async move {
+                // tokio::spawn, not actix::spawn: senders may be plain tokio tasks (gRPC).
+                tokio::spawn(async move {
                     tokio::time::sleep(delivery.after).await;
                     network
                         .inner
                         .counters
                         .delivered
                         .fetch_sub(1, Ordering::Relaxed);
-                    network.deliver_bytes(to, delivery.bytes);
+                    network.dispatch(to, delivery.bytes);
                 });
             }
         }
     }
 
     /// Puts raw bytes into the mailbox of `to`. The receiving host decodes and validates them.
-    /// Used by [`Network::send`] and by tests that feed malformed input.
+    /// Used by [`Network::send`], by the transport for envelopes from other nodes, and by
+    /// tests that feed malformed input. Callable from actix actors and plain tokio tasks.
     pub fn deliver_bytes(&self, to: Address, bytes: Bytes) {
         let Some(mailbox) = self.mailbox(to) else {
             self.inner
@@ -233,6 +328,7 @@ impl Network {
             .counters
             .delivered
             .fetch_add(1, Ordering::Relaxed);
+        self.inner.counters.mailbox_depth[kind_index(to)].fetch_add(1, Ordering::Relaxed);
         match mailbox.try_send(Deliver(bytes)) {
             Ok(()) => {}
             Err(SendError::Full(message)) => {
@@ -240,27 +336,29 @@ impl Network {
                 // of growing the mailbox past its capacity.
                 metrics::counter!("specie_mailbox_full_total").increment(1);
                 let network = self.clone();
-                actix::spawn(async move {
+                tokio::spawn(async move {
                     if mailbox.send(message).await.is_err() {
-                        network.undeliverable();
+                        network.undeliverable(to);
                     }
                 });
             }
-            Err(SendError::Closed(_)) => self.undeliverable(),
+            Err(SendError::Closed(_)) => self.undeliverable(to),
         }
     }
 
-    fn undeliverable(&self) {
+    fn undeliverable(&self, to: Address) {
         let c = &self.inner.counters;
         c.undeliverable.fetch_add(1, Ordering::Relaxed);
         // The delivery will never be handled: keep the in-flight count honest.
         c.handled.fetch_add(1, Ordering::Relaxed);
+        c.mailbox_depth[kind_index(to)].fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Called by a host when it has finished with one delivery.
-    pub fn handled(&self, rejected: Option<&'static str>) {
+    /// Called by the host of `at` when it has finished with one delivery.
+    pub fn handled(&self, at: Address, rejected: Option<&'static str>) {
         let c = &self.inner.counters;
         c.handled.fetch_add(1, Ordering::Relaxed);
+        c.mailbox_depth[kind_index(at)].fetch_sub(1, Ordering::Relaxed);
         if let Some(reason) = rejected {
             c.rejected.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("specie_envelopes_rejected_total", "reason" => reason).increment(1);
@@ -277,6 +375,16 @@ impl Network {
         delivered.saturating_sub(handled)
     }
 
+    /// Deliveries placed in the mailboxes of actors of each kind and not yet handled (the
+    /// `specie_mailbox_depth{actor_kind}` gauges).
+    pub fn mailbox_depths(&self) -> [(&'static str, u64); ACTOR_KINDS.len()] {
+        let depth = &self.inner.counters.mailbox_depth;
+        std::array::from_fn(|i| {
+            let d = depth[i].load(Ordering::Relaxed);
+            (ACTOR_KINDS[i], u64::try_from(d).unwrap_or(0))
+        })
+    }
+
     /// A copy of the counters.
     pub fn stats(&self) -> NetworkStats {
         let c = &self.inner.counters;
@@ -287,6 +395,7 @@ impl Network {
             rejected: c.rejected.load(Ordering::Relaxed),
             dropped: c.dropped.load(Ordering::Relaxed),
             undeliverable: c.undeliverable.load(Ordering::Relaxed),
+            remote: c.remote.load(Ordering::Relaxed),
         }
     }
 }
@@ -294,6 +403,24 @@ impl Network {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn actor_kinds_are_named_as_the_host_names_them() {
+        use specie_protocol::{InstitutionId, WalletId};
+        for address in [
+            Address::CentralBank,
+            Address::Institution(InstitutionId(1)),
+            Address::Wallet(WalletId(2)),
+            Address::External(3),
+            Address::Reconciler(4),
+            Address::Escrow(5),
+        ] {
+            assert_eq!(
+                ACTOR_KINDS[kind_index(address)],
+                crate::host::actor_kind(address)
+            );
+        }
+    }
 
     #[test]
     fn traceparent_is_w3c_shaped_and_carries_the_saga_as_trace_id() {

@@ -4,7 +4,7 @@
 use crate::clock::Clock;
 use crate::host::{Crash, Factory, Host};
 use crate::journal::{AppendFault, Journal, JournalFaultHook, NoJournalFaults};
-use crate::machine::{Notice, StateMachine};
+use crate::machine::{LedgerRecord, Notice, StateMachine};
 use crate::network::Network;
 use crate::supervision::{RestartStrategy, Supervision, SupervisionSettings};
 use actix::prelude::*;
@@ -16,6 +16,10 @@ use std::sync::Arc;
 
 /// Something that wants to hear about saga outcomes.
 pub type Observer = Arc<dyn Fn(&Notice) + Send + Sync>;
+
+/// Something that collects the transaction records steps produce (reconciliation's feed):
+/// called with the producing actor's address and the records of one durable step.
+pub type LedgerSink = Arc<dyn Fn(Address, &[LedgerRecord]) + Send + Sync>;
 
 /// Settings of a node.
 #[derive(Debug, Clone, Copy)]
@@ -40,6 +44,7 @@ struct Inner {
     supervision: Supervision,
     groups: DashMap<u64, Vec<Recipient<Crash>>>,
     observers: RwLock<Vec<Observer>>,
+    ledger_sinks: RwLock<Vec<LedgerSink>>,
     restarts: DashMap<&'static str, u64>,
     escalations: RwLock<Vec<String>>,
 }
@@ -86,6 +91,7 @@ impl Node {
                 supervision: Supervision::new(settings.supervision),
                 groups: DashMap::new(),
                 observers: RwLock::new(Vec::new()),
+                ledger_sinks: RwLock::new(Vec::new()),
                 restarts: DashMap::new(),
                 escalations: RwLock::new(Vec::new()),
             }),
@@ -179,6 +185,19 @@ impl Node {
     pub fn publish(&self, notice: &Notice) {
         for observer in self.inner.observers.read().iter() {
             observer(notice);
+        }
+    }
+
+    /// Adds a sink of transaction records.
+    pub fn observe_ledger(&self, sink: LedgerSink) {
+        self.inner.ledger_sinks.write().push(sink);
+    }
+
+    /// Hands the records of one durable step of `source` to every ledger sink (none: they
+    /// are dropped).
+    pub fn publish_records(&self, source: Address, records: &[LedgerRecord]) {
+        for sink in self.inner.ledger_sinks.read().iter() {
+            sink(source, records);
         }
     }
 

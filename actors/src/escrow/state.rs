@@ -35,6 +35,8 @@ use specie_protocol::escrow::{
 use specie_protocol::{
     AbortReason, Address, Amount, Envelope, InstitutionId, Payload, SagaId, SagaKind, WalletId,
 };
+use crate::reconciler::Movement;
+use specie_protocol::reconcile::RecordKind;
 use specie_runtime::{Effects, Notice, StateMachine};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -133,6 +135,8 @@ pub struct SettlementRecord {
     pub settlement: Settlement,
     /// Payout by the merchant's institution.
     pub payout: PayoutState,
+    /// When the escrow decided it: the time of its transaction records.
+    pub decided_ms: u64,
 }
 
 /// What a recorded request was.
@@ -212,6 +216,8 @@ pub enum EscrowEvent {
         claim_id: u64,
         /// How much.
         amount: Amount,
+        /// When.
+        at_ms: u64,
     },
     /// A claim or release was refused (recorded so a repeat gets the same answer).
     Refused {
@@ -232,6 +238,8 @@ pub enum EscrowEvent {
         saga: SagaId,
         /// The payer's release request, when released.
         from: Option<Address>,
+        /// When.
+        at_ms: u64,
     },
     /// The issuer applied settlement `seq`.
     Settled {
@@ -510,6 +518,13 @@ impl Escrow {
             .map_or(SagaId::NONE, |c| c.signed.terms.saga_id)
     }
 
+    /// The payer's wallet (a claim's payout names it for the transaction record).
+    fn payer_wallet(&self) -> WalletId {
+        self.contract
+            .as_ref()
+            .map_or(WalletId(0), |c| c.signed.terms.payer)
+    }
+
     fn payer(&self) -> Address {
         self.contract.as_ref().map_or(Address::External(0), |c| {
             Address::Wallet(c.signed.terms.payer)
@@ -667,11 +682,13 @@ impl Escrow {
                         from,
                         claim_id,
                         amount,
+                        at_ms: now_ms,
                     },
                     out,
                 );
+                self.ledger_decided(out);
                 if self.remaining().is_zero() {
-                    self.close(Closure::FullyClaimed, None, out);
+                    self.close(Closure::FullyClaimed, None, now_ms, out);
                 }
             }
             Err(reason) => {
@@ -705,7 +722,7 @@ impl Escrow {
             .as_ref()
             .is_some_and(|c| now_ms >= c.signed.terms.expires_at_ms);
         if self.status == EscrowStatus::Open && due {
-            self.close(Closure::Expired, None, out);
+            self.close(Closure::Expired, None, now_ms, out);
         }
     }
 
@@ -754,7 +771,7 @@ impl Escrow {
             (_, _) => Some(AbortReason::EscrowNotOpen),
         };
         match refusal {
-            None => self.close(Closure::Released, Some((saga, from)), out),
+            None => self.close(Closure::Released, Some((saga, from)), now_ms, out),
             Some(reason) => {
                 self.record(
                     EscrowEvent::Refused {
@@ -779,18 +796,75 @@ impl Escrow {
     }
 
     /// Closes the escrow to claims and queues the refund of what remains.
-    fn close(&mut self, how: Closure, request: Option<(SagaId, Address)>, out: &mut Out) {
+    fn close(
+        &mut self,
+        how: Closure,
+        request: Option<(SagaId, Address)>,
+        now_ms: u64,
+        out: &mut Out,
+    ) {
         let saga = request.map_or_else(|| closure_saga(self.id, how), |(saga, _)| saga);
+        let settlements = self.settlements.len();
         self.record(
             EscrowEvent::CloseDecided {
                 how,
                 saga,
                 from: request.map(|(_, from)| from),
+                at_ms: now_ms,
             },
             out,
         );
+        if self.settlements.len() > settlements {
+            self.ledger_decided(out);
+        }
         // Nothing left to refund (the whole deposit claimed): closed at once when settled.
         self.finish_closing(out);
+    }
+
+    /// The platform's copy of the transaction records of the settlement just decided (the
+    /// last one queued), from the contract's own knowledge: a claim is recorded at the issuer
+    /// of the frozen coins and, when the merchant banks elsewhere, at the merchant's
+    /// institution too; a refund of what remained at the issuer.
+    fn ledger_decided(&self, out: &mut Out) {
+        let (Some(s), Some(c)) = (self.settlements.last(), &self.contract) else {
+            return;
+        };
+        let payer = c.signed.terms.payer;
+        match s.settlement {
+            Settlement::Claim {
+                amount,
+                merchant,
+                merchant_institution,
+            } => {
+                let movement = Movement {
+                    saga: s.saga,
+                    kind: RecordKind::EscrowClaim,
+                    payer,
+                    payee: merchant,
+                    amount,
+                    at_ms: s.decided_ms,
+                };
+                movement.emit(self.institution, out);
+                if merchant_institution != self.institution {
+                    movement.emit(merchant_institution, out);
+                }
+            }
+            Settlement::Refund => {
+                let left = c
+                    .deposit
+                    .checked_sub(c.claimed)
+                    .expect("claims never exceed the deposit");
+                Movement {
+                    saga: s.saga,
+                    kind: RecordKind::EscrowRefund,
+                    payer,
+                    payee: payer,
+                    amount: left,
+                    at_ms: s.decided_ms,
+                }
+                .emit(self.institution, out);
+            }
+        }
     }
 
     /// Sends the first settlement the issuer has not acknowledged, if any.
@@ -800,6 +874,7 @@ impl Escrow {
             let message = EscrowMessage::Settle {
                 seq,
                 settlement: s.settlement,
+                decided_at_ms: s.decided_ms,
             };
             out.send(self.envelope(s.saga, self.issuer(), attempt, message));
         }
@@ -831,6 +906,8 @@ impl Escrow {
                     amount,
                     merchant,
                     from: self.institution,
+                    decided_at_ms: s.decided_ms,
+                    payer: self.payer_wallet(),
                 };
                 out.send(self.envelope(
                     s.saga,
@@ -930,6 +1007,7 @@ impl Escrow {
                 kind,
                 result: Ok(()),
                 spent_coin_ids: Vec::new(),
+                decided_at_ms: 0,
             },
         });
     }
@@ -977,6 +1055,8 @@ impl Escrow {
                 amount,
                 merchant,
                 from: self.institution,
+                decided_at_ms: s.decided_ms,
+                payer: self.payer_wallet(),
             };
             out.send(self.envelope(
                 s.saga,
@@ -1010,7 +1090,7 @@ impl Escrow {
             return;
         }
         let idle = self.idle();
-        self.close(Closure::Expired, None, out);
+        self.close(Closure::Expired, None, now_ms, out);
         self.drive(idle, out);
     }
 }
@@ -1060,6 +1140,7 @@ impl StateMachine for Escrow {
                 from,
                 claim_id,
                 amount,
+                at_ms,
             } => {
                 let c = self.contract.as_mut().expect("claims follow a deposit");
                 let t = &c.signed.terms;
@@ -1086,6 +1167,7 @@ impl StateMachine for Escrow {
                     } else {
                         PayoutState::Pending
                     },
+                    decided_ms: *at_ms,
                 });
                 self.requests.insert(
                     *saga,
@@ -1119,7 +1201,12 @@ impl StateMachine for Escrow {
                     },
                 );
             }
-            EscrowEvent::CloseDecided { how, saga, from } => {
+            EscrowEvent::CloseDecided {
+                how,
+                saga,
+                from,
+                at_ms,
+            } => {
                 let c = self.contract.as_mut().expect("closing follows a deposit");
                 c.close_saga = Some(*saga);
                 // What remains frozen once the decided claims are settled.
@@ -1132,6 +1219,7 @@ impl StateMachine for Escrow {
                         saga: *saga,
                         settlement: Settlement::Refund,
                         payout: PayoutState::NotNeeded,
+                        decided_ms: *at_ms,
                     });
                 }
                 if let Some(from) = from {

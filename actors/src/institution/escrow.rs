@@ -16,6 +16,8 @@
 //! escrow drives all retries, so nothing here needs a timer.
 
 use super::{CoinState, Institution, InstitutionEvent, Out};
+use crate::reconciler::Movement;
+use specie_protocol::reconcile::RecordKind;
 use serde::{Deserialize, Serialize};
 use specie_protocol::crypto::PublicKey;
 use specie_protocol::escrow::{host_of, EscrowMessage, Settlement, SignedTerms};
@@ -303,14 +305,28 @@ impl Institution {
         match message {
             EscrowMessage::Freeze(signed) => self.on_freeze(escrow, saga, signed, now_ms, out),
             EscrowMessage::Unfreeze { .. } => self.on_unfreeze(escrow, saga, out),
-            EscrowMessage::Settle { seq, settlement } => {
-                self.on_settle(escrow, saga, seq, settlement, now_ms, out)
-            }
+            EscrowMessage::Settle {
+                seq,
+                settlement,
+                decided_at_ms,
+            } => self.on_settle(escrow, saga, seq, settlement, decided_at_ms, now_ms, out),
             EscrowMessage::Payout {
                 amount,
                 merchant,
                 from,
-            } => self.on_payout(escrow, saga, amount, merchant, from, now_ms, out),
+                decided_at_ms,
+                payer,
+            } => {
+                let record = Movement {
+                    saga,
+                    kind: RecordKind::EscrowClaim,
+                    payer,
+                    payee: merchant,
+                    amount,
+                    at_ms: decided_at_ms,
+                };
+                self.on_payout(escrow, saga, amount, merchant, from, record, now_ms, out)
+            }
             _ => {
                 metrics::counter!("specie_envelopes_rejected_total", "reason" => "unexpected")
                     .increment(1);
@@ -403,12 +419,16 @@ impl Institution {
         );
     }
 
+    /// Applies settlement `seq` in its turn, and makes this institution's transaction record
+    /// of it: a claim paid out of the escrow, or the refund of what remained.
+    #[allow(clippy::too_many_arguments)] // one per field of the settle request
     fn on_settle(
         &mut self,
         escrow: u64,
         saga: SagaId,
         seq: u32,
         settlement: Settlement,
+        decided_at_ms: u64,
         now_ms: u64,
         out: &mut Out,
     ) {
@@ -448,6 +468,26 @@ impl Institution {
             .expect("supply fits u64");
         let (payer, payer_key) = (h.payer, h.payer_key);
         let nonce = self.next_nonce;
+        let movement = match settlement {
+            Settlement::Claim {
+                amount, merchant, ..
+            } => Movement {
+                saga,
+                kind: RecordKind::EscrowClaim,
+                payer,
+                payee: merchant,
+                amount,
+                at_ms: decided_at_ms,
+            },
+            Settlement::Refund => Movement {
+                saga,
+                kind: RecordKind::EscrowRefund,
+                payer,
+                payee: payer,
+                amount: frozen,
+                at_ms: decided_at_ms,
+            },
+        };
         let (remainder, issued) = match settlement {
             Settlement::Claim {
                 amount,
@@ -491,6 +531,10 @@ impl Institution {
             }),
             out,
         );
+        // A refund of nothing moves nothing: no record.
+        if !movement.amount.is_zero() {
+            movement.emit(self.id, out);
+        }
         if let Some(coin) = issued {
             let owner = match settlement {
                 Settlement::Claim { merchant, .. } => merchant,
@@ -509,6 +553,7 @@ impl Institution {
         amount: Amount,
         merchant: WalletId,
         from: InstitutionId,
+        record: Movement,
         now_ms: u64,
         out: &mut Out,
     ) {
@@ -556,6 +601,9 @@ impl Institution {
             }),
             out,
         );
+        // The merchant's institution's record of the claim (the issuer makes its own when it
+        // applies the settlement).
+        record.emit(self.id, out);
         out.send(self.envelope(
             saga,
             Address::Wallet(merchant),

@@ -19,6 +19,8 @@
 //! releases every lock.
 
 use super::super::{CoinState, Institution, InstitutionEvent, InstitutionTimer, LockFacts, Out};
+use crate::reconciler::Movement;
+use specie_protocol::reconcile::RecordKind;
 use serde::{Deserialize, Serialize};
 use specie_protocol::crypto::sha256;
 use specie_protocol::envelope::SagaOutcome;
@@ -115,6 +117,8 @@ pub(in super::super) struct MergeSaga {
     /// Each issuer's locked total, as it answered.
     locked: BTreeMap<InstitutionId, Amount>,
     pub(in super::super) step: MergeStep,
+    /// When commit was decided (0 before): the time of the merge's transaction records.
+    pub(in super::super) decided_ms: u64,
 }
 
 impl MergeSaga {
@@ -338,6 +342,10 @@ impl Institution {
         spent: Vec<CoinId>,
         out: &mut Out,
     ) {
+        let decided_at_ms = match (result, self.sagas.merges.get(&saga)) {
+            (Ok(()), Some(m)) => m.decided_ms,
+            _ => 0,
+        };
         out.send(self.envelope(
             saga,
             to,
@@ -346,6 +354,7 @@ impl Institution {
                 kind: SagaKind::Merge,
                 result,
                 spent_coin_ids: spent,
+                decided_at_ms,
             }),
         ));
     }
@@ -371,6 +380,7 @@ impl Institution {
                 kind: SagaKind::Merge,
                 result,
                 spent_coin_ids: spent,
+                decided_at_ms: if result.is_ok() { m.decided_ms } else { 0 },
             },
         });
     }
@@ -505,6 +515,18 @@ impl Institution {
             }),
             out,
         );
+        // The coordinator's record covers the whole merged sum (its own coins included); every
+        // other issuer makes its own record of its share when it retires its coins.
+        let total = self.sagas.merges[&saga].authorization.authorization.total;
+        Movement {
+            saga,
+            kind: RecordKind::Merge,
+            payer: wallet,
+            payee: wallet,
+            amount: total,
+            at_ms: now_ms,
+        }
+        .emit(self.id, out);
         self.send_merge_commit(saga, 0, out);
         out.send(self.envelope(saga, Address::Wallet(wallet), 0, Payload::CoinIssued(coin)));
         self.announce_merge(saga, Ok(()), out);
@@ -528,7 +550,9 @@ impl Institution {
                     saga,
                     Address::Institution(issuer),
                     attempt,
-                    Payload::CommitRequest,
+                    Payload::CommitRequest {
+                        decided_at_ms: m.decided_ms,
+                    },
                 ));
             }
             if issuer != self.id && !backing_done.contains(&issuer) {
@@ -728,6 +752,8 @@ impl Institution {
                     amount: total,
                     payer: a.wallet,
                     payer_key: a.wallet_key,
+                    payee: a.wallet,
+                    kind: RecordKind::Merge,
                 })
         });
         reply(self, answer, out);
@@ -755,6 +781,7 @@ impl Institution {
                         started_ms: *at_ms,
                         locked: BTreeMap::new(),
                         step: MergeStep::Locking,
+                        decided_ms: 0,
                     },
                 );
                 self.sagas.index_backing(saga, institution, issuers);
@@ -774,6 +801,7 @@ impl Institution {
                         started_ms: *at_ms,
                         locked: BTreeMap::new(),
                         step: MergeStep::Aborted { reason: *reason },
+                        decided_ms: 0,
                     },
                 );
             }
@@ -801,6 +829,8 @@ impl Institution {
                     issuers_done: BTreeSet::new(),
                     backing_done: BTreeSet::new(),
                 };
+                // The merged coin is issued at the decision.
+                m.decided_ms = coin.body.issued_at_ms;
             }
             MergeEvent::AbortDecided {
                 saga,

@@ -27,6 +27,7 @@
 //!   the high-water sequence and acknowledges, which frees the wallet's offline limit.
 
 use super::super::{CoinState, Institution, InstitutionEvent, InstitutionTimer, Out};
+use crate::reconciler::Movement;
 use serde::{Deserialize, Serialize};
 use specie_protocol::crypto::{sha256, PublicKey};
 use specie_protocol::envelope::SagaOutcome;
@@ -327,6 +328,9 @@ pub(in super::super) struct ClaimRecord {
     claimant: WalletId,
     claimant_key: PublicKey,
     amount: Amount,
+    /// The wallet that paid the chain offline (its last transfer's signer): the payer of the
+    /// claim's transaction record.
+    payer: WalletId,
     pub(in super::super) state: ClaimState,
     double_spend: Option<DoubleSpend>,
     issued: Option<CoinId>,
@@ -417,6 +421,8 @@ pub(in super::super) struct Redemption {
     pub(in super::super) started_ms: u64,
     pub(in super::super) step: RedeemStep,
     double_spend: Option<DoubleSpend>,
+    /// When commit was decided (0 before): the time of the redemption's transaction records.
+    pub(in super::super) decided_ms: u64,
 }
 
 impl Redemption {
@@ -532,6 +538,8 @@ pub enum OfflineEvent {
     RedeemCommitDecided {
         /// The saga.
         saga: SagaId,
+        /// When.
+        at_ms: u64,
     },
     /// Coordinator: decision abort.
     RedeemAbortDecided {
@@ -653,7 +661,7 @@ impl Institution {
             OfflineMessage::ClaimReply {
                 result,
                 double_spend,
-            } => self.on_claim_reply(from, saga, result, double_spend, out),
+            } => self.on_claim_reply(from, saga, result, double_spend, now_ms, out),
             OfflineMessage::Sync { transfers } => self.on_offline_sync(from, saga, transfers, out),
             OfflineMessage::DoubleSpendReport(_) | OfflineMessage::SyncAck { .. } => {
                 metrics::counter!("specie_envelopes_rejected_total", "reason" => "unexpected")
@@ -679,8 +687,18 @@ impl Institution {
                 kind,
                 result,
                 spent_coin_ids: spent,
+                decided_at_ms: self.offline_decided_ms(saga, kind, result),
             }),
         ));
+    }
+
+    /// When a committed redemption was decided (0 for anything else: a split moves no value
+    /// between wallets and has no transaction record).
+    fn offline_decided_ms(&self, saga: SagaId, kind: SagaKind, result: Result<(), AbortReason>) -> u64 {
+        match (kind, result, self.sagas.redemptions.get(&saga)) {
+            (SagaKind::OfflineRedeem, Ok(()), Some(r)) => r.decided_ms,
+            _ => 0,
+        }
     }
 
     fn offline_notice(
@@ -698,6 +716,7 @@ impl Institution {
                 kind,
                 result,
                 spent_coin_ids: spent,
+                decided_at_ms: self.offline_decided_ms(saga, kind, result),
             },
         });
     }
@@ -955,6 +974,7 @@ impl Institution {
         &mut self,
         from: Address,
         saga: SagaId,
+        decided_at_ms: u64,
         now_ms: u64,
         out: &mut Out,
     ) {
@@ -968,6 +988,15 @@ impl Institution {
         match c.state {
             ClaimState::Reserved => {
                 let (claimant, key, amount) = (c.claimant, c.claimant_key, c.amount);
+                // The issuer's record of the redemption (the coordinator makes its own).
+                let movement = Movement {
+                    saga,
+                    kind: specie_protocol::reconcile::RecordKind::OfflineRedeem,
+                    payer: c.payer,
+                    payee: claimant,
+                    amount,
+                    at_ms: decided_at_ms,
+                };
                 let coin = self.issue(key, amount, saga, self.next_nonce, now_ms);
                 self.record(
                     InstitutionEvent::Offline(OfflineEvent::ClaimCommitted {
@@ -977,6 +1006,7 @@ impl Institution {
                     }),
                     out,
                 );
+                movement.emit(self.id, out);
                 out.send(self.envelope(
                     saga,
                     Address::Wallet(claimant),
@@ -1169,6 +1199,9 @@ impl Institution {
             );
             match outcome {
                 Ok(coin) => {
+                    // Coordinator and issuer in one: one record, this institution's.
+                    let chain = &self.sagas.redemptions[&saga].chain;
+                    Movement::redemption(saga, chain, claimant, now_ms).emit(self.id, out);
                     out.send(self.envelope(
                         saga,
                         Address::Wallet(claimant),
@@ -1209,6 +1242,7 @@ impl Institution {
         saga: SagaId,
         result: Result<Amount, AbortReason>,
         double_spend: Option<DoubleSpend>,
+        now_ms: u64,
         out: &mut Out,
     ) {
         let Some(r) = self.sagas.redemptions.get(&saga) else {
@@ -1220,15 +1254,23 @@ impl Institution {
         match result {
             Ok(amount) if amount == r.chain.value() => {
                 let issuer = r.issuer();
+                let movement = Movement::redemption(saga, &r.chain, r.claimant, now_ms);
                 self.record(
-                    InstitutionEvent::Offline(OfflineEvent::RedeemCommitDecided { saga }),
+                    InstitutionEvent::Offline(OfflineEvent::RedeemCommitDecided {
+                        saga,
+                        at_ms: now_ms,
+                    }),
                     out,
                 );
+                // The coordinator's record; the issuer makes its own when it pays the claim.
+                movement.emit(self.id, out);
                 out.send(self.envelope(
                     saga,
                     Address::Institution(issuer),
                     0,
-                    Payload::CommitRequest,
+                    Payload::CommitRequest {
+                        decided_at_ms: now_ms,
+                    },
                 ));
                 self.announce_redemption(saga, Ok(()), out);
             }
@@ -1326,7 +1368,9 @@ impl Institution {
                         chain: r.chain.clone(),
                         claimant: r.claimant,
                     }),
-                    RedeemStep::Committing => Payload::CommitRequest,
+                    RedeemStep::Committing => Payload::CommitRequest {
+                        decided_at_ms: r.decided_ms,
+                    },
                     RedeemStep::Aborting { reason } => Payload::AbortRequest { reason },
                     RedeemStep::Committed | RedeemStep::Aborted { .. } => return,
                 };
@@ -1461,6 +1505,7 @@ impl Institution {
             claimant,
             claimant_key: chain.holder_key(),
             amount: chain.value(),
+            payer: chain.transfers.last().map_or(claimant, |t| t.record.from),
             state,
             double_spend: None,
             issued: None,
@@ -1483,6 +1528,7 @@ impl Institution {
             started_ms: at_ms,
             step,
             double_spend: None,
+            decided_ms: 0,
         }
     }
 
@@ -1562,12 +1608,14 @@ impl Institution {
                 );
                 self.sagas.redemptions.insert(*saga, r);
             }
-            OfflineEvent::RedeemCommitDecided { saga } => {
-                self.sagas
+            OfflineEvent::RedeemCommitDecided { saga, at_ms } => {
+                let r = self
+                    .sagas
                     .redemptions
                     .get_mut(saga)
-                    .expect("decided redemption exists")
-                    .step = RedeemStep::Committing;
+                    .expect("decided redemption exists");
+                r.step = RedeemStep::Committing;
+                r.decided_ms = *at_ms;
             }
             OfflineEvent::RedeemAbortDecided {
                 saga,
@@ -1643,8 +1691,9 @@ impl Institution {
                     }
                 };
                 let mut r = Self::redemption(chain, *claimant, *requester, *at_ms, step);
-                if let Err((_, ds)) = outcome {
-                    r.double_spend = ds.clone();
+                match outcome {
+                    Ok(_) => r.decided_ms = *at_ms,
+                    Err((_, ds)) => r.double_spend = ds.clone(),
                 }
                 self.sagas.redemptions.insert(*saga, r);
             }

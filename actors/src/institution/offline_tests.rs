@@ -688,7 +688,7 @@ fn after_the_decision_a_lost_commit_is_retried_and_a_timeout_changes_nothing() {
         let e = world.queue.pop_front().unwrap();
         world.deliver(e);
     }
-    assert_eq!(world.drop_where(|e| e.payload == Payload::CommitRequest), 1);
+    assert_eq!(world.drop_where(|e| matches!(e.payload, Payload::CommitRequest { .. })), 1);
     world.run();
     assert_eq!(
         outcome(&world, W2, saga(83)),
@@ -861,7 +861,7 @@ fn the_status_of_a_split_or_a_redemption_is_its_recorded_decision() {
         );
         world.run();
         world.inbox.iter().find_map(|e| match e.payload {
-            Payload::StatusReply { state, reason } => Some((state, reason)),
+            Payload::StatusReply { state, reason, .. } => Some((state, reason)),
             _ => None,
         })
     };

@@ -25,7 +25,9 @@ pub use offline::{
 use super::{Institution, InstitutionTimer, Out};
 use serde::{Deserialize, Serialize};
 use specie_protocol::crypto::PublicKey;
-use specie_protocol::{Address, CoinId, Envelope, InstitutionId, Payload, SagaId, WalletId};
+use specie_protocol::{
+    Address, CoinId, Envelope, InstitutionId, Payload, SagaId, SagaState, WalletId,
+};
 use specie_runtime::StateMachine;
 use std::collections::{BTreeMap, HashMap};
 
@@ -125,7 +127,7 @@ impl Institution {
             }
             // The decision on a claim reserved here (a merge's lock is a participation of the
             // pay saga's kind, and its commit and abort are handled there).
-            Payload::CommitRequest | Payload::AbortRequest { .. } => {
+            Payload::CommitRequest { .. } | Payload::AbortRequest { .. } => {
                 self.sagas.claims.contains_key(saga)
             }
             Payload::ReserveAck(_) => {
@@ -157,16 +159,30 @@ impl Institution {
                 }
             }
             Payload::StatusQuery => {
-                let (state, reason) = if let Some(m) = self.sagas.merges.get(&saga) {
-                    m.step.saga_state()
+                // A split moves no value between wallets: it has no transaction record, and no
+                // decision time to tell.
+                let ((state, reason), decided) = if let Some(m) = self.sagas.merges.get(&saga) {
+                    (m.step.saga_state(), m.decided_ms)
                 } else if let Some(r) = self.sagas.redemptions.get(&saga) {
-                    r.step.saga_state()
+                    (r.step.saga_state(), r.decided_ms)
                 } else {
-                    self.sagas.splits[&saga].saga_state()
+                    (self.sagas.splits[&saga].saga_state(), 0)
                 };
-                out.send(self.envelope(saga, from, 0, Payload::StatusReply { state, reason }));
+                let decided_at_ms = if state == SagaState::Committed {
+                    decided
+                } else {
+                    0
+                };
+                let reply = Payload::StatusReply {
+                    state,
+                    reason,
+                    decided_at_ms,
+                };
+                out.send(self.envelope(saga, from, 0, reply));
             }
-            Payload::CommitRequest => self.on_claim_commit(from, saga, now_ms, out),
+            Payload::CommitRequest { decided_at_ms } => {
+                self.on_claim_commit(from, saga, decided_at_ms, now_ms, out)
+            }
             Payload::AbortRequest { .. } => self.on_claim_abort(from, saga, now_ms, out),
             Payload::ReserveAck(ack) => self.on_merge_backing_ack(saga, ack, out),
             other => unreachable!("routes_to_sagas claimed {}", other.name()),

@@ -22,6 +22,8 @@ use specie_protocol::{
     AbortReason, Address, Amount, Coin, CoinBody, CoinId, Envelope, InstitutionId, Payload, SagaId,
     SagaKind, SagaState, SignedAuthorization, SoftKeyStore, WalletId,
 };
+use crate::reconciler::Movement;
+use specie_protocol::reconcile::RecordKind;
 use specie_runtime::{Effects, Notice, StateMachine};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -146,6 +148,8 @@ struct PaySaga {
     requester: Address,
     started_ms: u64,
     step: PayStep,
+    /// When commit was decided (0 before): the time of the saga's transaction records.
+    decided_ms: u64,
 }
 
 /// What an issuer records when it locks coins for a saga.
@@ -155,6 +159,10 @@ pub(super) struct LockFacts {
     pub(super) amount: Amount,
     pub(super) payer: WalletId,
     pub(super) payer_key: PublicKey,
+    /// Who is paid (the wallet itself for a merge): for the transaction record.
+    pub(super) payee: WalletId,
+    /// The saga's kind of transaction record.
+    pub(super) kind: RecordKind,
 }
 
 /// The issuer's record of its part in a saga.
@@ -177,6 +185,8 @@ enum ParticipantState {
         amount: Amount,
         payer: WalletId,
         payer_key: PublicKey,
+        payee: WalletId,
+        kind: RecordKind,
     },
     Refused(AbortReason),
     Committed {
@@ -201,6 +211,8 @@ struct Exchange {
     wallet: WalletId,
     amount: Amount,
     state: ExchangeState,
+    /// When the coins were issued (0 before): the time of the exchange's transaction record.
+    decided_ms: u64,
 }
 
 /// Journaled facts of an institution.
@@ -236,6 +248,10 @@ pub enum InstitutionEvent {
         payer: WalletId,
         /// The payer's key (owner of the change).
         payer_key: PublicKey,
+        /// Who is paid (the wallet itself for a merge).
+        payee: WalletId,
+        /// The saga's kind of transaction record (a payment or a merge).
+        kind: RecordKind,
         /// When.
         at_ms: u64,
     },
@@ -742,6 +758,7 @@ impl Institution {
         to: Address,
         result: Result<(), AbortReason>,
         spent: Vec<CoinId>,
+        decided_at_ms: u64,
         out: &mut Out,
     ) {
         out.send(self.envelope(
@@ -752,22 +769,36 @@ impl Institution {
                 kind: SagaKind::Pay,
                 result,
                 spent_coin_ids: spent,
+                decided_at_ms,
             }),
         ));
+    }
+
+    /// A pay saga's transaction record, as the coordinator knows it.
+    fn pay_movement(p: &PaySaga, at_ms: u64) -> Movement {
+        let a = &p.authorization.authorization;
+        Movement {
+            saga: a.saga_id,
+            kind: RecordKind::Pay,
+            payer: a.payer,
+            payee: a.payee,
+            amount: a.amount,
+            at_ms,
+        }
     }
 
     /// Tells the payer, the requester and observers how a pay saga ended.
     fn announce(&self, saga: SagaId, result: Result<(), AbortReason>, out: &mut Out) {
         let p = &self.pays[&saga];
-        let spent = if result.is_ok() {
-            p.authorization.authorization.coin_ids.clone()
+        let (spent, decided) = if result.is_ok() {
+            (p.authorization.authorization.coin_ids.clone(), p.decided_ms)
         } else {
-            Vec::new()
+            (Vec::new(), 0)
         };
         let payer = Address::Wallet(p.authorization.authorization.payer);
-        self.outcome_to(saga, payer, result, spent.clone(), out);
+        self.outcome_to(saga, payer, result, spent.clone(), decided, out);
         if p.requester != payer {
-            self.outcome_to(saga, p.requester, result, spent.clone(), out);
+            self.outcome_to(saga, p.requester, result, spent.clone(), decided, out);
         }
         out.notice(Notice {
             saga_id: saga,
@@ -776,6 +807,7 @@ impl Institution {
                 kind: SagaKind::Pay,
                 result,
                 spent_coin_ids: spent,
+                decided_at_ms: decided,
             },
         });
     }
@@ -792,38 +824,39 @@ impl Institution {
     ) {
         let a = &signed.authorization;
         if a.saga_id != saga {
-            self.outcome_to(saga, from, Err(AbortReason::Conflict), vec![], out);
+            self.outcome_to(saga, from, Err(AbortReason::Conflict), vec![], 0, out);
             return;
         }
         if let Some(p) = self.pays.get(&saga) {
             if p.digest != signed.digest() {
-                self.outcome_to(saga, from, Err(AbortReason::Conflict), vec![], out);
+                self.outcome_to(saga, from, Err(AbortReason::Conflict), vec![], 0, out);
                 return;
             }
             // A duplicate: answer with the recorded outcome once there is one.
             match p.step.saga_state() {
                 (SagaState::Committed, _) => {
-                    self.outcome_to(saga, from, Ok(()), a.coin_ids.clone(), out)
+                    let decided = p.decided_ms;
+                    self.outcome_to(saga, from, Ok(()), a.coin_ids.clone(), decided, out)
                 }
                 (SagaState::Aborted, reason) => {
                     let reason = reason.expect("an aborted saga has a reason");
-                    self.outcome_to(saga, from, Err(reason), vec![], out)
+                    self.outcome_to(saga, from, Err(reason), vec![], 0, out)
                 }
                 (SagaState::InProgress | SagaState::Unknown, _) => {}
             }
             return;
         }
         if a.payee_institution != self.id {
-            self.outcome_to(saga, from, Err(AbortReason::PayeeMismatch), vec![], out);
+            self.outcome_to(saga, from, Err(AbortReason::PayeeMismatch), vec![], 0, out);
             return;
         }
         if a.payer_institution.0 >= self.institutions {
             // No such issuer: a saga started with it could never be unlocked, so never end.
-            self.outcome_to(saga, from, Err(AbortReason::WrongIssuer), vec![], out);
+            self.outcome_to(saga, from, Err(AbortReason::WrongIssuer), vec![], 0, out);
             return;
         }
         let Some(payee) = self.accounts.get(&a.payee) else {
-            self.outcome_to(saga, from, Err(AbortReason::UnknownWallet), vec![], out);
+            self.outcome_to(saga, from, Err(AbortReason::UnknownWallet), vec![], 0, out);
             return;
         };
         if a.payer_institution == self.id {
@@ -848,6 +881,8 @@ impl Institution {
                 out,
             );
             if let Ok((payee_coin, change)) = outcome {
+                // Payer and payee bank here: one record, this institution's.
+                Self::pay_movement(&self.pays[&saga], now_ms).emit(self.id, out);
                 out.send(self.envelope(
                     saga,
                     Address::Wallet(payee_wallet),
@@ -915,11 +950,15 @@ impl Institution {
                     },
                     out,
                 );
+                // The coordinator's record; the issuer makes its own when it retires the coins.
+                Self::pay_movement(&self.pays[&saga], now_ms).emit(self.id, out);
                 out.send(self.envelope(
                     saga,
                     Address::Institution(issuer),
                     0,
-                    Payload::CommitRequest,
+                    Payload::CommitRequest {
+                        decided_at_ms: now_ms,
+                    },
                 ));
                 out.send(self.envelope(
                     saga,
@@ -1001,7 +1040,10 @@ impl Institution {
                         backing_done,
                     } => {
                         if !issuer_done {
-                            out.send(self.envelope(saga, issuer, attempt, Payload::CommitRequest));
+                            let commit = Payload::CommitRequest {
+                                decided_at_ms: p.decided_ms,
+                            };
+                            out.send(self.envelope(saga, issuer, attempt, commit));
                         }
                         if !backing_done {
                             out.send(self.envelope(
@@ -1070,6 +1112,8 @@ impl Institution {
                 amount: a.amount,
                 payer: a.payer,
                 payer_key: a.payer_key,
+                payee: a.payee,
+                kind: RecordKind::Pay,
             })
         });
         reply(self, answer, out);
@@ -1109,6 +1153,8 @@ impl Institution {
                         amount: facts.amount,
                         payer: facts.payer,
                         payer_key: facts.payer_key,
+                        payee: facts.payee,
+                        kind: facts.kind,
                         at_ms: now_ms,
                     },
                     out,
@@ -1131,7 +1177,17 @@ impl Institution {
         }
     }
 
-    fn on_commit_request(&mut self, from: Address, saga: SagaId, now_ms: u64, out: &mut Out) {
+    /// The coordinator's decision commit: retire the locked coins, issue the change, and make
+    /// this institution's transaction record of the step (the coordinator makes its own; one
+    /// that is also the issuer makes one record, as coordinator).
+    fn on_commit_request(
+        &mut self,
+        from: Address,
+        saga: SagaId,
+        decided_at_ms: u64,
+        now_ms: u64,
+        out: &mut Out,
+    ) {
         let reply = |inst: &Self, r: Result<(), AbortReason>, out: &mut Out| {
             out.send(inst.envelope(saga, from, 0, Payload::CommitReply(r)));
         };
@@ -1148,6 +1204,8 @@ impl Institution {
                 amount,
                 payer,
                 payer_key,
+                payee,
+                kind,
                 ..
             } => {
                 let change_value = total
@@ -1155,6 +1213,14 @@ impl Institution {
                     .expect("lock checked total covers amount");
                 let change = (!change_value.is_zero())
                     .then(|| self.issue(*payer_key, change_value, saga, self.next_nonce, now_ms));
+                let movement = (p.coordinator != self.id).then_some(Movement {
+                    saga,
+                    kind: *kind,
+                    payer: *payer,
+                    payee: *payee,
+                    amount: *amount,
+                    at_ms: decided_at_ms,
+                });
                 let payer = *payer;
                 self.record(
                     InstitutionEvent::Retired {
@@ -1164,6 +1230,9 @@ impl Institution {
                     },
                     out,
                 );
+                if let Some(movement) = movement {
+                    movement.emit(self.id, out);
+                }
                 if let Some(coin) = change {
                     out.send(self.envelope(
                         saga,
@@ -1224,8 +1293,16 @@ impl Institution {
         let Address::Wallet(wallet) = from else {
             return;
         };
-        let reply = |inst: &Self, r: Result<(), AbortReason>, out: &mut Out| {
-            out.send(inst.envelope(saga, from, 0, Payload::ExchangeReply(r)));
+        let reply = |inst: &Self, result: Result<(), AbortReason>, out: &mut Out| {
+            let decided_at_ms = match (result, inst.exchanges.get(&saga)) {
+                (Ok(()), Some(x)) => x.decided_ms,
+                _ => 0,
+            };
+            let payload = Payload::ExchangeReply {
+                result,
+                decided_at_ms,
+            };
+            out.send(inst.envelope(saga, from, 0, payload));
         };
         if let Some(x) = self.exchanges.get(&saga) {
             match x.state {
@@ -1332,14 +1409,32 @@ impl Institution {
                     },
                     out,
                 );
+                // Account money into coins: the wallet pays itself.
+                Movement {
+                    saga,
+                    kind: RecordKind::Exchange,
+                    payer: wallet,
+                    payee: wallet,
+                    amount,
+                    at_ms: now_ms,
+                }
+                .emit(self.id, out);
                 for coin in coins {
                     out.send(self.envelope(saga, wallet_addr, 0, Payload::CoinIssued(coin)));
                 }
-                out.send(self.envelope(saga, wallet_addr, 0, Payload::ExchangeReply(Ok(()))));
+                let reply = Payload::ExchangeReply {
+                    result: Ok(()),
+                    decided_at_ms: now_ms,
+                };
+                out.send(self.envelope(saga, wallet_addr, 0, reply));
             }
             Err(reason) => {
                 self.record(InstitutionEvent::ExchangeAborted { saga, reason }, out);
-                out.send(self.envelope(saga, wallet_addr, 0, Payload::ExchangeReply(Err(reason))));
+                let reply = Payload::ExchangeReply {
+                    result: Err(reason),
+                    decided_at_ms: 0,
+                };
+                out.send(self.envelope(saga, wallet_addr, 0, reply));
             }
         }
     }
@@ -1439,11 +1534,24 @@ impl Institution {
     }
 
     fn on_status_query(&mut self, from: Address, saga: SagaId, out: &mut Out) {
-        let (state, reason) = self
-            .pays
-            .get(&saga)
-            .map_or((SagaState::Unknown, None), |p| p.step.saga_state());
-        out.send(self.envelope(saga, from, 0, Payload::StatusReply { state, reason }));
+        let (state, reason, decided_at_ms) =
+            self.pays
+                .get(&saga)
+                .map_or((SagaState::Unknown, None, 0), |p| {
+                    let (state, reason) = p.step.saga_state();
+                    let decided = if state == SagaState::Committed {
+                        p.decided_ms
+                    } else {
+                        0
+                    };
+                    (state, reason, decided)
+                });
+        let reply = Payload::StatusReply {
+            state,
+            reason,
+            decided_at_ms,
+        };
+        out.send(self.envelope(saga, from, 0, reply));
     }
 }
 
@@ -1482,6 +1590,8 @@ impl StateMachine for Institution {
                 amount,
                 payer,
                 payer_key,
+                payee,
+                kind,
                 at_ms,
             } => {
                 for id in coin_ids {
@@ -1499,6 +1609,8 @@ impl StateMachine for Institution {
                             amount: *amount,
                             payer: *payer,
                             payer_key: *payer_key,
+                            payee: *payee,
+                            kind: *kind,
                         },
                     },
                 );
@@ -1592,15 +1704,19 @@ impl StateMachine for Institution {
                         requester: *requester,
                         started_ms: *at_ms,
                         step: PayStep::Locking,
+                        decided_ms: 0,
                     },
                 );
             }
             InstitutionEvent::PayCommitDecided { saga, payee_coin } => {
                 self.register_coin(payee_coin);
-                self.pays.get_mut(saga).expect("decided saga exists").step = PayStep::Committing {
+                let p = self.pays.get_mut(saga).expect("decided saga exists");
+                p.step = PayStep::Committing {
                     issuer_done: false,
                     backing_done: false,
                 };
+                // The payee's coin is issued at the decision.
+                p.decided_ms = payee_coin.body.issued_at_ms;
             }
             InstitutionEvent::PayAbortDecided {
                 saga,
@@ -1664,6 +1780,7 @@ impl StateMachine for Institution {
                         requester: *requester,
                         started_ms: *at_ms,
                         step,
+                        decided_ms: if outcome.is_ok() { *at_ms } else { 0 },
                     },
                 );
             }
@@ -1686,6 +1803,7 @@ impl StateMachine for Institution {
                         wallet: *wallet,
                         amount: *amount,
                         state: ExchangeState::Pending,
+                        decided_ms: 0,
                     },
                 );
             }
@@ -1701,6 +1819,7 @@ impl StateMachine for Institution {
                         wallet: *wallet,
                         amount: *amount,
                         state: ExchangeState::Aborted(*reason),
+                        decided_ms: 0,
                     },
                 );
             }
@@ -1713,7 +1832,10 @@ impl StateMachine for Institution {
                 for coin in coins {
                     self.register_coin(coin);
                 }
-                self.exchanges.get_mut(saga).expect("started").state = ExchangeState::Committed;
+                let x = self.exchanges.get_mut(saga).expect("started");
+                x.state = ExchangeState::Committed;
+                // The coins are issued at the decision.
+                x.decided_ms = coins.first().map_or(0, |c| c.body.issued_at_ms);
             }
             InstitutionEvent::ExchangeAborted { saga, reason } => {
                 let x = self.exchanges.get_mut(saga).expect("started");
@@ -1794,7 +1916,9 @@ impl StateMachine for Institution {
             Payload::RedeemRequest(signed) => self.on_redeem(from, saga, signed, now_ms, out),
             Payload::LockRequest(signed) => self.on_lock_request(from, saga, signed, now_ms, out),
             Payload::LockReply(reply) => self.on_lock_reply(from, saga, reply, now_ms, out),
-            Payload::CommitRequest => self.on_commit_request(from, saga, now_ms, out),
+            Payload::CommitRequest { decided_at_ms } => {
+                self.on_commit_request(from, saga, decided_at_ms, now_ms, out)
+            }
             Payload::CommitReply(reply) => {
                 // Only the issuer of the saga's coins can acknowledge their retirement.
                 let committing = self.pays.get(&saga).is_some_and(|p| {
@@ -1875,7 +1999,9 @@ impl StateMachine for Institution {
                 self.on_exchange_request(from, saga, amount, out)
             }
             Payload::Escrow(message) => self.on_escrow_message(from, saga, message, now_ms, out),
-            Payload::WalletUpdate(message) => self.on_update_message(from, saga, message, out),
+            Payload::WalletUpdate(message) => {
+                self.on_update_message(from, saga, message, now_ms, out)
+            }
             other => {
                 metrics::counter!("specie_envelopes_rejected_total", "reason" => "unexpected")
                     .increment(1);

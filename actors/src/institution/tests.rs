@@ -301,6 +301,7 @@ fn committed(spent: &[&Coin]) -> SagaOutcome {
         kind: SagaKind::Pay,
         result: Ok(()),
         spent_coin_ids: spent.iter().map(|c| c.id).collect(),
+        decided_at_ms: NOW_MS,
     }
 }
 
@@ -309,6 +310,7 @@ fn aborted(reason: AbortReason) -> SagaOutcome {
         kind: SagaKind::Pay,
         result: Err(reason),
         spent_coin_ids: Vec::new(),
+        decided_at_ms: 0,
     }
 }
 
@@ -388,7 +390,10 @@ fn exchange_debits_the_account_and_issues_coins_by_denomination_once_backed() {
     }
     assert_eq!(
         payloads_to(&out, Address::Wallet(PAYER)).last(),
-        Some(&&Payload::ExchangeReply(Ok(())))
+        Some(&&Payload::ExchangeReply {
+            result: Ok(()),
+            decided_at_ms: NOW_MS
+        })
     );
     assert_eq!(
         a.inst.snapshot().exchanges[&id],
@@ -404,7 +409,13 @@ fn exchange_debits_the_account_and_issues_coins_by_denomination_once_backed() {
         NOW_MS,
     );
     assert!(out.events.is_empty());
-    assert_eq!(only_send(&out).payload, Payload::ExchangeReply(Ok(())));
+    assert_eq!(
+        only_send(&out).payload,
+        Payload::ExchangeReply {
+            result: Ok(()),
+            decided_at_ms: NOW_MS
+        }
+    );
     assert_eq!(a.inst.snapshot().coins.len(), 4);
     assert_eq!(a.balance(PAYER), Amount(DEPOSIT.0 - EXCHANGED.0));
 }
@@ -424,7 +435,13 @@ fn exchange_above_the_account_balance_or_of_zero_is_refused_and_moves_nothing() 
             Payload::ExchangeRequest { amount },
             NOW_MS,
         );
-        assert_eq!(only_send(&out).payload, Payload::ExchangeReply(Err(reason)));
+        assert_eq!(
+            only_send(&out).payload,
+            Payload::ExchangeReply {
+                result: Err(reason),
+                decided_at_ms: 0
+            }
+        );
         assert_eq!(
             a.inst.snapshot().exchanges[&saga(n)],
             (PAYER, amount, ExchangeState::Aborted(reason))
@@ -443,7 +460,10 @@ fn exchange_above_the_account_balance_or_of_zero_is_refused_and_moves_nothing() 
     assert!(out.events.is_empty());
     assert_eq!(
         only_send(&out).payload,
-        Payload::ExchangeReply(Err(AbortReason::UnknownWallet))
+        Payload::ExchangeReply {
+            result: Err(AbortReason::UnknownWallet),
+            decided_at_ms: 0
+        }
     );
 }
 
@@ -465,7 +485,13 @@ fn exchange_the_central_bank_refuses_refunds_the_account() {
         Payload::ReserveAck(refusal),
         NOW_MS,
     );
-    assert_eq!(only_send(&out).payload, Payload::ExchangeReply(refusal));
+    assert_eq!(
+        only_send(&out).payload,
+        Payload::ExchangeReply {
+            result: refusal,
+            decided_at_ms: 0
+        }
+    );
     assert_eq!(a.balance(PAYER), DEPOSIT);
     assert!(a.inst.snapshot().coins.is_empty());
 
@@ -619,7 +645,9 @@ fn lock_of_a_spent_coin_is_refused() {
         commit_reply(&a.deliver(
             Address::Institution(B),
             saga(1),
-            Payload::CommitRequest,
+            Payload::CommitRequest {
+            decided_at_ms: NOW_MS,
+        },
             NOW_MS
         )),
         Ok(())
@@ -638,7 +666,9 @@ fn finished_participations_are_pruned_after_the_retention_and_locked_ones_never(
     a.deliver(
         Address::Institution(B),
         saga(1),
-        Payload::CommitRequest,
+        Payload::CommitRequest {
+            decided_at_ms: NOW_MS,
+        },
         NOW_MS,
     );
     let (_, out) = a.lock(&authorize(saga(2), &[&coins[0]], Amount(5_000)), NOW_MS);
@@ -785,7 +815,9 @@ fn only_the_coordinator_the_payer_named_may_lock_commit_or_abort() {
 
     assert_eq!(a.lock(&signed, NOW_MS).0, Ok(Amount(5_000)));
     for payload in [
-        Payload::CommitRequest,
+        Payload::CommitRequest {
+            decided_at_ms: NOW_MS,
+        },
         Payload::AbortRequest {
             reason: AbortReason::Timeout,
         },
@@ -870,7 +902,9 @@ fn commit_after_abort_is_refused() {
     let out = a.deliver(
         Address::Institution(B),
         saga(1),
-        Payload::CommitRequest,
+        Payload::CommitRequest {
+            decided_at_ms: NOW_MS,
+        },
         NOW_MS,
     );
     assert_eq!(commit_reply(&out), Err(AbortReason::SagaAborted));
@@ -890,14 +924,18 @@ fn commit_after_abort_is_refused() {
     let out = a.deliver(
         Address::Institution(B),
         saga(2),
-        Payload::CommitRequest,
+        Payload::CommitRequest {
+            decided_at_ms: NOW_MS,
+        },
         NOW_MS,
     );
     assert_eq!(commit_reply(&out), Err(AbortReason::SagaAborted));
     let out = a.deliver(
         Address::Institution(B),
         saga(3),
-        Payload::CommitRequest,
+        Payload::CommitRequest {
+            decided_at_ms: NOW_MS,
+        },
         NOW_MS,
     );
     assert_eq!(commit_reply(&out), Err(AbortReason::SagaUnknown));
@@ -916,7 +954,9 @@ fn commit_retires_the_coins_and_issues_the_change_to_the_payer() {
     let out = a.deliver(
         Address::Institution(B),
         saga(1),
-        Payload::CommitRequest,
+        Payload::CommitRequest {
+            decided_at_ms: NOW_MS,
+        },
         NOW_MS,
     );
     assert_eq!(
@@ -936,7 +976,9 @@ fn commit_retires_the_coins_and_issues_the_change_to_the_payer() {
     let out = a.deliver(
         Address::Institution(B),
         saga(1),
-        Payload::CommitRequest,
+        Payload::CommitRequest {
+            decided_at_ms: NOW_MS,
+        },
         NOW_MS,
     );
     assert_eq!(commit_reply(&out), Ok(()));
@@ -964,7 +1006,9 @@ fn commit_of_exactly_the_amount_issues_no_change() {
     let out = a.deliver(
         Address::Institution(B),
         saga(1),
-        Payload::CommitRequest,
+        Payload::CommitRequest {
+            decided_at_ms: NOW_MS,
+        },
         NOW_MS,
     );
     assert_eq!(commit_reply(&out), Ok(()));
@@ -1035,7 +1079,8 @@ fn redeem_request_asks_the_issuer_to_lock() {
         only_send(&out).payload,
         Payload::StatusReply {
             state: SagaState::InProgress,
-            reason: None
+            reason: None,
+            decided_at_ms: 0
         }
     );
     // A retry before the decision resends the lock request.
@@ -1058,7 +1103,9 @@ fn lock_granted_decides_commit_moves_backing_and_issues_the_payee_coin() {
 
     assert_eq!(
         payloads_to(&out, Address::Institution(A)),
-        vec![&Payload::CommitRequest]
+        vec![&Payload::CommitRequest {
+            decided_at_ms: NOW_MS
+        }]
     );
     assert_eq!(
         payloads_to(&out, Address::CentralBank),
@@ -1101,7 +1148,8 @@ fn lock_granted_decides_commit_moves_backing_and_issues_the_payee_coin() {
         only_send(&out).payload,
         Payload::StatusReply {
             state: SagaState::Committed,
-            reason: None
+            reason: None,
+            decided_at_ms: NOW_MS
         }
     );
     // A late lock timeout changes nothing after the decision.
@@ -1210,7 +1258,8 @@ fn lock_timeout_before_the_decision_aborts_and_unlocks() {
         only_send(&status).payload,
         Payload::StatusReply {
             state: SagaState::Aborted,
-            reason: Some(reason)
+            reason: Some(reason),
+            decided_at_ms: 0
         }
     );
 
@@ -1256,7 +1305,9 @@ fn retry_after_the_decision_resends_until_acknowledged() {
     );
     assert_eq!(
         payloads_to(&out, Address::Institution(A)),
-        vec![&Payload::CommitRequest]
+        vec![&Payload::CommitRequest {
+            decided_at_ms: NOW_MS
+        }]
     );
     assert_eq!(payloads_to(&out, Address::CentralBank), vec![&move_backing]);
     assert!(out.sends.iter().all(|e| e.attempt == 1));
@@ -1367,7 +1418,12 @@ fn backing_acknowledged_before_the_issuer_still_waits_for_the_issuer() {
         NOW_MS,
     );
     assert_eq!(out.sends.len(), 1);
-    assert_eq!(out.sends[0].payload, Payload::CommitRequest);
+    assert_eq!(
+        out.sends[0].payload,
+        Payload::CommitRequest {
+            decided_at_ms: NOW_MS
+        }
+    );
     b.deliver(
         Address::Institution(A),
         saga(1),

@@ -9,6 +9,8 @@
 //! bank has released the backing, resending the release on every repeat until then.
 
 use super::{CoinState, Institution, InstitutionEvent, Out};
+use crate::reconciler::Movement;
+use specie_protocol::reconcile::RecordKind;
 use serde::{Deserialize, Serialize};
 use specie_protocol::update::{SignedWithdraw, UpdateMessage, WalletParams, WITHDRAW_COINS_MAX};
 use specie_protocol::{AbortReason, Address, Amount, CoinId, Payload, SagaId, WalletId};
@@ -35,6 +37,8 @@ struct Withdrawal {
     coin_ids: Vec<CoinId>,
     amount: Amount,
     state: WithdrawState,
+    /// When the coins were retired (0 when refused): the time of the withdraw's record.
+    at_ms: u64,
 }
 
 /// The platform's state: the parameters it publishes and the withdraws it made.
@@ -76,6 +80,8 @@ pub enum PlatformEvent {
         coin_ids: Vec<CoinId>,
         /// Credited.
         amount: Amount,
+        /// When.
+        at_ms: u64,
     },
     /// A withdraw was refused (recorded so a repeat gets the same answer).
     WithdrawRefused {
@@ -185,6 +191,7 @@ impl Institution {
         from: Address,
         saga: SagaId,
         message: UpdateMessage,
+        now_ms: u64,
         out: &mut Out,
     ) {
         let Address::Wallet(wallet) = from else {
@@ -201,7 +208,7 @@ impl Institution {
                 };
                 self.update_send(saga, from, reply, out);
             }
-            UpdateMessage::Withdraw(signed) => self.on_withdraw(from, saga, signed, out),
+            UpdateMessage::Withdraw(signed) => self.on_withdraw(from, saga, signed, now_ms, out),
             UpdateMessage::Upload { records } => {
                 // Hook: the records are taken and counted here; redeeming offline transfer
                 // records is the offline payment saga's work.
@@ -236,21 +243,33 @@ impl Institution {
         }
     }
 
-    fn on_withdraw(&mut self, from: Address, saga: SagaId, signed: SignedWithdraw, out: &mut Out) {
+    fn on_withdraw(
+        &mut self,
+        from: Address,
+        saga: SagaId,
+        signed: SignedWithdraw,
+        now_ms: u64,
+        out: &mut Out,
+    ) {
+        let refused = |reason| UpdateMessage::WithdrawReply {
+            result: Err(reason),
+            decided_at_ms: 0,
+        };
         let digest = signed.digest();
         if let Some(w) = self.platform.withdrawals.get(&saga) {
             match w.state {
-                _ if w.digest != digest => self.update_send(
-                    saga,
-                    from,
-                    UpdateMessage::WithdrawReply(Err(AbortReason::Conflict)),
-                    out,
-                ),
+                _ if w.digest != digest => {
+                    self.update_send(saga, from, refused(AbortReason::Conflict), out)
+                }
                 WithdrawState::Refused(reason) => {
-                    self.update_send(saga, from, UpdateMessage::WithdrawReply(Err(reason)), out)
+                    self.update_send(saga, from, refused(reason), out)
                 }
                 WithdrawState::Done { backed: true } => {
-                    self.update_send(saga, from, UpdateMessage::WithdrawReply(Ok(w.amount)), out)
+                    let reply = UpdateMessage::WithdrawReply {
+                        result: Ok(w.amount),
+                        decided_at_ms: w.at_ms,
+                    };
+                    self.update_send(saga, from, reply, out)
                 }
                 WithdrawState::Done { backed: false } => self.release_backing(saga, w.amount, out),
             }
@@ -258,12 +277,7 @@ impl Institution {
         }
         let a = &signed.authorization;
         if signed.authorization.saga_id != saga {
-            self.update_send(
-                saga,
-                from,
-                UpdateMessage::WithdrawReply(Err(AbortReason::Conflict)),
-                out,
-            );
+            self.update_send(saga, from, refused(AbortReason::Conflict), out);
             return;
         }
         match self.check_withdraw(from, &signed) {
@@ -275,15 +289,26 @@ impl Institution {
                         digest,
                         coin_ids: a.coin_ids.clone(),
                         amount,
+                        at_ms: now_ms,
                     }),
                     out,
                 );
+                // Coins back into the wallet's own account.
+                Movement {
+                    saga,
+                    kind: RecordKind::Withdraw,
+                    payer: a.wallet,
+                    payee: a.wallet,
+                    amount,
+                    at_ms: now_ms,
+                }
+                .emit(self.id, out);
                 self.release_backing(saga, amount, out);
             }
             Err(reason) => {
                 if reason == AbortReason::WrongParty {
                     // Not the wallet's request: answer, but record nothing under its saga.
-                    self.update_send(saga, from, UpdateMessage::WithdrawReply(Err(reason)), out);
+                    self.update_send(saga, from, refused(reason), out);
                     return;
                 }
                 self.record(
@@ -295,7 +320,7 @@ impl Institution {
                     }),
                     out,
                 );
-                self.update_send(saga, from, UpdateMessage::WithdrawReply(Err(reason)), out);
+                self.update_send(saga, from, refused(reason), out);
             }
         }
     }
@@ -326,17 +351,16 @@ impl Institution {
         };
         match (ack, w.state) {
             (Ok(()), WithdrawState::Done { backed: false }) => {
-                let (wallet, amount) = (w.wallet, w.amount);
+                let (wallet, amount, at_ms) = (w.wallet, w.amount, w.at_ms);
                 self.record(
                     InstitutionEvent::Update(PlatformEvent::WithdrawBacked { saga }),
                     out,
                 );
-                self.update_send(
-                    saga,
-                    Address::Wallet(wallet),
-                    UpdateMessage::WithdrawReply(Ok(amount)),
-                    out,
-                );
+                let reply = UpdateMessage::WithdrawReply {
+                    result: Ok(amount),
+                    decided_at_ms: at_ms,
+                };
+                self.update_send(saga, Address::Wallet(wallet), reply, out);
             }
             (Ok(()), _) => {}
             (Err(reason), _) => {
@@ -371,6 +395,7 @@ impl Institution {
                 digest,
                 coin_ids,
                 amount,
+                at_ms,
             } => {
                 for id in coin_ids {
                     self.set_state(id, CoinState::Spent(*saga));
@@ -392,6 +417,7 @@ impl Institution {
                         coin_ids: coin_ids.clone(),
                         amount: *amount,
                         state: WithdrawState::Done { backed: false },
+                        at_ms: *at_ms,
                     },
                 );
             }
@@ -409,6 +435,7 @@ impl Institution {
                         coin_ids: Vec::new(),
                         amount: Amount::ZERO,
                         state: WithdrawState::Refused(*reason),
+                        at_ms: 0,
                     },
                 );
             }

@@ -13,6 +13,11 @@
 //!   chain, drives the drill-down, reports).
 //! - [`LocalReconcilers`]: the platform's and institutions' reconcilers started as supervised
 //!   hosts on a node, with calls to load batches, wait for results and take snapshots.
+//! - [`ledger`]: the transaction records actors produce for committed steps ([`Movement`],
+//!   [`record_id`]), on the institution side and, independently, on the platform's.
+//! - [`Feed`]: continuous reconciliation on a node: collects both sides' records from the
+//!   node's ledger sink into per-(institution, batch) buckets, loads each closed batch into
+//!   the reconcilers and collects the results.
 //! - [`sample`]: seeded sample records and planted differences (the demo and the tests).
 //!
 //! # The three levels, and why the middle one is a tree
@@ -45,7 +50,9 @@
 //! `Inspect` snapshot ([`ReconcilerSnapshot`]).
 
 pub mod chain;
+mod feed;
 pub mod hash;
+pub mod ledger;
 mod local;
 pub mod sample;
 mod state;
@@ -57,6 +64,10 @@ pub use hash::{
     record_hash, shard_of, Batch, BatchHashes, BatchKey, ReconcileError, BATCH_RECORDS_MAX,
     SHARD_COUNT, SHARD_FANOUT, SHARD_TREE_DEPTH,
 };
+pub use feed::{
+    Feed, FeedSettings, FeedSummary, FoundRecord, Side, SideTotals, FINDINGS_LISTED_MAX,
+};
+pub use ledger::{record_id, Movement};
 pub use local::LocalReconcilers;
 pub use state::{
     trace_id, BatchStatus, Finding, LevelCounts, Phase, Progress, Reconciler, ReconcilerCommand,

@@ -7,7 +7,9 @@ mod state;
 #[cfg(test)]
 mod tests;
 
-pub use state::{Wallet, WalletCommand, WalletEvent, WalletLimits, WalletSnapshot, WalletTimer};
+pub use state::{
+    SagaProgress, Wallet, WalletCommand, WalletEvent, WalletLimits, WalletSnapshot, WalletTimer,
+};
 // Escrow pre-payment, wallet update and proximity negotiation.
 pub use state::{
     EscrowCommand, EscrowOp, EscrowWalletEvent, NegotiateCommand, NegotiateOp, NegotiationEvent,

@@ -224,6 +224,7 @@ impl Wallet {
                 kind: SagaKind::OfflinePay,
                 result,
                 spent_coin_ids: Vec::new(),
+                decided_at_ms: 0,
             },
         });
     }

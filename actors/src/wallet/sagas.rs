@@ -18,6 +18,8 @@ mod offline;
 pub use offline::{OfflineCommand, OfflineSnapshot, OfflineSource, CHAINS_HELD_MAX};
 
 use super::{Out, Wallet, WalletEvent, WalletOp, WalletTimer};
+use crate::reconciler::Movement;
+use specie_protocol::reconcile::RecordKind;
 use serde::{Deserialize, Serialize};
 use specie_protocol::envelope::SagaOutcome;
 use specie_protocol::merge::{
@@ -260,8 +262,12 @@ impl Wallet {
             Payload::SagaOutcome(outcome) if from_coordinator => {
                 self.on_saga_outcome(saga, outcome, out)
             }
-            Payload::StatusReply { state, reason } if from_coordinator => {
-                self.on_saga_status(saga, state, reason, now_ms, out)
+            Payload::StatusReply {
+                state,
+                reason,
+                decided_at_ms,
+            } if from_coordinator => {
+                self.on_saga_status(saga, state, reason, decided_at_ms, now_ms, out)
             }
             Payload::Offline(OfflineMessage::SyncAck { sequence }) if from_coordinator => {
                 self.on_sync_ack(saga, sequence, out)
@@ -503,7 +509,56 @@ impl Wallet {
         if outcome.kind != self.sagas.ops[&saga].kind() {
             return;
         }
+        if outcome.result.is_ok() {
+            self.ledger_saga_committed(saga, outcome.decided_at_ms, out);
+        }
         self.finish_saga(saga, outcome.result, out);
+    }
+
+    /// The reconciliation platform's copy of the transaction records of a merge or redemption
+    /// its coordinator committed at `decided_at_ms`, from the wallet's own knowledge (called
+    /// before the operation finishes). A merge is recorded at the wallet's institution (the
+    /// merged sum) and at every other issuer of its coins (the value of that issuer's coins,
+    /// as the wallet held them); a redemption at the wallet's institution and at the coin's
+    /// issuer when it is another. A split moves no value between wallets: no record.
+    fn ledger_saga_committed(&self, saga: SagaId, decided_at_ms: u64, out: &mut Out) {
+        match self.sagas.ops.get(&saga) {
+            Some(SagaOp::Merge { signed }) => {
+                let a = &signed.authorization;
+                let merge = |amount| Movement {
+                    saga,
+                    kind: RecordKind::Merge,
+                    payer: self.id,
+                    payee: self.id,
+                    amount,
+                    at_ms: decided_at_ms,
+                };
+                merge(a.total).emit(a.institution, out);
+                for issuer in a.issuers() {
+                    if issuer == a.institution {
+                        continue;
+                    }
+                    let share = a
+                        .coins_of(issuer)
+                        .iter()
+                        .filter_map(|id| self.coins.get(id).map(|c| c.value().0))
+                        .sum();
+                    merge(Amount(share)).emit(issuer, out);
+                }
+            }
+            Some(SagaOp::Redeem { chain, .. }) => {
+                let Some(held) = self.sagas.chains.get(chain) else {
+                    return;
+                };
+                let movement = Movement::redemption(saga, &held.chain, self.id, decided_at_ms);
+                movement.emit(self.institution, out);
+                let issuer = held.chain.coin.body.issuer;
+                if issuer != self.institution {
+                    movement.emit(issuer, out);
+                }
+            }
+            _ => {}
+        }
     }
 
     /// Ends an operation with its coordinator's verdict, and publishes it.
@@ -562,6 +617,7 @@ impl Wallet {
                 kind,
                 result,
                 spent_coin_ids: spent,
+                decided_at_ms: 0,
             },
         });
         if let Some(parent) = parent {
@@ -575,11 +631,15 @@ impl Wallet {
         saga: SagaId,
         state: SagaState,
         reason: Option<AbortReason>,
+        decided_at_ms: u64,
         now_ms: u64,
         out: &mut Out,
     ) {
         match state {
-            SagaState::Committed => self.finish_saga(saga, Ok(()), out),
+            SagaState::Committed => {
+                self.ledger_saga_committed(saga, decided_at_ms, out);
+                self.finish_saga(saga, Ok(()), out)
+            }
             SagaState::Aborted => {
                 self.finish_saga(saga, Err(reason.unwrap_or(AbortReason::SagaAborted)), out)
             }

@@ -172,6 +172,7 @@ impl Node {
             kind,
             result,
             spent_coin_ids: Vec::new(),
+            decided_at_ms: 0,
         };
         self.deliver(
             Address::Institution(from),
@@ -312,6 +313,7 @@ fn a_slow_merge_is_chased_resent_while_it_can_start_and_expires_after() {
     let unknown = Payload::StatusReply {
         state: SagaState::Unknown,
         reason: None,
+        decided_at_ms: 0,
     };
     let resend = w.deliver(Address::Institution(A), saga(30), unknown.clone());
     assert!(matches!(
@@ -409,6 +411,7 @@ fn a_split_whose_request_or_outcome_was_lost_is_chased_at_the_issuer() {
     let unknown = Payload::StatusReply {
         state: SagaState::Unknown,
         reason: None,
+        decided_at_ms: 0,
     };
     let resend = w.deliver(Address::Institution(A), saga(43), unknown);
     assert!(matches!(
@@ -419,6 +422,7 @@ fn a_split_whose_request_or_outcome_was_lost_is_chased_at_the_issuer() {
     let committed = Payload::StatusReply {
         state: SagaState::Committed,
         reason: None,
+        decided_at_ms: 0,
     };
     let out = w.deliver(Address::Institution(A), saga(43), committed);
     assert_eq!(notice(&out), (SagaKind::Split, Ok(())));

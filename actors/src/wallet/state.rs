@@ -14,6 +14,8 @@ use specie_protocol::{
     AbortReason, Address, Amount, Coin, CoinId, Envelope, InstitutionId, KeyStore, Payload,
     PaymentAuthorization, SagaId, SagaKind, SagaState, SignedAuthorization, SoftKeyStore, WalletId,
 };
+use crate::reconciler::Movement;
+use specie_protocol::reconcile::RecordKind;
 use specie_runtime::{Effects, Notice, StateMachine};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -381,8 +383,47 @@ impl Wallet {
                     kind,
                     result,
                     spent_coin_ids: spent,
+                    decided_at_ms: 0,
                 },
             });
+        }
+    }
+
+    /// The reconciliation platform's copy of the transaction records of an operation its
+    /// coordinator committed at `decided_at_ms`, from the wallet's own knowledge (called
+    /// before the operation finishes, once per operation). A payment is recorded by its payer
+    /// (who signed what it pays), at the payee's institution, which coordinated, and at the
+    /// payer's, which retired the coins, when they differ; an exchange at the wallet's own.
+    fn ledger_committed(&self, saga: SagaId, decided_at_ms: u64, out: &mut Out) {
+        match self.ops.get(&saga) {
+            Some(WalletOp::Pay {
+                signed: Some(signed),
+                ..
+            }) => {
+                let a = &signed.authorization;
+                let movement = Movement {
+                    saga,
+                    kind: RecordKind::Pay,
+                    payer: a.payer,
+                    payee: a.payee,
+                    amount: a.amount,
+                    at_ms: decided_at_ms,
+                };
+                movement.emit(a.payee_institution, out);
+                if a.payer_institution != a.payee_institution {
+                    movement.emit(a.payer_institution, out);
+                }
+            }
+            Some(WalletOp::Exchange { amount }) => Movement {
+                saga,
+                kind: RecordKind::Exchange,
+                payer: self.id,
+                payee: self.id,
+                amount: *amount,
+                at_ms: decided_at_ms,
+            }
+            .emit(self.institution, out),
+            _ => {}
         }
     }
 
@@ -395,6 +436,7 @@ impl Wallet {
                 kind,
                 result: Err(reason),
                 spent_coin_ids: Vec::new(),
+                decided_at_ms: 0,
             },
         });
     }
@@ -656,6 +698,7 @@ impl Wallet {
         saga: SagaId,
         state: SagaState,
         reason: Option<AbortReason>,
+        decided_at_ms: u64,
         now_ms: u64,
         out: &mut Out,
     ) {
@@ -663,7 +706,10 @@ impl Wallet {
             return;
         };
         match state {
-            SagaState::Committed => self.finish(saga, Ok(()), out),
+            SagaState::Committed => {
+                self.ledger_committed(saga, decided_at_ms, out);
+                self.finish(saga, Ok(()), out)
+            }
             SagaState::Aborted => {
                 self.finish(saga, Err(reason.unwrap_or(AbortReason::SagaAborted)), out)
             }
@@ -708,6 +754,27 @@ impl Wallet {
                 _ => {}
             },
         }
+    }
+}
+
+/// What a wallet knows of one of its sagas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SagaProgress {
+    /// Started and not finished.
+    InFlight,
+    /// Finished: committed, or aborted with the reason.
+    Finished(Result<(), AbortReason>),
+}
+
+impl Wallet {
+    /// What the wallet knows of `saga` (`None`: it never ran it, or its record was pruned).
+    pub fn saga_progress(&self, saga: SagaId) -> Option<SagaProgress> {
+        if self.ops.contains_key(&saga) {
+            return Some(SagaProgress::InFlight);
+        }
+        self.finished
+            .get(&saga)
+            .map(|(result, _)| SagaProgress::Finished(*result))
     }
 }
 
@@ -833,19 +900,32 @@ impl StateMachine for Wallet {
                         Some(WalletOp::Pay { .. } | WalletOp::Collect { .. })
                     )
                 {
+                    if outcome.result.is_ok() {
+                        self.ledger_committed(saga, outcome.decided_at_ms, out);
+                    }
                     self.finish(saga, outcome.result, out);
                 }
             }
-            Payload::StatusReply { state, reason } => {
+            Payload::StatusReply {
+                state,
+                reason,
+                decided_at_ms,
+            } => {
                 if self.coordinator(saga) == Some(from) {
-                    self.on_status_reply(saga, state, reason, now_ms, out);
+                    self.on_status_reply(saga, state, reason, decided_at_ms, now_ms, out);
                 }
             }
-            Payload::ExchangeReply(result) => {
+            Payload::ExchangeReply {
+                result,
+                decided_at_ms,
+            } => {
                 let from_coordinator = self.coordinator(saga) == Some(from);
                 if from_coordinator
                     && matches!(self.ops.get(&saga), Some(WalletOp::Exchange { .. }))
                 {
+                    if result.is_ok() {
+                        self.ledger_committed(saga, decided_at_ms, out);
+                    }
                     self.finish(saga, result, out);
                 }
             }

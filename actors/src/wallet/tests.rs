@@ -266,6 +266,7 @@ fn committed(spent: Vec<CoinId>) -> SagaOutcome {
         kind: SagaKind::Pay,
         result: Ok(()),
         spent_coin_ids: spent,
+        decided_at_ms: NOW_MS,
     }
 }
 
@@ -274,6 +275,7 @@ fn aborted(reason: AbortReason) -> SagaOutcome {
         kind: SagaKind::Pay,
         result: Err(reason),
         spent_coin_ids: Vec::new(),
+        decided_at_ms: 0,
     }
 }
 
@@ -424,9 +426,35 @@ fn committed_outcome_removes_the_spent_coins() {
         Address::Institution(B),
         saga(1),
         Payload::SagaOutcome(outcome.clone()),
-        NOW_MS,
+        NOW_MS + 7,
     );
-    assert_eq!(notice_of(&out).outcome, outcome);
+    // The wallet's notice does not repeat the decision time; its transaction records carry it.
+    assert_eq!(
+        notice_of(&out).outcome,
+        SagaOutcome {
+            decided_at_ms: 0,
+            ..outcome.clone()
+        }
+    );
+    // The platform's copies of the payment's records, one per institution it touched, at the
+    // coordinator's decision time: B coordinated, A retired the coins.
+    let movement = crate::reconciler::Movement {
+        saga: saga(1),
+        kind: specie_protocol::reconcile::RecordKind::Pay,
+        payer: PAYER,
+        payee: PAYEE,
+        amount: Amount(5_500),
+        at_ms: NOW_MS,
+    };
+    let records: Vec<_> = out
+        .records
+        .iter()
+        .map(|r| (r.institution, r.record.clone()))
+        .collect();
+    assert_eq!(
+        records,
+        vec![(B, movement.record(B)), (A, movement.record(A))]
+    );
     let mut left = vec![coins[2].id, coins[3].id];
     left.sort();
     assert_eq!(payer.coin_ids(), left);
@@ -644,6 +672,7 @@ fn merchant_collect_sends_a_collect_request_to_the_payer() {
         Payload::StatusReply {
             state: SagaState::Unknown,
             reason: None,
+            decided_at_ms: 0,
         },
         NOW_MS + OUTCOME_TIMEOUT_MS,
     );
@@ -1017,6 +1046,7 @@ fn timer_after_signing_asks_the_coordinator_for_the_status() {
         Payload::StatusReply {
             state: SagaState::Committed,
             reason: None,
+            decided_at_ms: NOW_MS,
         },
         NOW_MS + OUTCOME_TIMEOUT_MS,
     );
@@ -1043,6 +1073,7 @@ fn unknown_status_resends_the_payment_until_the_authorization_can_no_longer_lock
     let unknown = Payload::StatusReply {
         state: SagaState::Unknown,
         reason: None,
+        decided_at_ms: 0,
     };
 
     // Before the deadline the request may just have been lost: hand it over again.
@@ -1080,6 +1111,7 @@ fn aborted_status_ends_the_payment_with_the_reason() {
         Payload::StatusReply {
             state: SagaState::Aborted,
             reason: Some(AbortReason::Timeout),
+            decided_at_ms: 0,
         },
         NOW_MS,
     );

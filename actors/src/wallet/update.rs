@@ -17,6 +17,8 @@
 //! money into coins again (`WalletCommand::Exchange`).
 
 use super::{Out, Wallet, WalletEvent, WalletOp, WalletTimer};
+use crate::reconciler::Movement;
+use specie_protocol::reconcile::RecordKind;
 use serde::{Deserialize, Serialize};
 use specie_protocol::envelope::SagaOutcome;
 use specie_protocol::update::{
@@ -146,6 +148,7 @@ impl Wallet {
                     kind: SagaKind::WalletUpdate,
                     result: *result,
                     spent_coin_ids: Vec::new(),
+                    decided_at_ms: 0,
                 },
             });
             return;
@@ -254,8 +257,29 @@ impl Wallet {
                 );
                 self.send_update_step(saga, out);
             }
-            (UpdateStep::Withdrawing { signed }, UpdateMessage::WithdrawReply(Ok(amount))) => {
+            (
+                UpdateStep::Withdrawing { signed },
+                UpdateMessage::WithdrawReply {
+                    result: Ok(amount),
+                    decided_at_ms,
+                },
+            ) => {
                 let coin_ids = signed.authorization.coin_ids.clone();
+                // The platform's copy of the withdraw's record: the value of the coins this
+                // wallet signed over (its own knowledge), into its own account.
+                let value = coin_ids
+                    .iter()
+                    .filter_map(|id| self.coins.get(id).map(|c| c.value().0))
+                    .sum();
+                Movement {
+                    saga,
+                    kind: RecordKind::Withdraw,
+                    payer: self.id,
+                    payee: self.id,
+                    amount: Amount(value),
+                    at_ms: decided_at_ms,
+                }
+                .emit(self.institution, out);
                 self.record(
                     WalletEvent::Update(UpdateEvent::Withdrawn {
                         saga,
@@ -267,7 +291,13 @@ impl Wallet {
                 );
                 self.send_update_step(saga, out);
             }
-            (UpdateStep::Withdrawing { .. }, UpdateMessage::WithdrawReply(Err(reason))) => {
+            (
+                UpdateStep::Withdrawing { .. },
+                UpdateMessage::WithdrawReply {
+                    result: Err(reason),
+                    ..
+                },
+            ) => {
                 self.finish(saga, Err(reason), out)
             }
             (UpdateStep::Uploading, UpdateMessage::UploadReply { accepted }) => {
@@ -753,7 +783,7 @@ mod tests {
         r.drop = Box::new(move |e| {
             let reply = matches!(
                 e.payload,
-                Payload::WalletUpdate(UpdateMessage::WithdrawReply(_))
+                Payload::WalletUpdate(UpdateMessage::WithdrawReply { .. })
             );
             if reply && !lost {
                 lost = true;
@@ -825,7 +855,10 @@ mod tests {
         r.insts[0].on_envelope(env, r.now, &mut out);
         assert!(matches!(
             out.sends[0].payload,
-            Payload::WalletUpdate(UpdateMessage::WithdrawReply(Err(AbortReason::CoinNotOwned)))
+            Payload::WalletUpdate(UpdateMessage::WithdrawReply {
+                result: Err(AbortReason::CoinNotOwned),
+                ..
+            })
         ));
         assert_eq!(r.account(W), DEPOSIT - 6_300);
         r.assert_audit();
