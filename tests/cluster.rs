@@ -431,6 +431,72 @@ fn three_node_processes_settle_survive_a_kill_and_stay_consistent() {
         );
     });
 
+    // The command-line client: a payment through n3 for a wallet elsewhere, resubmitted
+    // through n1 with the same key, then its status and the payee's balance.
+    let cli = |args: &[&str]| -> serde_json::Value {
+        let out = specie()
+            .args(["client", "--json", "--config"])
+            .arg(&file_path)
+            .args(args)
+            .current_dir(&work)
+            .output()
+            .expect("specie client");
+        assert!(out.status.success(), "specie client {args:?}: {out:?}");
+        serde_json::from_slice(&out.stdout).expect("client JSON")
+    };
+    let payer = (0..WALLETS)
+        .find(|w| file.placement.wallet_node(*w) != 2)
+        .expect("a wallet off n3");
+    let payee = (payer + 1) % WALLETS;
+    // Coins of earlier payments may still be on their way: wait for a settled balance.
+    let balance = |w: u64| {
+        cli(&["balance", &w.to_string()])["coins_total_fen"]
+            .as_u64()
+            .expect("balance")
+    };
+    let mut before = balance(payee);
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = balance(payee);
+        if now == before {
+            break;
+        }
+        before = now;
+    }
+    let pay = [
+        "pay",
+        "--from",
+        &payer.to_string(),
+        "--to",
+        &payee.to_string(),
+        "--amount",
+        "777",
+        "--key",
+        "cli-1",
+    ];
+    let first = cli(&[&["--node", "n3"], &pay[..]].concat());
+    assert_eq!(first["state"], "committed", "{first}");
+    assert_eq!(first["resubmitted"], false);
+    assert_ne!(
+        first["node"], "n3",
+        "the request was forwarded to the payer's node"
+    );
+    let again = cli(&[&["--node", "n1"], &pay[..]].concat());
+    assert_eq!(again["resubmitted"], true, "{again}");
+    assert_eq!(again["saga_id"], first["saga_id"]);
+    let status = cli(&["status", first["saga_id"].as_str().expect("saga id")]);
+    assert_eq!(status["state"], "committed", "{status}");
+    // The payee's new coin arrives from its institution shortly after the payer's outcome.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let after = loop {
+        let now = balance(payee);
+        if now >= before + 777 || Instant::now() > deadline {
+            break now;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(after, before + 777, "paid once, not twice");
+
     // Metrics agree with what the client saw. n1 and n3 ran from the start, so their
     // counters hold every saga of their wallets; n2's restarted from zero with its process.
     let mut refused = 0.0;
@@ -442,7 +508,8 @@ fn three_node_processes_settle_survive_a_kill_and_stay_consistent() {
                 "specie_sagas_committed_total",
                 &format!("kind=\"{kind}\""),
             );
-            let seen = committed(kind, Some(&spec.id));
+            let cli_pay = u64::from(kind == "pay" && first["node"] == spec.id.as_str());
+            let seen = committed(kind, Some(&spec.id)) + cli_pay as f64;
             if spec.id == "n2" {
                 assert!(counted <= seen, "{kind} on n2: {counted} > {seen}");
             } else {
