@@ -14,6 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/specie/v1/envelope.proto",
         "proto/specie/v1/peer.proto",
         "proto/specie/v1/ingress.proto",
+        "proto/specie/v1/admin.proto",
     ];
     for file in &files {
         println!("cargo:rerun-if-changed={file}");

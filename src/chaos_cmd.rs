@@ -1,5 +1,6 @@
 //! `specie chaos run | replay | shrink`: deterministic chaos experiments (see the
-//! `specie-chaos` crate).
+//! `specie-chaos` crate); `specie chaos run SCENARIO --cluster FILE` runs a scenario against a
+//! live multi-process cluster instead (see `chaos_live.rs`).
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
@@ -41,6 +42,18 @@ pub struct RunArgs {
     /// Switch on a deliberately wrong behaviour (builds with `--features planted-bugs`).
     #[arg(long)]
     pub planted_bug: Option<String>,
+    /// Run against a live multi-process cluster described by this cluster file (e.g.
+    /// `config/cluster-3.toml`): its nodes are started (or attached to), faults go through
+    /// their admin service, kills are SIGKILLs of node processes.
+    #[arg(long)]
+    pub cluster: Option<PathBuf>,
+    /// With --cluster: talk to nodes that are already running instead of starting them.
+    #[arg(long, requires = "cluster")]
+    pub attach: bool,
+    /// With --cluster: the directory for the nodes' data, logs, the acknowledgement log and
+    /// the audit (default `chaos-live/NAME-seed-N`; its data is cleared at each run).
+    #[arg(long, requires = "cluster")]
+    pub work: Option<PathBuf>,
 }
 
 /// Arguments of `specie chaos replay`.
@@ -164,6 +177,9 @@ pub fn run(command: &ChaosCommand) -> Result<bool> {
 }
 
 fn run_cmd(args: &RunArgs) -> Result<bool> {
+    if let Some(cluster) = &args.cluster {
+        return crate::chaos_live::run(args, cluster);
+    }
     let scenario = load(&args.scenario)?;
     let planted = planted(args.planted_bug.as_deref())?;
     let seeds = match (&args.seeds, args.seed) {

@@ -8,6 +8,7 @@ mod audit_cmd;
 mod bench_cmd;
 mod certs;
 mod chaos_cmd;
+mod chaos_live;
 mod client;
 mod node_cmd;
 mod reconcile;

@@ -5,6 +5,10 @@
 //! start this node's actors from the journal, serve the `Peer` and `Ingress` services, and run
 //! this node's part of genesis; then take client operations.
 //!
+//! Fault control: the node's network runs with live fault rules (initially none) that the admin
+//! service — `admin:` certificates only — installs and clears at run time
+//! (`specie chaos run SCENARIO --cluster FILE`); each rule expires by itself.
+//!
 //! Graceful shutdown on SIGTERM or Ctrl-C: stop taking operations (new submissions get
 //! `UNAVAILABLE`), let those in progress finish (bounded), let in-flight envelopes settle,
 //! flush and close the peer links, stop the gRPC server, stop the actors, close the journal
@@ -16,6 +20,8 @@ use futures::FutureExt;
 use specie_actors::ingress::{count_outcomes, Connector, Ingress};
 use specie_actors::member::{node_of, Member};
 use specie_actors::DataDir;
+use specie_runtime::admin::AdminService;
+use specie_runtime::live_faults::LiveFaults;
 use specie_runtime::telemetry::{self, MailboxGauges, Telemetry, TelemetryConfig};
 use specie_runtime::topology::ClusterFile;
 use specie_runtime::transport::{
@@ -45,6 +51,26 @@ pub struct NodeArgs {
     /// How long this node's part of genesis may wait for the other nodes, in seconds.
     #[arg(long, default_value_t = 120)]
     pub genesis_timeout: u64,
+    /// Switch on a deliberately wrong behaviour of the runtime (`early-ack`; builds with
+    /// `--features planted-bugs` only), for chaos experiments that must catch it.
+    #[arg(long)]
+    pub planted_bug: Option<String>,
+}
+
+/// Switches on the planted bug named on the command line, if this build has it.
+fn plant(name: Option<&str>) -> Result<()> {
+    let Some(name) = name else { return Ok(()) };
+    #[cfg(feature = "planted-bugs")]
+    {
+        if name == "early-ack" {
+            specie_runtime::planted::set_early_ack(true);
+            eprintln!("specie node: WARNING: planted bug early-ack is on (messages leave before they are durable)");
+            return Ok(());
+        }
+        bail!("unknown planted bug `{name}` for a node; the runtime has: early-ack");
+    }
+    #[cfg(not(feature = "planted-bugs"))]
+    bail!("--planted-bug {name} needs a build with the planted bugs compiled in (cargo build --features planted-bugs)")
 }
 
 /// How long graceful shutdown waits for submissions in progress.
@@ -52,6 +78,7 @@ const DRAIN_MAX: Duration = Duration::from_secs(10);
 
 /// Runs a node until SIGTERM / Ctrl-C.
 pub fn run(args: NodeArgs) -> Result<()> {
+    plant(args.planted_bug.as_deref())?;
     let file = ClusterFile::load(&args.config)?;
     let me = file.node_index(&args.id).with_context(|| {
         format!(
@@ -108,6 +135,14 @@ async fn serve(
         args.trace_file.clone(),
     ))?;
     let network = Network::new();
+    // Live fault rules (none until the admin service installs some), on every envelope this
+    // node's actors send.
+    let faults = Arc::new(LiveFaults::new(
+        spec.id.clone(),
+        file.config.cluster.institutions.len() as u32,
+    ));
+    network.set_fault_hook(faults.clone());
+    tokio::spawn(faults.clone().expire_forever());
     // Peers are every other node, in file order; route addresses by placement.
     let peer_nodes: Vec<usize> = (0..file.nodes.len()).filter(|n| *n != me).collect();
     let peers = peer_nodes
@@ -135,6 +170,10 @@ async fn serve(
         me,
     )?);
     count_outcomes(&member);
+    {
+        let journal = member.journal().clone();
+        faults.attach_journal(Arc::new(move |delay| journal.set_commit_delay(delay)));
+    }
     let gauges = MailboxGauges::start(member.node().network(), Duration::from_secs(1))?;
     let connector: Connector = {
         let nodes = file.nodes.clone();
@@ -159,6 +198,7 @@ async fn serve(
     let server = transport::server_builder()
         .add_service(transport.peer_service())
         .add_service(ingress.service())
+        .add_service(AdminService::new(faults, !tls.is_tls()).server())
         .serve_with_incoming_shutdown(incoming, async {
             let _ = server_stopped.await;
         });

@@ -504,9 +504,7 @@ impl RunReport {
 
 /// The `reconciliation` section of the JSON report.
 fn reconciliation_json(settings: &FeedSettings, r: &FeedSummary) -> Value {
-    let level = |l: specie_protocol::reconcile::LevelCount| {
-        json!({"compared": l.compared, "unequal": l.unequal})
-    };
+    let level = |l: specie_protocol::reconcile::LevelCount| json!({"compared": l.compared, "unequal": l.unequal});
     let by_kind: Map<String, Value> = r
         .records_by_kind
         .iter()

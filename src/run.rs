@@ -570,9 +570,7 @@ async fn drive(
     // After the audit, which wants a quiet network: reconciling exchanges messages too. Every
     // committed step's records are published by now (the cluster is quiet), so every batch
     // can be closed.
-    let reconciliation = cluster
-        .flush_reconciliation(RECONCILE_FLUSH_TIMEOUT)
-        .await;
+    let reconciliation = cluster.flush_reconciliation(RECONCILE_FLUSH_TIMEOUT).await;
     let unfinished = driver.in_flight();
     let mut report = std::mem::replace(&mut driver.report, RunReport::new(seed, &config));
     workload_mixed::conclude(&driver, &mut report).await?;

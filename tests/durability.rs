@@ -318,13 +318,17 @@ fn damaged_data_directories_are_refused_by_name_and_left_untouched() {
     );
 
     let dir = copy("version");
+    let version = format!(
+        "format_version = {}\n",
+        specie_actors::data_dir::MANIFEST_VERSION
+    );
     assert!(
-        manifest.contains("format_version = 1\n"),
+        manifest.contains(&version),
         "the manifest records its format version: {manifest}"
     );
     std::fs::write(
         dir.join("specie.toml"),
-        manifest.replace("format_version = 1\n", "format_version = 99\n"),
+        manifest.replace(&version, "format_version = 99\n"),
     )
     .expect("write the manifest");
     assert_refused(

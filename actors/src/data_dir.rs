@@ -16,8 +16,10 @@ use thiserror::Error;
 pub const MANIFEST_FILE: &str = "specie.toml";
 /// Journal file name.
 pub const JOURNAL_FILE: &str = "journal.redb";
-/// Format version of the manifest this build reads and writes.
-pub const MANIFEST_VERSION: u32 = 1;
+/// Format version of the manifest this build reads and writes. Version 2: journaled steps
+/// carry what their transaction records need (decision times, payees, offline payers), so a
+/// journal of version 1 cannot be replayed.
+pub const MANIFEST_VERSION: u32 = 2;
 /// The identity this node writes into its journal; another node's journal is refused.
 pub const NODE_IDENTITY: &[u8] = b"specie-node:local";
 

@@ -265,6 +265,8 @@ async fn deposits_claims_releases_and_expiries_keep_the_books() {
     );
     quiet_audit(&cluster).await;
     assert_eq!(coins_of(&cluster, WalletId(16)).await, exchanged - 1_000);
+    // Claims at the issuer and at merchants' institutions, refunds: every one on both sides.
+    common::assert_reconciled(&cluster, &["exchange", "escrow_claim", "escrow_refund"]).await;
     cluster.shutdown();
 }
 
@@ -363,5 +365,6 @@ async fn an_escrow_crashed_with_claims_in_flight_finishes_them_once() {
     );
     assert_eq!(coins_of(&cluster, payer).await, exchanged - 15_000);
     assert!(cluster.node().escalations().is_empty());
+    common::assert_reconciled(&cluster, &["escrow_claim", "escrow_refund"]).await;
     cluster.shutdown();
 }

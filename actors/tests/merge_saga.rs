@@ -9,7 +9,9 @@
 
 mod sagas_support;
 
-use sagas_support::{coins_of, customers_value, quiet_audit, start, DuplicateAndReorder};
+use sagas_support::{
+    assert_reconciled, coins_of, customers_value, quiet_audit, start, DuplicateAndReorder,
+};
 use specie_actors::wallet::{OfflineCommand, WalletCommand};
 use specie_protocol::merge::{CoinRef, MergeAuthorization, MergeMessage};
 use specie_protocol::{
@@ -94,6 +96,8 @@ async fn coins_of_three_issuers_obtained_offline_merge_into_one_coin_of_the_sum(
     assert_eq!(backing(&moved, 2), backing(&reserves, 2) - 500);
     assert_eq!(backing(&moved, 0), backing(&reserves, 0) + 800);
     assert_eq!(customers_value(&after), customers_value(&before));
+    // Each issuer and the merging institution recorded the merge, as did the wallet.
+    assert_reconciled(&cluster, &["exchange", "offline_redeem", "merge"]).await;
     cluster.shutdown();
 }
 
@@ -209,5 +213,7 @@ async fn merges_under_duplicated_and_reordered_delivery_and_a_coordinator_crash_
         assert_eq!(values, vec![20_000, 40_000], "{}", w.id);
     }
     assert_eq!(customers_value(&s), u128::from(deposited.0));
+    // Duplicated and reordered steps and the crash recorded every committed step once.
+    assert_reconciled(&cluster, &["exchange", "merge"]).await;
     cluster.shutdown();
 }

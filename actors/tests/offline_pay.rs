@@ -9,7 +9,9 @@
 
 mod sagas_support;
 
-use sagas_support::{coins_of, customers_value, quiet_audit, start, DuplicateAndReorder};
+use sagas_support::{
+    assert_reconciled, coins_of, customers_value, quiet_audit, start, DuplicateAndReorder,
+};
 use specie_actors::wallet::{OfflineCommand, WalletCommand};
 use specie_actors::Cluster;
 use specie_protocol::offline::TrustChain;
@@ -320,5 +322,6 @@ async fn offline_payments_survive_duplicated_and_reordered_delivery_and_crashes(
         );
     }
     assert!(cluster.node().escalations().is_empty());
+    assert_reconciled(&cluster, &["exchange", "offline_redeem"]).await;
     cluster.shutdown();
 }

@@ -135,8 +135,7 @@ impl FaultHook for AlterCommitTime {
         if let (Ok(mut e), Address::Institution(issuer)) = (Envelope::decode(&bytes), to) {
             let mut altered = self.altered.lock();
             if let Payload::CommitRequest { decided_at_ms } = &mut e.payload {
-                if altered.is_none() && *decided_at_ms % BATCH_INTERVAL_MS < BATCH_INTERVAL_MS - 1
-                {
+                if altered.is_none() && *decided_at_ms % BATCH_INTERVAL_MS < BATCH_INTERVAL_MS - 1 {
                     *decided_at_ms += 1;
                     *altered = Some((e.saga_id, issuer));
                     bytes = e.encode();
@@ -162,7 +161,10 @@ async fn a_record_altered_on_the_wire_is_the_one_finding_and_its_kind_is_altered
     pay(&cluster, 0x5eed_8002).await;
     let r = cluster.flush_reconciliation(FLUSH_TIMEOUT).await;
 
-    let (saga, issuer) = hook.altered.lock().expect("a cross-institution payment ran");
+    let (saga, issuer) = hook
+        .altered
+        .lock()
+        .expect("a cross-institution payment ran");
     assert_eq!(r.findings_total(), 1, "{r:#?}");
     let f = &r.findings[0];
     assert_eq!(f.kind, InconsistencyKind::Altered);

@@ -145,6 +145,7 @@ async fn updates_move_coins_to_the_account_and_back_without_losing_or_doubling_v
         (25_000, g.account_balance_fen - 25_000, latest)
     );
     quiet_audit(&cluster).await;
+    common::assert_reconciled(&cluster, &["exchange", "withdraw"]).await;
     cluster.shutdown();
 }
 
@@ -209,6 +210,8 @@ async fn an_update_interrupted_after_its_withdraw_and_retried_withdraws_exactly_
     let withdrawals = &s.institutions[inst.0 as usize].withdrawals;
     assert_eq!(withdrawals.len(), 1, "one withdraw");
     assert_eq!(withdrawals[&saga].amount.0, g.exchange_fen);
+    // The withdraw retried after its reply was lost is recorded once on each side.
+    common::assert_reconciled(&cluster, &["withdraw"]).await;
     cluster.shutdown();
 }
 

@@ -31,3 +31,21 @@ pub mod ingress {
     /// The generated server module (`Ingress` trait, `IngressServer`).
     pub use crate::pb::ingress_server;
 }
+
+/// `specie.v1.Admin`: the administrative service of every node (live fault rules for chaos
+/// experiments), with its request and reply messages.
+pub mod admin {
+    /// The generated client module (`AdminClient`).
+    pub use crate::pb::admin_client;
+    pub use crate::pb::admin_client::AdminClient;
+    /// The generated server module (`Admin` trait, `AdminServer`).
+    pub use crate::pb::admin_server;
+    pub use crate::pb::admin_server::{Admin, AdminServer};
+    pub use crate::pb::fault_rule::Kind as FaultRuleKind;
+    pub use crate::pb::{
+        ClearRulesReply, ClearRulesRequest, CorruptFault, DelayFault, DuplicateFault,
+        FaultDirection, FaultRule, InstallRuleReply, InstallRuleRequest, ListRulesReply,
+        ListRulesRequest, LossFault, PartitionFault, PartitionGroup, PauseFault, ReorderFault,
+        RuleInfo, WriteDelayFault,
+    };
+}

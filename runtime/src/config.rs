@@ -283,15 +283,16 @@ pub struct ReconcileConfig {
     /// belongs to batch `t / batch_interval_ms` of its institution.
     pub batch_interval_ms: u64,
     /// A batch is closed and reconciled this long after its end: long enough for both sides'
-    /// records of its steps to arrive (outcome delivery, retried commits).
+    /// records of its steps to arrive (outcome delivery, retried commits, a wallet asking for
+    /// an outcome after `limits.outcome_timeout_ms`).
     pub close_after_ms: u64,
 }
 
 impl ReconcileConfig {
-    /// The settings when the config names none: 1 s batches, closed 3 s after their end.
+    /// The settings when the config names none: 1 s batches, closed 5 s after their end.
     pub const DEFAULT: ReconcileConfig = ReconcileConfig {
         batch_interval_ms: 1_000,
-        close_after_ms: 3_000,
+        close_after_ms: 5_000,
     };
 }
 
@@ -594,8 +595,7 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
             close_after_ms: r.close_after_ms,
         },
     };
-    if reconcile.batch_interval_ms == 0 || reconcile.batch_interval_ms > RECONCILE_INTERVAL_MS_MAX
-    {
+    if reconcile.batch_interval_ms == 0 || reconcile.batch_interval_ms > RECONCILE_INTERVAL_MS_MAX {
         return Err(invalid(
             "reconcile.batch_interval_ms",
             format!(
@@ -799,10 +799,10 @@ mod tests {
             err.contains("z.toml: field `reconcile.batch_interval_ms` must be 1 to"),
             "{err}"
         );
-        let long = LOCAL.replace("close_after_ms = 3000", "close_after_ms = 9999999");
+        let long = LOCAL.replace("close_after_ms = 5000", "close_after_ms = 9999999");
         let err = Config::parse(&long, "l.toml").unwrap_err().to_string();
         assert!(err.contains("`reconcile.close_after_ms`"), "{err}");
-        let unknown = LOCAL.replace("close_after_ms = 3000", "close_after_ms = 3000\nshards = 4");
+        let unknown = LOCAL.replace("close_after_ms = 5000", "close_after_ms = 5000\nshards = 4");
         assert!(Config::parse(&unknown, "u.toml").is_err());
     }
 

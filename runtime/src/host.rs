@@ -247,6 +247,13 @@ impl<S: StateMachine> Host<S> {
             notices: out.notices,
             records: out.records,
         };
+        #[cfg(feature = "planted-bugs")]
+        if crate::planted::early_ack() {
+            // Planted bug `early-ack`: the step's messages and notices leave before its
+            // journal entries are durable.
+            self.release(held);
+            return;
+        }
         if self.outbox.is_empty() && self.node.journal().is_durable(held.seq) {
             self.release(held);
             return;

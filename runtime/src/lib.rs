@@ -20,14 +20,21 @@
 //!   node, and their flush at shutdown.
 //! - [`node`]: [`Node`], the handle that bundles one process's network, journal, clock and
 //!   observers, and starts hosts on arbiters.
+//! - [`live_faults`]: live fault rules of a running node (the chaos vocabulary, each rule
+//!   expiring by itself), its network's fault hook; [`admin`]: the admin gRPC service that
+//!   installs, clears and lists them (admin certificates only).
 
+pub mod admin;
 pub mod clock;
 pub mod config;
 pub mod host;
 pub mod journal;
+pub mod live_faults;
 pub mod machine;
 pub mod network;
 pub mod node;
+#[cfg(feature = "planted-bugs")]
+pub mod planted;
 pub mod redb_journal;
 pub mod supervision;
 pub mod telemetry;

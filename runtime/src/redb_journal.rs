@@ -79,6 +79,8 @@ pub struct RedbJournal {
     durable: watch::Receiver<u64>,
     counters: Arc<Counters>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// Added to every group commit, in microseconds (a live `write_delay` fault).
+    commit_delay_us: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for RedbJournal {
@@ -238,11 +240,13 @@ impl RedbJournal {
         let (tx, rx) = sync_channel(settings.queue_capacity);
         let (durable_tx, durable_rx) = watch::channel(last_seq);
         let counters = Arc::new(Counters::default());
+        let commit_delay_us = Arc::new(AtomicU64::new(0));
         let writer = {
             let (db, counters, file) = (db.clone(), counters.clone(), path.to_path_buf());
+            let delay = commit_delay_us.clone();
             std::thread::Builder::new()
                 .name("specie-journal".into())
-                .spawn(move || write_loop(&db, &file, rx, durable_tx, &counters, settings))
+                .spawn(move || write_loop(&db, &file, rx, durable_tx, &counters, settings, &delay))
                 .map_err(|e| open_error(path, e))?
         };
         Ok(RedbJournal {
@@ -252,7 +256,16 @@ impl RedbJournal {
             durable: durable_rx,
             counters,
             writer: Mutex::new(Some(writer)),
+            commit_delay_us,
         })
+    }
+
+    /// Makes every group commit from now on take `delay` longer (zero: back to normal): a
+    /// slow disk, injected by a live `write_delay` fault rule. Nothing becomes durable, and so
+    /// nothing a step announces leaves its actor, until the delayed commit is done.
+    pub fn set_commit_delay(&self, delay: Duration) {
+        self.commit_delay_us
+            .store(delay.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// Opens a journal file for reading only. The file itself is never written: its pages are
@@ -416,6 +429,7 @@ fn write_loop(
     durable: watch::Sender<u64>,
     counters: &Counters,
     settings: JournalSettings,
+    commit_delay_us: &AtomicU64,
 ) {
     let wait = Duration::from_micros(settings.batch_wait_us);
     while let Ok(first) = rx.recv() {
@@ -445,6 +459,12 @@ fn write_loop(
             }
         }
         let last = batch.last().expect("non-empty batch").seq;
+        let delay = commit_delay_us.load(Ordering::Relaxed);
+        if delay > 0 {
+            metrics::counter!("specie_fault_rule_hits_total", "fault" => "write_delay")
+                .increment(1);
+            std::thread::sleep(Duration::from_micros(delay));
+        }
         let started = Instant::now();
         let result = (|| -> Result<(), String> {
             let txn = db.begin_write().map_err(|e| e.to_string())?;

@@ -26,17 +26,17 @@
 //! escrow closed is refused with why it closed (`already_claimed`, `already_released`,
 //! `expired`).
 
+use crate::reconciler::Movement;
 use serde::{Deserialize, Serialize};
 use specie_protocol::crypto::sha256;
 use specie_protocol::envelope::SagaOutcome;
 use specie_protocol::escrow::{
     host_of, EscrowMessage, EscrowResult, EscrowStep, Settlement, SignedTerms,
 };
+use specie_protocol::reconcile::RecordKind;
 use specie_protocol::{
     AbortReason, Address, Amount, Envelope, InstitutionId, Payload, SagaId, SagaKind, WalletId,
 };
-use crate::reconciler::Movement;
-use specie_protocol::reconcile::RecordKind;
 use specie_runtime::{Effects, Notice, StateMachine};
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -17,10 +17,10 @@
 
 use super::{CoinState, Institution, InstitutionEvent, Out};
 use crate::reconciler::Movement;
-use specie_protocol::reconcile::RecordKind;
 use serde::{Deserialize, Serialize};
 use specie_protocol::crypto::PublicKey;
 use specie_protocol::escrow::{host_of, EscrowMessage, Settlement, SignedTerms};
+use specie_protocol::reconcile::RecordKind;
 use specie_protocol::{
     AbortReason, Address, Amount, Coin, CoinId, InstitutionId, Payload, SagaId, WalletId,
 };

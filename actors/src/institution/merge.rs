@@ -20,11 +20,11 @@
 
 use super::super::{CoinState, Institution, InstitutionEvent, InstitutionTimer, LockFacts, Out};
 use crate::reconciler::Movement;
-use specie_protocol::reconcile::RecordKind;
 use serde::{Deserialize, Serialize};
 use specie_protocol::crypto::sha256;
 use specie_protocol::envelope::SagaOutcome;
 use specie_protocol::merge::{MergeMessage, SignedMergeAuthorization};
+use specie_protocol::reconcile::RecordKind;
 use specie_protocol::{
     AbortReason, Address, Amount, Coin, CoinId, InstitutionId, Payload, SagaId, SagaKind, SagaState,
 };

@@ -694,7 +694,12 @@ impl Institution {
 
     /// When a committed redemption was decided (0 for anything else: a split moves no value
     /// between wallets and has no transaction record).
-    fn offline_decided_ms(&self, saga: SagaId, kind: SagaKind, result: Result<(), AbortReason>) -> u64 {
+    fn offline_decided_ms(
+        &self,
+        saga: SagaId,
+        kind: SagaKind,
+        result: Result<(), AbortReason>,
+    ) -> u64 {
         match (kind, result, self.sagas.redemptions.get(&saga)) {
             (SagaKind::OfflineRedeem, Ok(()), Some(r)) => r.decided_ms,
             _ => 0,

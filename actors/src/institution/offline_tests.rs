@@ -688,7 +688,10 @@ fn after_the_decision_a_lost_commit_is_retried_and_a_timeout_changes_nothing() {
         let e = world.queue.pop_front().unwrap();
         world.deliver(e);
     }
-    assert_eq!(world.drop_where(|e| matches!(e.payload, Payload::CommitRequest { .. })), 1);
+    assert_eq!(
+        world.drop_where(|e| matches!(e.payload, Payload::CommitRequest { .. })),
+        1
+    );
     world.run();
     assert_eq!(
         outcome(&world, W2, saga(83)),

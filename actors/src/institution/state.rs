@@ -15,15 +15,15 @@
 //! are acknowledged. Every step is keyed by the saga id: a repeated request gets the recorded
 //! answer, a request reusing the id with different content gets `Conflict`.
 
+use crate::reconciler::Movement;
 use serde::{Deserialize, Serialize};
 use specie_protocol::crypto::PublicKey;
 use specie_protocol::envelope::SagaOutcome;
+use specie_protocol::reconcile::RecordKind;
 use specie_protocol::{
     AbortReason, Address, Amount, Coin, CoinBody, CoinId, Envelope, InstitutionId, Payload, SagaId,
     SagaKind, SagaState, SignedAuthorization, SoftKeyStore, WalletId,
 };
-use crate::reconciler::Movement;
-use specie_protocol::reconcile::RecordKind;
 use specie_runtime::{Effects, Notice, StateMachine};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;

@@ -646,8 +646,8 @@ fn lock_of_a_spent_coin_is_refused() {
             Address::Institution(B),
             saga(1),
             Payload::CommitRequest {
-            decided_at_ms: NOW_MS,
-        },
+                decided_at_ms: NOW_MS,
+            },
             NOW_MS
         )),
         Ok(())

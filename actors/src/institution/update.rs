@@ -10,8 +10,8 @@
 
 use super::{CoinState, Institution, InstitutionEvent, Out};
 use crate::reconciler::Movement;
-use specie_protocol::reconcile::RecordKind;
 use serde::{Deserialize, Serialize};
+use specie_protocol::reconcile::RecordKind;
 use specie_protocol::update::{SignedWithdraw, UpdateMessage, WalletParams, WITHDRAW_COINS_MAX};
 use specie_protocol::{AbortReason, Address, Amount, CoinId, Payload, SagaId, WalletId};
 use specie_runtime::StateMachine;

@@ -52,7 +52,7 @@ impl Default for FeedSettings {
     fn default() -> Self {
         FeedSettings {
             batch_interval_ms: 1_000,
-            close_after_ms: 3_000,
+            close_after_ms: 5_000,
         }
     }
 }
@@ -243,7 +243,11 @@ impl State {
             .buckets
             .keys()
             .filter(|k| {
-                let end = k.batch_id.0.saturating_add(1).saturating_mul(batch_interval_ms);
+                let end = k
+                    .batch_id
+                    .0
+                    .saturating_add(1)
+                    .saturating_mul(batch_interval_ms);
                 all || end.saturating_add(close_after_ms) <= now_ms
             })
             .copied()
@@ -289,16 +293,19 @@ impl Feed {
         reconcilers: Arc<LocalReconcilers>,
         settings: FeedSettings,
     ) -> Feed {
+        let feed = Feed::unaware(node, reconcilers, settings);
+        feed.learn_known().await;
+        feed
+    }
+
+    /// A feed that starts now and knows no batch yet.
+    fn unaware(node: &Node, reconcilers: Arc<LocalReconcilers>, settings: FeedSettings) -> Feed {
         assert!(settings.batch_interval_ms > 0, "batches need a width");
-        let known = match reconcilers.platform_snapshot().await {
-            Ok(snapshot) => snapshot.batches.iter().map(|b| b.key).collect(),
-            Err(_) => HashSet::new(),
-        };
         let state = State {
             settings,
             started_ms: node.clock().now_ms(),
             buckets: BTreeMap::new(),
-            closed: known,
+            closed: HashSet::new(),
             pending: BTreeSet::new(),
             summary: FeedSummary::default(),
         };
@@ -310,18 +317,52 @@ impl Feed {
         }
     }
 
-    /// Starts a feed: listens to `node`'s ledger sink and, on the current actix arbiter,
-    /// closes and reconciles due batches until [`Feed::stop`]. Must run inside an actix system.
+    /// Marks the batches the reconcilers already hold (an earlier run's, recovered from the
+    /// journal) as closed. The last of them may reach past this feed's start (a run that ended
+    /// just before, whose final flush closed its open batch early): whatever was decided
+    /// before its end is stale, records taken meanwhile included.
+    async fn learn_known(&self) {
+        let Ok(snapshot) = self.reconcilers.platform_snapshot().await else {
+            return;
+        };
+        let mut st = self.state.lock();
+        let interval = st.settings.batch_interval_ms;
+        let known_end = snapshot
+            .batches
+            .iter()
+            .map(|b| b.key.batch_id.0.saturating_add(1).saturating_mul(interval))
+            .max();
+        st.started_ms = st.started_ms.max(known_end.unwrap_or(0));
+        let started = st.started_ms;
+        let mut stale = 0;
+        st.buckets.retain(|_, bucket| {
+            for side in [&mut bucket.institution, &mut bucket.platform] {
+                let before = side.len();
+                side.retain(|_, r| r.at_ms >= started);
+                stale += (before - side.len()) as u64;
+            }
+            !(bucket.institution.is_empty() && bucket.platform.is_empty())
+        });
+        st.summary.stale_records += stale;
+        st.closed.extend(snapshot.batches.iter().map(|b| b.key));
+    }
+
+    /// Starts a feed: listens to `node`'s ledger sink (from now on: records of steps decided
+    /// before are stale) and, on the current actix arbiter, closes and reconciles due batches
+    /// until [`Feed::stop`]. Must run inside an actix system.
     pub async fn start(
         node: &Node,
         reconcilers: Arc<LocalReconcilers>,
         settings: FeedSettings,
     ) -> Feed {
-        let feed = Feed::new(node, reconcilers, settings).await;
+        let feed = Feed::unaware(node, reconcilers, settings);
+        // Listen before anything else: actors already run, and a record decided after the start
+        // but published before the sink was in place would be lost to one side.
         let sink = feed.clone();
         node.observe_ledger(Arc::new(move |source, records| {
             sink.ingest(source, records)
         }));
+        feed.learn_known().await;
         let ticker = feed.clone();
         let tick = Duration::from_millis((settings.batch_interval_ms / 4).clamp(10, 250));
         actix::spawn(async move {

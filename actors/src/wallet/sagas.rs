@@ -19,7 +19,6 @@ pub use offline::{OfflineCommand, OfflineSnapshot, OfflineSource, CHAINS_HELD_MA
 
 use super::{Out, Wallet, WalletEvent, WalletOp, WalletTimer};
 use crate::reconciler::Movement;
-use specie_protocol::reconcile::RecordKind;
 use serde::{Deserialize, Serialize};
 use specie_protocol::envelope::SagaOutcome;
 use specie_protocol::merge::{
@@ -29,6 +28,7 @@ use specie_protocol::offline::{
     ChainId, DoubleSpend, OfflineMessage, SignedSplitAuthorization, SignedTransfer,
     SplitAuthorization, TrustChain,
 };
+use specie_protocol::reconcile::RecordKind;
 use specie_protocol::{
     AbortReason, Address, Amount, Coin, CoinId, Envelope, KeyStore, Payload, SagaId, SagaKind,
     SagaState,

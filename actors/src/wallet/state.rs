@@ -7,15 +7,15 @@
 //! institution, which coordinates, and take the new coin. A merchant starts with a collect
 //! request and the payer answers with the payment.
 
+use crate::reconciler::Movement;
 use serde::{Deserialize, Serialize};
 use specie_protocol::crypto::PublicKey;
 use specie_protocol::envelope::SagaOutcome;
+use specie_protocol::reconcile::RecordKind;
 use specie_protocol::{
     AbortReason, Address, Amount, Coin, CoinId, Envelope, InstitutionId, KeyStore, Payload,
     PaymentAuthorization, SagaId, SagaKind, SagaState, SignedAuthorization, SoftKeyStore, WalletId,
 };
-use crate::reconciler::Movement;
-use specie_protocol::reconcile::RecordKind;
 use specie_runtime::{Effects, Notice, StateMachine};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;

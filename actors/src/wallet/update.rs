@@ -18,9 +18,9 @@
 
 use super::{Out, Wallet, WalletEvent, WalletOp, WalletTimer};
 use crate::reconciler::Movement;
-use specie_protocol::reconcile::RecordKind;
 use serde::{Deserialize, Serialize};
 use specie_protocol::envelope::SagaOutcome;
+use specie_protocol::reconcile::RecordKind;
 use specie_protocol::update::{
     SignedWithdraw, UpdateMessage, WalletParams, WithdrawAuthorization, WITHDRAW_COINS_MAX,
 };
@@ -297,9 +297,7 @@ impl Wallet {
                     result: Err(reason),
                     ..
                 },
-            ) => {
-                self.finish(saga, Err(reason), out)
-            }
+            ) => self.finish(saga, Err(reason), out),
             (UpdateStep::Uploading, UpdateMessage::UploadReply { accepted }) => {
                 self.record(
                     WalletEvent::Update(UpdateEvent::Uploaded {

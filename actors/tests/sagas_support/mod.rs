@@ -180,3 +180,20 @@ impl FaultHook for DuplicateAndReorder {
         }
     }
 }
+
+/// Closes every open reconciliation batch and asserts continuous reconciliation agreed on all
+/// of them — no finding, nothing unfinished or late — with both sides holding records of each
+/// of `kinds`. Call once, at the end of a test: later records of a closed batch are late.
+pub async fn assert_reconciled(cluster: &specie_actors::Cluster, kinds: &[&str]) {
+    let r = cluster.flush_reconciliation(Duration::from_secs(30)).await;
+    assert!(r.ok(), "reconciliation: {r:#?}");
+    assert_eq!(r.agreed, r.batches, "{r:#?}");
+    assert_eq!(r.institution, r.platform, "{r:#?}");
+    for kind in kinds {
+        let (institution, platform) = r.records_by_kind.get(kind).copied().unwrap_or_default();
+        assert!(
+            institution > 0 && institution == platform,
+            "{kind}: {institution} institution records, {platform} platform records"
+        );
+    }
+}
