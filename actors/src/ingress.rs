@@ -409,9 +409,11 @@ impl Ingress {
         let mut index = Vec::with_capacity(9);
         index.extend_from_slice(&plan.wallet.0.to_be_bytes());
         index.extend_from_slice(plan.kind.name().as_bytes());
-        member
-            .journal()
-            .set_meta(&meta_key(saga), &index)
+        // A durable redb transaction: off the gRPC thread, which also carries the peer links.
+        let journal = member.journal().clone();
+        tokio::task::spawn_blocking(move || journal.set_meta(&meta_key(saga), &index))
+            .await
+            .map_err(internal)?
             .map_err(internal)?;
         let (tx, rx) = oneshot::channel();
         self.inner.waiters.entry(saga).or_default().push(tx);
