@@ -43,14 +43,14 @@ use specie_runtime::admin::rule_to_proto;
 use specie_runtime::live_faults::{Direction, Pattern, RuleKind, RuleSpec};
 use specie_runtime::topology::{ClusterFile, TlsSettings};
 use specie_runtime::transport::{self, TlsMode};
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Read as _, Write as _};
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -69,6 +69,9 @@ const SUBMIT_WAIT_MAX: Duration = Duration::from_secs(5);
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// Longest graceful shutdown of a node may take.
 const SHUTDOWN_MAX: Duration = Duration::from_secs(60);
+/// How long the final balance check waits for coins in transit (a payee's new coin, a payer's
+/// change) to arrive before it reports a mismatch.
+const BALANCES_SETTLE_MAX: Duration = Duration::from_secs(10);
 /// Operations queried or resubmitted at once in the final reads.
 const READS_IN_FLIGHT: usize = 16;
 /// The fault kinds a live cluster can take.
@@ -613,10 +616,17 @@ struct Live {
     history: Mutex<History>,
     ops: Mutex<Vec<LiveOp>>,
     busy: Mutex<HashSet<u64>>,
+    /// What each workload wallet can spend as far as this client knows: its starting coins,
+    /// less what it is paying or paid, plus what it was paid. Honest payments stay within
+    /// half of it (change and incoming coins arrive a moment after an outcome), so the
+    /// workload does not drain wallets into refusals; the insufficient share is planted apart.
+    funds: Mutex<HashMap<u64, i64>>,
     completions: Mutex<Vec<Completion>>,
     in_flight: AtomicU64,
     skipped: AtomicU64,
     kills: AtomicU64,
+    /// Set when the run stops the cluster (at the end, or on Ctrl-C): no restart after it.
+    stopping: AtomicBool,
     notes: Mutex<Vec<String>>,
     installed: Mutex<Vec<Installed>>,
     scraped: Mutex<Vec<Scraped>>,
@@ -962,6 +972,9 @@ async fn apply(live: &Arc<Live>, f: &FaultInstance) {
 async fn restart(live: &Arc<Live>, node: usize) {
     {
         let mut procs = live.procs.lock();
+        if live.stopping.load(Ordering::SeqCst) {
+            return;
+        }
         let Some(p) = procs.as_mut() else { return };
         if p.is_up(node) {
             return;
@@ -1009,6 +1022,15 @@ async fn restart(live: &Arc<Live>, node: usize) {
                 live.node_id(node)
             ));
         }
+    }
+}
+
+/// A task aborted when its handle is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -1122,6 +1144,15 @@ async fn drive(live: Arc<Live>, op: LiveOp) {
         kind: outcome.0,
         f: op.f,
     });
+    if op.f == OpKind::Pay {
+        let mut funds = live.funds.lock();
+        match outcome.0 {
+            OpType::Ok => *funds.entry(op.payee).or_default() += op.amount as i64,
+            OpType::Fail => *funds.entry(op.payer).or_default() += op.amount as i64,
+            // Unknown: stays reserved.
+            _ => {}
+        }
+    }
     live.busy.lock().remove(&op.payer);
     live.in_flight.fetch_sub(1, Ordering::SeqCst);
 }
@@ -1147,15 +1178,26 @@ async fn workload(live: &Arc<Live>, rng: &mut ChaCha8Rng, until: Instant) {
         let cross = rng.gen::<f64>() * 100.0 < plan.scenario.workload.cross_institution_percent;
         let payee_draw: u64 = rng.gen();
         let amount = rng.gen_range(1..=plan.scenario.workload.amount_max_fen);
-        let payer = {
+        let picked = {
             let mut busy = live.busy.lock();
-            let free = candidates.into_iter().find(|w| !busy.contains(w));
-            if let Some(w) = free {
+            let mut funds = live.funds.lock();
+            let free = candidates.into_iter().find_map(|w| {
+                if busy.contains(&w) {
+                    return None;
+                }
+                if insufficient {
+                    return Some((w, 0));
+                }
+                let spendable = funds.get(&w).copied().unwrap_or(0) / 2;
+                (spendable >= 1).then(|| (w, amount.min(spendable as u64)))
+            });
+            if let Some((w, paying)) = free {
                 busy.insert(w);
+                *funds.entry(w).or_default() -= paying as i64;
             }
             free
         };
-        let Some(payer) = payer else {
+        let Some((payer, amount)) = picked else {
             live.skipped.fetch_add(1, Ordering::Relaxed);
             continue;
         };
@@ -1675,6 +1717,7 @@ async fn experiment(live: Arc<Live>) -> Result<Outcome> {
     if initial.len() as u64 != live.plan.wallets {
         bail!("could not read the starting balance of every workload wallet");
     }
+    *live.funds.lock() = initial.iter().map(|(w, v)| (*w, *v as i64)).collect();
     eprintln!(
         "specie chaos: {} nodes ready in {genesis_s:.1} s; {} wallets, {} faults scheduled",
         n,
@@ -1691,11 +1734,12 @@ async fn experiment(live: Arc<Live>) -> Result<Outcome> {
     // Warm-up and faults: the workload runs on; the schedule starts with the fault phase.
     let faults_start = t0 + live.plan.warmup();
     let faults_end = faults_start + Duration::from_millis(p.faults_ms);
-    let scheduler = tokio::spawn(schedule_faults(live.clone(), faults_start));
+    // Aborted when this future is dropped (Ctrl-C) as well as when the phase ends.
+    let scheduler = AbortOnDrop(tokio::spawn(schedule_faults(live.clone(), faults_start)));
     workload(&live, &mut rng, faults_start).await;
     phases.push(("warmup", 0, ms(faults_start)));
     workload(&live, &mut rng, faults_end).await;
-    scheduler.abort();
+    drop(scheduler);
     phases.push(("faults", ms(faults_start), ms(Instant::now())));
 
     // Heal: clear every rule, bring back every node still down.
@@ -1746,7 +1790,7 @@ async fn experiment(live: Arc<Live>) -> Result<Outcome> {
         live.now_ms() as f64 / 1000.0
     );
     let mut invariants: Vec<(&'static str, Finding)> = Vec::new();
-    let balance = check_balances(&live, &initial, Duration::from_secs(20)).await;
+    let balance = check_balances(&live, &initial, BALANCES_SETTLE_MAX).await;
     let idempotency = check_idempotency(&live).await;
     for node in 0..n {
         scrape(&live, node, false).await;
@@ -1768,6 +1812,7 @@ async fn experiment(live: Arc<Live>) -> Result<Outcome> {
             .map(|k| (k, Finding::Skipped(why.into())))
             .collect()
     } else {
+        live.stopping.store(true, Ordering::SeqCst);
         let stopped = tokio::task::block_in_place(|| {
             let mut procs = live.procs.lock();
             procs.as_mut().map(Procs::terminate_all).unwrap_or_default()
@@ -1995,7 +2040,7 @@ fn summary(r: &RunResult, extra: &Value, cluster: &Path, attach: bool, plan: &Pl
     );
     let _ = writeln!(
         s,
-        "  operations    {} invoked on wallets 0..{}: {ok} ok, {fail} fail, {info} info ({} arrivals found no idle wallet)",
+        "  operations    {} invoked on wallets 0..{}: {ok} ok, {fail} fail, {info} info ({} arrivals found no idle wallet with funds)",
         r.ops, plan.wallets, r.skipped
     );
     if !plan.dropped.is_empty() {
@@ -2218,10 +2263,12 @@ pub fn run(args: &RunArgs, cluster: &Path) -> Result<bool> {
             history: Mutex::new(History::default()),
             ops: Mutex::new(Vec::new()),
             busy: Mutex::new(HashSet::new()),
+            funds: Mutex::new(HashMap::new()),
             completions: Mutex::new(Vec::new()),
             in_flight: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
             kills: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
             notes: Mutex::new(Vec::new()),
             installed: Mutex::new(Vec::new()),
         });
@@ -2230,6 +2277,7 @@ pub fn run(args: &RunArgs, cluster: &Path) -> Result<bool> {
             _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted by Ctrl-C")),
         };
         if result.is_err() {
+            live.stopping.store(true, Ordering::SeqCst);
             // Leave nothing broken: every rule cleared, the nodes this run started stopped.
             let unreachable = heal(&live).await;
             let stopped = tokio::task::block_in_place(|| {

@@ -19,6 +19,7 @@ use clap::Args;
 use futures::FutureExt;
 use specie_actors::ingress::{count_outcomes, Connector, Ingress};
 use specie_actors::member::{node_of, Member};
+use specie_actors::reconciler::Feed;
 use specie_actors::DataDir;
 use specie_runtime::admin::AdminService;
 use specie_runtime::live_faults::LiveFaults;
@@ -170,6 +171,8 @@ async fn serve(
         me,
     )?);
     count_outcomes(&member);
+    let reconciliation = member.start_reconciliation().await;
+    report_reconciliation(reconciliation.clone(), spec.id.clone());
     {
         let journal = member.journal().clone();
         faults.attach_journal(Arc::new(move |delay| journal.set_commit_delay(delay)));
@@ -238,6 +241,8 @@ async fn serve(
     while ingress.in_progress() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Sends the platform-side records still held for the platform's node.
+    reconciliation.stop();
     member.quiesce(Duration::from_secs(2)).await;
     transport.shutdown().await;
     let _ = stop_server.send(());
@@ -249,8 +254,31 @@ async fn serve(
     if let Err(e) = telemetry.shutdown() {
         eprintln!("specie node {}: flushing telemetry: {e}", spec.id);
     }
+    println!(
+        "specie node {}: reconciliation — {}",
+        spec.id,
+        reconciliation.summary().line()
+    );
     println!("specie node {}: stopped cleanly", spec.id);
     Ok(())
+}
+
+/// How often a node reports reconciliation (when batches were reconciled since).
+const RECONCILE_REPORT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Prints a line every [`RECONCILE_REPORT_INTERVAL`] in which batches were reconciled.
+fn report_reconciliation(feed: Feed, id: String) {
+    actix::spawn(async move {
+        let mut reported = 0;
+        loop {
+            tokio::time::sleep(RECONCILE_REPORT_INTERVAL).await;
+            let summary = feed.summary();
+            if summary.reconciled != reported {
+                reported = summary.reconciled;
+                println!("specie node {id}: reconcile — {}", summary.line());
+            }
+        }
+    });
 }
 
 /// Resolves on SIGTERM or Ctrl-C (SIGINT).

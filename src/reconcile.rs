@@ -105,6 +105,7 @@ async fn demo(args: &ReconcileArgs) -> Result<Outcome> {
     let limits = ReconcilerLimits {
         retry_interval_ms: 200,
         retry_interval_max_ms: 2_000,
+        ..ReconcilerLimits::default()
     };
     let reconcilers = LocalReconcilers::start(&node, [DEMO_INSTITUTION], limits);
     let key = BatchKey {

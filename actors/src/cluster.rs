@@ -197,6 +197,7 @@ impl Cluster {
             ReconcilerLimits {
                 retry_interval_ms: config.limits.retry_interval_ms,
                 retry_interval_max_ms: config.limits.retry_interval_max_ms,
+                ..ReconcilerLimits::default()
             },
         );
         let feed = Feed::start(

@@ -559,10 +559,18 @@ impl g::ingress_server::Ingress for Ingress {
                 "the node is not taking operations: starting (genesis) or shutting down",
             ));
         }
+        // Counted down when the call ends, also when the client goes away and tonic drops it.
+        struct InProgress<'a>(&'a AtomicU64);
+        impl Drop for InProgress<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
         self.inner.in_progress.fetch_add(1, Ordering::SeqCst);
-        let result = self.submit_local(request.into_inner()).await;
-        self.inner.in_progress.fetch_sub(1, Ordering::SeqCst);
-        result.map(Response::new)
+        let _guard = InProgress(&self.inner.in_progress);
+        self.submit_local(request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn balance(

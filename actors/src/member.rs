@@ -9,6 +9,7 @@ use crate::cluster::ClusterError;
 use crate::data_dir::DataDir;
 use crate::escrow::Escrow;
 use crate::institution::{Institution, InstitutionCommand};
+use crate::reconciler::{Feed, FeedSettings, LocalReconcilers, ReconcilerLimits};
 use crate::wallet::{SagaProgress, Wallet, WalletCommand, WalletSnapshot};
 use actix::prelude::*;
 use specie_protocol::{
@@ -36,6 +37,8 @@ pub fn node_of(placement: &Placement, address: Address) -> Option<usize> {
         Address::Escrow(id) => institution(u64::from(specie_protocol::escrow::host_of(id).0)),
         Address::Reconciler(RECONCILIATION_PLATFORM) => Some(placement.central_bank),
         Address::Reconciler(i) => institution(i),
+        // The ledger inbox takes platform-side records for the platform's reconciler.
+        Address::External(specie_protocol::reconcile::LEDGER_INBOX) => Some(placement.central_bank),
         Address::External(_) => None,
     }
 }
@@ -58,6 +61,9 @@ pub struct Member {
     central_bank: Option<Addr<Host<CentralBank>>>,
     institutions: BTreeMap<InstitutionId, Addr<Host<Institution>>>,
     wallets: HashMap<WalletId, Addr<Host<Wallet>>>,
+    /// The reconcilers placed here: the platform's with the central bank, each institution's
+    /// with it.
+    reconcilers: Arc<LocalReconcilers>,
 }
 
 impl std::fmt::Debug for Member {
@@ -114,13 +120,24 @@ impl Member {
             .set_spawner(Some(escrow_spawner(&node, &blueprint, &placement, me)));
         let central_bank =
             (placement.central_bank == me).then(|| node.spawn(0, None, blueprint.central_bank()));
-        let institutions = (0..blueprint.institution_count())
+        let institutions: BTreeMap<InstitutionId, Addr<Host<Institution>>> = (0..blueprint
+            .institution_count())
             .filter(|i| placement.institutions[*i] == me)
             .map(|i| {
                 let addr = node.spawn(i, Some(i as u64), blueprint.institution(i));
                 (InstitutionId(i as u32), addr)
             })
             .collect();
+        let reconcilers = Arc::new(LocalReconcilers::start_on(
+            &node,
+            placement.central_bank == me,
+            institutions.keys().copied(),
+            ReconcilerLimits {
+                retry_interval_ms: config.limits.retry_interval_ms,
+                retry_interval_max_ms: config.limits.retry_interval_max_ms,
+                ..ReconcilerLimits::default()
+            },
+        ));
         let mut wallets = HashMap::new();
         for w in 0..blueprint.wallet_count() {
             if placement.wallet_node(w) != me {
@@ -139,7 +156,31 @@ impl Member {
             central_bank,
             institutions,
             wallets,
+            reconcilers,
         })
+    }
+
+    /// Starts continuous reconciliation on this node (before genesis, whose exchanges are the
+    /// first steps to reconcile): the feed loads the sides this node hosts into its
+    /// reconcilers; platform-side records go to the platform's node (forwarded from the other
+    /// nodes, taken by the ledger inbox on the central bank's). Must run inside an actix
+    /// system.
+    pub async fn start_reconciliation(&self) -> Feed {
+        let r = self.blueprint.config().reconcile;
+        Feed::start(
+            &self.node,
+            self.reconcilers.clone(),
+            FeedSettings {
+                batch_interval_ms: r.batch_interval_ms,
+                close_after_ms: r.close_after_ms,
+            },
+        )
+        .await
+    }
+
+    /// The reconcilers placed on this node.
+    pub fn reconcilers(&self) -> &Arc<LocalReconcilers> {
+        &self.reconcilers
     }
 
     /// The node.

@@ -32,6 +32,7 @@ fn limits() -> ReconcilerLimits {
     ReconcilerLimits {
         retry_interval_ms: 5,
         retry_interval_max_ms: 40,
+        ..ReconcilerLimits::default()
     }
 }
 

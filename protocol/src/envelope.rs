@@ -10,8 +10,8 @@ use crate::offline::OfflineMessage;
 use crate::pay::{AbortReason, SagaKind, SagaState, SignedAuthorization};
 use crate::pb;
 use crate::reconcile::{
-    BatchHashAck, BatchHashPost, BatchId, ReconcileReport, RecordHashesReply, RecordHashesRequest,
-    ShardHashesReply, ShardHashesRequest,
+    BatchHashAck, BatchHashPost, BatchId, LedgerForward, ReconcileReport, RecordHashesReply,
+    RecordHashesRequest, ShardHashesReply, ShardHashesRequest,
 };
 use crate::update::UpdateMessage;
 use bytes::Bytes;
@@ -274,6 +274,15 @@ pub enum Payload {
         /// The batch.
         batch_id: BatchId,
     },
+    /// Platform → institution: post your hash of this batch (an empty batch if you never had
+    /// a record in it and have closed its interval).
+    BatchHashRequest {
+        /// The batch.
+        batch_id: BatchId,
+    },
+    /// A node without the platform's reconciler → the ledger inbox on the node with it: the
+    /// platform-side transaction records made there.
+    LedgerForward(LedgerForward),
     /// Escrow pre-payment (wallets, escrow contract, issuer, merchant's institution).
     Escrow(EscrowMessage),
     /// The wallet update saga (wallet and its institution).
@@ -326,6 +335,8 @@ impl Payload {
             Payload::RecordHashesReply(_) => "record_hashes_reply",
             Payload::ReconcileReport(_) => "reconcile_report",
             Payload::ReconcileReportAck { .. } => "reconcile_report_ack",
+            Payload::BatchHashRequest { .. } => "batch_hash_request",
+            Payload::LedgerForward(_) => "ledger_forward",
             Payload::Escrow(m) => m.name(),
             Payload::WalletUpdate(m) => m.name(),
             Payload::Negotiation(m) => m.name(),
@@ -564,6 +575,12 @@ impl Envelope {
                     batch_id: batch_id.0,
                 })
             }
+            Payload::BatchHashRequest { batch_id } => {
+                P::BatchHashRequest(pb::BatchHashRequest {
+                    batch_id: batch_id.0,
+                })
+            }
+            Payload::LedgerForward(m) => P::LedgerForward(m.into()),
             Payload::Escrow(m) => P::Escrow(m.into()),
             Payload::WalletUpdate(m) => P::WalletUpdate(m.into()),
             Payload::Negotiation(m) => P::Negotiation(m.into()),
@@ -700,6 +717,10 @@ impl TryFrom<pb::Envelope> for Envelope {
             P::ReconcileReportAck(m) => Payload::ReconcileReportAck {
                 batch_id: BatchId(m.batch_id),
             },
+            P::BatchHashRequest(m) => Payload::BatchHashRequest {
+                batch_id: BatchId(m.batch_id),
+            },
+            P::LedgerForward(m) => Payload::LedgerForward(m.try_into()?),
             P::Escrow(m) => Payload::Escrow(m.try_into()?),
             P::WalletUpdate(m) => Payload::WalletUpdate(m.try_into()?),
             P::Negotiation(m) => Payload::Negotiation(m.try_into()?),
@@ -953,6 +974,27 @@ mod tests {
             Payload::ReconcileReportAck {
                 batch_id: BatchId(7),
             },
+            Payload::BatchHashRequest {
+                batch_id: BatchId(7),
+            },
+            Payload::LedgerForward(LedgerForward {
+                origin: 0x5eed,
+                sequence: 3,
+                records: vec![
+                    ForwardedRecord {
+                        institution: InstitutionId(0),
+                        record: record(2),
+                    },
+                    ForwardedRecord {
+                        institution: InstitutionId(0),
+                        record: record(9),
+                    },
+                    ForwardedRecord {
+                        institution: InstitutionId(3),
+                        record: record(1),
+                    },
+                ],
+            }),
         ]
     }
 

@@ -6,30 +6,30 @@
 /// `specie.v1.Peer`: the link between two nodes (`Link`, a bidirectional stream of
 /// [`PeerFrame`](peer::PeerFrame)s).
 pub mod peer {
-    pub use crate::pb::peer_client::PeerClient;
-    pub use crate::pb::peer_frame::Kind as PeerFrameKind;
-    pub use crate::pb::peer_server::{Peer, PeerServer};
-    pub use crate::pb::{PeerEnvelope, PeerFrame, PeerHello};
     /// The generated client module (`PeerClient`).
     pub use crate::pb::peer_client;
+    pub use crate::pb::peer_client::PeerClient;
+    pub use crate::pb::peer_frame::Kind as PeerFrameKind;
     /// The generated server module (`Peer` trait, `PeerServer`, `SERVICE_NAME`).
     pub use crate::pb::peer_server;
+    pub use crate::pb::peer_server::{Peer, PeerServer};
+    pub use crate::pb::{PeerEnvelope, PeerFrame, PeerHello};
 }
 
 /// `specie.v1.Ingress`: the client API of every node (submit operations, balances, saga
 /// status), with its request and reply messages.
 pub mod ingress {
-    pub use crate::pb::ingress_client::IngressClient;
-    pub use crate::pb::ingress_server::{Ingress, IngressServer};
-    pub use crate::pb::{
-        submit_request, WalletBalanceReply, WalletBalanceRequest, CoinSummary, EscrowClaimOp, EscrowOpenOp,
-        EscrowReleaseOp, MergeOp, PayOp, OperationState, SplitOp, SagaStatusReply, SagaStatusRequest,
-        SubmitReply, SubmitRequest,
-    };
     /// The generated client module (`IngressClient`).
     pub use crate::pb::ingress_client;
+    pub use crate::pb::ingress_client::IngressClient;
     /// The generated server module (`Ingress` trait, `IngressServer`).
     pub use crate::pb::ingress_server;
+    pub use crate::pb::ingress_server::{Ingress, IngressServer};
+    pub use crate::pb::{
+        submit_request, CoinSummary, EscrowClaimOp, EscrowOpenOp, EscrowReleaseOp, MergeOp,
+        OperationState, PayOp, SagaStatusReply, SagaStatusRequest, SplitOp, SubmitReply,
+        SubmitRequest, WalletBalanceReply, WalletBalanceRequest,
+    };
 }
 
 /// `specie.v1.Admin`: the administrative service of every node (live fault rules for chaos

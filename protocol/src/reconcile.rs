@@ -8,7 +8,7 @@
 //! only carries them.
 
 use crate::error::{fixed, required, ProtocolError};
-use crate::ids::{Amount, SagaId, WalletId};
+use crate::ids::{Amount, InstitutionId, SagaId, WalletId};
 use crate::pb;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -792,6 +792,105 @@ impl From<&ReconcileReport> for pb::ReconcileReport {
     }
 }
 
+/// The most records one [`LedgerForward`] carries; a forwarder with more sends several.
+pub const LEDGER_FORWARD_RECORDS_MAX: usize = 4096;
+
+/// The id of the ledger inbox: `Address::External(LEDGER_INBOX)`, the mailbox on the platform's
+/// node (the central bank's) that takes the platform-side records other nodes forward. ("LEDGRINB")
+pub const LEDGER_INBOX: u64 = 0x4c45_4447_5249_4e42;
+
+/// One platform-side transaction record and the institution whose batch it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardedRecord {
+    /// The institution whose batch the record is in.
+    pub institution: InstitutionId,
+    /// The record.
+    pub record: TransactionRecord,
+}
+
+/// A node without the platform's reconciler → the ledger inbox on the node that has it: the
+/// platform-side records made on the sending node, batched.
+///
+/// Canonical form (checked on decode): a nonzero `origin`, a `sequence` from 1, and 1 to
+/// [`LEDGER_FORWARD_RECORDS_MAX`] records strictly increasing by (institution, record id), so
+/// one forward names each record once and has one encoding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerForward {
+    /// The sending forwarder, random per process start.
+    pub origin: u64,
+    /// From 1 per origin: a copy of an (origin, sequence) already taken is a duplicate.
+    pub sequence: u64,
+    /// The records, by (institution, record id).
+    pub records: Vec<ForwardedRecord>,
+}
+
+impl TryFrom<pb::LedgerForward> for LedgerForward {
+    type Error = ProtocolError;
+
+    fn try_from(p: pb::LedgerForward) -> Result<Self, ProtocolError> {
+        let invalid = |field: &'static str, why: String| ProtocolError::Invalid { field, why };
+        if p.origin == 0 {
+            return Err(invalid("ledger_forward.origin", "must not be 0".into()));
+        }
+        if p.sequence == 0 {
+            return Err(invalid("ledger_forward.sequence", "starts at 1".into()));
+        }
+        if p.records.is_empty() {
+            return Err(invalid(
+                "ledger_forward.records",
+                "a forward carries at least one record".into(),
+            ));
+        }
+        if p.records.len() > LEDGER_FORWARD_RECORDS_MAX {
+            return Err(too_many(
+                "ledger_forward.records",
+                p.records.len(),
+                LEDGER_FORWARD_RECORDS_MAX,
+            ));
+        }
+        let records = p
+            .records
+            .into_iter()
+            .map(|r| {
+                Ok(ForwardedRecord {
+                    institution: InstitutionId(r.institution),
+                    record: required("ledger_forward.records[].record", r.record)?.try_into()?,
+                })
+            })
+            .collect::<Result<Vec<_>, ProtocolError>>()?;
+        if records.windows(2).any(|w| {
+            (w[0].institution, w[0].record.id) >= (w[1].institution, w[1].record.id)
+        }) {
+            return Err(invalid(
+                "ledger_forward.records",
+                "not strictly increasing by (institution, record_id)".into(),
+            ));
+        }
+        Ok(LedgerForward {
+            origin: p.origin,
+            sequence: p.sequence,
+            records,
+        })
+    }
+}
+
+impl From<&LedgerForward> for pb::LedgerForward {
+    fn from(m: &LedgerForward) -> Self {
+        pb::LedgerForward {
+            origin: m.origin,
+            sequence: m.sequence,
+            records: m
+                .records
+                .iter()
+                .map(|r| pb::ForwardedRecord {
+                    institution: r.institution.0,
+                    record: Some((&r.record).into()),
+                })
+                .collect(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -901,6 +1000,69 @@ mod tests {
             }],
         };
         assert!(RecordHashesReply::try_from(p).is_err());
+    }
+
+    fn forward(ids: &[(u32, u64)]) -> pb::LedgerForward {
+        (&LedgerForward {
+            origin: 7,
+            sequence: 1,
+            records: ids
+                .iter()
+                .map(|&(i, id)| ForwardedRecord {
+                    institution: InstitutionId(i),
+                    record: record(id),
+                })
+                .collect(),
+        })
+            .into()
+    }
+
+    #[test]
+    fn a_ledger_forward_round_trips_in_canonical_order() {
+        let p = forward(&[(0, 5), (0, 9), (2, 1)]);
+        let m = LedgerForward::try_from(p.clone()).unwrap();
+        assert_eq!(m.records.len(), 3);
+        assert_eq!(pb::LedgerForward::from(&m), p);
+    }
+
+    #[test]
+    fn a_ledger_forward_out_of_canonical_form_is_rejected() {
+        let field = |p: pb::LedgerForward| match LedgerForward::try_from(p) {
+            Err(ProtocolError::Invalid { field, .. }) => field,
+            other => panic!("accepted or another error: {other:?}"),
+        };
+        // Out of order, or one record twice.
+        assert_eq!(field(forward(&[(0, 9), (0, 5)])), "ledger_forward.records");
+        assert_eq!(field(forward(&[(1, 5), (0, 9)])), "ledger_forward.records");
+        assert_eq!(field(forward(&[(0, 5), (0, 5)])), "ledger_forward.records");
+        // Nothing to forward, or more than one forward may carry.
+        assert_eq!(field(forward(&[])), "ledger_forward.records");
+        let many: Vec<(u32, u64)> = (0..=LEDGER_FORWARD_RECORDS_MAX as u64)
+            .map(|id| (0, id))
+            .collect();
+        assert_eq!(field(forward(&many)), "ledger_forward.records");
+        // No origin, no sequence.
+        let mut p = forward(&[(0, 1)]);
+        p.origin = 0;
+        assert_eq!(field(p), "ledger_forward.origin");
+        let mut p = forward(&[(0, 1)]);
+        p.sequence = 0;
+        assert_eq!(field(p), "ledger_forward.sequence");
+        // A record missing or malformed.
+        let mut p = forward(&[(0, 1)]);
+        p.records[0].record = None;
+        assert!(LedgerForward::try_from(p).is_err());
+        let mut p = forward(&[(0, 1)]);
+        if let Some(r) = p.records[0].record.as_mut() {
+            r.saga_id = Bytes::from_static(&[1]);
+        }
+        assert!(matches!(
+            LedgerForward::try_from(p),
+            Err(ProtocolError::BadLength {
+                field: "transaction_record.saga_id",
+                ..
+            })
+        ));
     }
 
     #[test]

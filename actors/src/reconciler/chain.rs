@@ -142,8 +142,15 @@ impl ChainError {
 
 /// Verifies a chain from its first block: heights, hashes and links.
 pub fn verify_blocks(blocks: &[Block]) -> Result<(), ChainError> {
-    for (position, block) in blocks.iter().enumerate() {
-        let position = position as u64;
+    verify_from(blocks, 0, GENESIS_PREV_HASH)
+}
+
+/// Verifies the blocks of a chain from height `start` on, the first of which must link to
+/// `start_prev` (the hash of the block before it, kept when older blocks were dropped;
+/// [`GENESIS_PREV_HASH`] at height 0): heights, hashes and links.
+pub fn verify_from(blocks: &[Block], start: u64, start_prev: Digest) -> Result<(), ChainError> {
+    for (offset, block) in blocks.iter().enumerate() {
+        let position = start + offset as u64;
         if block.height != position {
             return Err(ChainError::WrongHeight {
                 position,
@@ -153,9 +160,9 @@ pub fn verify_blocks(blocks: &[Block]) -> Result<(), ChainError> {
         if block.compute_hash() != block.hash {
             return Err(ChainError::Altered { height: position });
         }
-        let expected_prev = match position {
-            0 => GENESIS_PREV_HASH,
-            _ => blocks[position as usize - 1].hash,
+        let expected_prev = match offset {
+            0 => start_prev,
+            _ => blocks[offset - 1].hash,
         };
         if block.prev_hash != expected_prev {
             // Every earlier block verified on its own, so the one before is the suspect.
@@ -180,17 +187,48 @@ pub fn verify_anchored(blocks: &[Block], height: u64, hash: Digest) -> Result<()
 }
 
 /// The append-only chain, with an index of who posted what.
+///
+/// Old blocks can be dropped from the front ([`HashChain::drop_front`]) once nothing needs
+/// them any more: the chain then starts at a later height and remembers the hash its first
+/// block links to, so what it keeps still verifies ([`HashChain::verify`]) and new blocks
+/// still link to the old ones.
 #[derive(Debug, Clone, Default)]
 pub struct HashChain {
     blocks: Vec<Block>,
-    /// (poster, batch) → height; a poster posts each batch once.
-    index: HashMap<(Poster, BatchKey), usize>,
+    /// Height of `blocks[0]`: blocks below it were dropped.
+    start: u64,
+    /// The hash the block at `start` links to ([`GENESIS_PREV_HASH`] while nothing was
+    /// dropped, else the hash of the last block dropped).
+    start_prev: Digest,
+    /// (poster, batch) → height, for the blocks kept; a poster posts each batch once.
+    index: HashMap<(Poster, BatchKey), u64>,
 }
 
 impl HashChain {
     /// An empty chain.
     pub fn new() -> HashChain {
         HashChain::default()
+    }
+
+    /// A chain of `blocks` from height `start`, the first linking to `start_prev` (what
+    /// [`HashChain::start`], [`HashChain::start_prev`] and [`HashChain::blocks`] return). The
+    /// blocks must verify.
+    pub fn from_parts(
+        start: u64,
+        start_prev: Digest,
+        blocks: Vec<Block>,
+    ) -> Result<HashChain, ChainError> {
+        verify_from(&blocks, start, start_prev)?;
+        let index = blocks
+            .iter()
+            .map(|b| ((b.poster, b.key()), b.height))
+            .collect();
+        Ok(HashChain {
+            blocks,
+            start,
+            start_prev,
+            index,
+        })
     }
 
     /// The block that would come next for this post. Appending it is [`HashChain::push`].
@@ -202,8 +240,8 @@ impl HashChain {
         record_count: u64,
     ) -> Block {
         let mut block = Block {
-            height: self.blocks.len() as u64,
-            prev_hash: self.blocks.last().map_or(GENESIS_PREV_HASH, |b| b.hash),
+            height: self.height(),
+            prev_hash: self.head_hash(),
             poster,
             institution: key.institution,
             batch_id: key.batch_id,
@@ -215,49 +253,85 @@ impl HashChain {
         block
     }
 
+    fn head_hash(&self) -> Digest {
+        self.blocks.last().map_or(self.start_prev, |b| b.hash)
+    }
+
     /// Appends a block made by [`HashChain::next_block`] on this chain.
     pub fn push(&mut self, block: Block) {
         // A block is appended only on the chain it was made for: its height and link fit.
-        assert_eq!(
-            block.height,
-            self.blocks.len() as u64,
-            "block appended out of turn"
-        );
+        assert_eq!(block.height, self.height(), "block appended out of turn");
         assert_eq!(
             block.prev_hash,
-            self.blocks.last().map_or(GENESIS_PREV_HASH, |b| b.hash),
+            self.head_hash(),
             "block does not link to the head"
         );
         let previous = self
             .index
-            .insert((block.poster, block.key()), self.blocks.len());
+            .insert((block.poster, block.key()), block.height);
         assert!(previous.is_none(), "a poster posts a batch once");
         self.blocks.push(block);
     }
 
-    /// The block a poster posted for a batch.
+    /// The block a poster posted for a batch (if it was not dropped).
     pub fn find(&self, poster: Poster, key: BatchKey) -> Option<&Block> {
-        self.index.get(&(poster, key)).map(|&h| &self.blocks[h])
+        self.index
+            .get(&(poster, key))
+            .map(|&h| &self.blocks[(h - self.start) as usize])
     }
 
-    /// Every block, oldest first.
+    /// Every block kept, oldest first.
     pub fn blocks(&self) -> &[Block] {
         &self.blocks
     }
 
-    /// Number of blocks.
+    /// Number of blocks kept.
     pub fn len(&self) -> usize {
         self.blocks.len()
     }
 
-    /// Whether no block was posted yet.
+    /// Whether no block is kept.
     pub fn is_empty(&self) -> bool {
         self.blocks.is_empty()
     }
 
-    /// Verifies the whole chain.
+    /// The height of the next block: how many blocks were ever appended.
+    pub fn height(&self) -> u64 {
+        self.start + self.blocks.len() as u64
+    }
+
+    /// The height of the first block kept.
+    pub fn start(&self) -> u64 {
+        self.start
+    }
+
+    /// The hash the first block kept links to.
+    pub fn start_prev(&self) -> Digest {
+        self.start_prev
+    }
+
+    /// How many blocks from the front satisfy `droppable`, up to the first that does not.
+    pub fn droppable_prefix(&self, droppable: impl Fn(&Block) -> bool) -> usize {
+        self.blocks.iter().take_while(|b| droppable(b)).count()
+    }
+
+    /// Drops the `n` oldest blocks kept (all of them if fewer).
+    pub fn drop_front(&mut self, n: usize) {
+        let n = n.min(self.blocks.len());
+        if n == 0 {
+            return;
+        }
+        for b in &self.blocks[..n] {
+            self.index.remove(&(b.poster, b.key()));
+        }
+        self.start_prev = self.blocks[n - 1].hash;
+        self.start += n as u64;
+        self.blocks.drain(..n);
+    }
+
+    /// Verifies the blocks kept, against the hash the first of them links to.
     pub fn verify(&self) -> Result<(), ChainError> {
-        verify_blocks(&self.blocks)
+        verify_from(&self.blocks, self.start, self.start_prev)
     }
 }
 
@@ -332,6 +406,43 @@ mod tests {
             verify_anchored(&blocks[..2], anchor.height, anchor.hash),
             Err(ChainError::AnchorMismatch { height: 3 })
         );
+    }
+
+    #[test]
+    fn a_chain_that_dropped_its_oldest_blocks_still_verifies_and_grows() {
+        let mut c = chain(6);
+        let whole = c.blocks().to_vec();
+        c.drop_front(4);
+        assert_eq!((c.start(), c.len(), c.height()), (4, 2, 6));
+        assert_eq!(c.verify(), Ok(()));
+        assert!(c.find(whole[1].poster, whole[1].key()).is_none());
+        assert_eq!(c.find(whole[5].poster, whole[5].key()), Some(&whole[5]));
+        let key = BatchKey {
+            institution: InstitutionId(9),
+            batch_id: BatchId(9),
+        };
+        let next = c.next_block(Poster::Platform, key, Digest([9; 32]), 1);
+        c.push(next);
+        let mut all = whole;
+        all.push(c.blocks().last().unwrap().clone());
+        assert_eq!(verify_blocks(&all), Ok(()), "the new block links to the old ones");
+        let again = HashChain::from_parts(c.start(), c.start_prev(), c.blocks().to_vec()).unwrap();
+        assert_eq!(again.verify(), Ok(()));
+        assert_eq!(again.find(Poster::Platform, key).map(|b| b.height), Some(6));
+        // A kept block altered, or the link to the dropped ones broken, is found.
+        let mut blocks = c.blocks().to_vec();
+        blocks[0].record_count += 1;
+        assert_eq!(
+            verify_from(&blocks, c.start(), c.start_prev()),
+            Err(ChainError::Altered { height: 4 })
+        );
+        assert_eq!(
+            verify_from(c.blocks(), c.start(), Digest([1; 32])),
+            Err(ChainError::Relinked { height: 3 })
+        );
+        c.drop_front(100);
+        assert!(c.is_empty());
+        assert_eq!(c.height(), 7);
     }
 
     #[test]

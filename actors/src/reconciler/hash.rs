@@ -75,6 +75,9 @@ pub enum ReconcileError {
         /// The institution.
         institution: InstitutionId,
     },
+    /// The platform's reconciler does not run on this node.
+    #[error("the platform's reconciler does not run on this node")]
+    NoPlatform,
     /// A reconciler's mailbox is gone (it stopped for good).
     #[error("{actor} is unreachable: {why}")]
     Unreachable {

@@ -18,6 +18,8 @@
 //! - [`Feed`]: continuous reconciliation on a node: collects both sides' records from the
 //!   node's ledger sink into per-(institution, batch) buckets, loads each closed batch into
 //!   the reconcilers and collects the results.
+//! - [`forward`]: platform-side records across nodes of a cluster: the [`Forwarder`] on
+//!   nodes without the platform's reconciler, the [`LedgerInbox`] on the node with it.
 //! - [`sample`]: seeded sample records and planted differences (the demo and the tests).
 //!
 //! # The three levels, and why the middle one is a tree
@@ -51,6 +53,7 @@
 
 pub mod chain;
 mod feed;
+pub mod forward;
 pub mod hash;
 pub mod ledger;
 mod local;
@@ -59,7 +62,9 @@ mod state;
 #[cfg(test)]
 mod tests;
 
-pub use chain::{verify_anchored, verify_blocks, Block, ChainError, HashChain, Poster};
+pub use chain::{
+    verify_anchored, verify_blocks, verify_from, Block, ChainError, HashChain, Poster,
+};
 pub use hash::{
     record_hash, shard_of, Batch, BatchHashes, BatchKey, ReconcileError, BATCH_RECORDS_MAX,
     SHARD_COUNT, SHARD_FANOUT, SHARD_TREE_DEPTH,
@@ -67,10 +72,12 @@ pub use hash::{
 pub use feed::{
     Feed, FeedSettings, FeedSummary, FoundRecord, Side, SideTotals, FINDINGS_LISTED_MAX,
 };
+pub use forward::{Forwarder, LedgerInbox};
 pub use ledger::{record_id, Movement};
 pub use local::LocalReconcilers;
 pub use state::{
-    trace_id, BatchStatus, Finding, LevelCounts, Phase, Progress, Reconciler, ReconcilerCommand,
-    ReconcilerEvent, ReconcilerLimits, ReconcilerSnapshot, ReconcilerTimer, Role,
-    RECORD_HASHES_PER_REPLY_MAX, SHARDS_PER_RECORD_REQUEST_MAX, SHARD_NODES_PER_REQUEST_MAX,
+    trace_id, BatchStatus, Finding, FinishedBatches, LevelCounts, Phase, Progress, Reconciler,
+    ReconcilerCommand, ReconcilerEvent, ReconcilerLimits, ReconcilerSnapshot, ReconcilerTimer,
+    Retained, Role, RECORD_HASHES_PER_REPLY_MAX, RETAINED_BATCHES_DEFAULT,
+    SHARDS_PER_RECORD_REQUEST_MAX, SHARD_NODES_PER_REQUEST_MAX,
 };

@@ -21,6 +21,35 @@
 //! and a reply for nodes no longer pending is ignored. Posts are idempotent by batch id (the
 //! chain holds one post per poster and batch), as are reports (the first one is kept; every
 //! copy is acknowledged).
+//!
+//! # A batch only one side saw
+//!
+//! On a node, the feed tells its reconcilers which intervals are closed there
+//! ([`ReconcilerCommand::CloseBelow`]: every batch below this id has had its records loaded,
+//! if it had any). A batch that one side holds and the other never had a record in is then
+//! still compared, against an empty batch:
+//! - an institution's post for a batch the platform holds nothing of, once that batch is
+//!   closed at the platform, makes the platform load an empty batch of its own;
+//! - the platform, holding its side of a closed batch the institution has not posted, asks
+//!   the institution for its post ([`Payload::BatchHashRequest`], retried with backoff); an
+//!   institution that has the batch posts it again, one that has not and has closed the
+//!   batch too posts an empty batch. One that has not closed it yet says nothing (the
+//!   platform asks again), so a batch is never posted empty before its records were loaded.
+//!
+//! # Bounded memory
+//!
+//! A batch's records and hashes (about 240 KB per side, whatever its size) are needed only
+//! until its reconciliation is over. Once the report is acknowledged on both sides — the
+//! platform has the institution's acknowledgement of the report, the institution has the
+//! report and the acknowledgement of its post — the batch is *finished*: its records, hashes
+//! and session are dropped, and only a compact [`BatchStatus`] (counts, report, findings, the
+//! institution's block) is kept. The last [`ReconcilerLimits::retained_batches`] finished
+//! statuses are kept; older ones are forgotten (only the highest forgotten batch id per
+//! institution is remembered, to ignore late copies of their messages), and the platform drops
+//! the chain's oldest blocks once every batch they belong to is forgotten — the chain keeps
+//! the hash its first kept block links to, so it still verifies and grows. Live batches are
+//! never dropped. All of this happens while applying events, so replaying the journal, or
+//! restoring a checkpoint ([`StateMachine::checkpoint`]), rebuilds the same state.
 
 use crate::reconciler::chain::{Block, HashChain, Poster};
 use crate::reconciler::hash::{
@@ -35,7 +64,7 @@ use specie_protocol::reconcile::{
 };
 use specie_protocol::{Address, Envelope, InstitutionId, Payload, SagaId, RECONCILIATION_PLATFORM};
 use specie_runtime::{Effects, StateMachine};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Shard-tree nodes asked about in one request. With a fanout of 16 a reply carries at most
 /// 4096 hashes (128 KiB).
@@ -45,7 +74,13 @@ pub const SHARDS_PER_RECORD_REQUEST_MAX: usize = 64;
 /// Record hashes an institution puts in one reply (a larger shard goes alone).
 pub const RECORD_HASHES_PER_REPLY_MAX: usize = 8192;
 
-/// The retry settings of a reconciler.
+/// Finished batches whose compact status a reconciler keeps by default.
+pub const RETAINED_BATCHES_DEFAULT: usize = 4096;
+
+/// Fewest old chain blocks the platform drops at once (dropping shifts the blocks kept).
+const CHAIN_DROP_MIN: usize = 64;
+
+/// The retry and retention settings of a reconciler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReconcilerLimits {
     /// First retry of an unanswered post, request or report.
@@ -53,6 +88,8 @@ pub struct ReconcilerLimits {
     /// Backoff cap. Retries go on at this interval until answered: reconciliation never
     /// gives up on a batch, it only slows down.
     pub retry_interval_max_ms: u64,
+    /// Finished batches whose compact status is kept (at least 1); older ones are forgotten.
+    pub retained_batches: usize,
 }
 
 impl Default for ReconcilerLimits {
@@ -60,6 +97,7 @@ impl Default for ReconcilerLimits {
         ReconcilerLimits {
             retry_interval_ms: 100,
             retry_interval_max_ms: 5_000,
+            retained_batches: RETAINED_BATCHES_DEFAULT,
         }
     }
 }
@@ -91,6 +129,10 @@ pub enum ReconcilerCommand {
     /// A batch id already loaded with the same records changes nothing; with other records it
     /// is refused (a batch, once posted, is immutable).
     LoadBatch(Batch),
+    /// Every batch with an id below this one is closed on this node: its records, if it had
+    /// any, were loaded before this command. Lets the two sides compare a batch only one of
+    /// them saw (see the module documentation). Not journaled: the feed repeats it.
+    CloseBelow(BatchId),
 }
 
 /// Timers.
@@ -101,6 +143,13 @@ pub enum ReconcilerTimer {
         /// The batch.
         batch_id: BatchId,
         /// Retries so far.
+        attempt: u32,
+    },
+    /// Platform: ask the institution again for its post of a batch it has not posted.
+    Ask {
+        /// The batch.
+        key: BatchKey,
+        /// Asks so far.
         attempt: u32,
     },
     /// Platform: resend what the session's current phase still waits for.
@@ -189,7 +238,7 @@ pub enum ReconcilerEvent {
 }
 
 /// Hashes compared per level.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct LevelCounts {
     /// Batch hashes (1 per batch).
     pub batch: LevelCount,
@@ -207,7 +256,7 @@ impl LevelCounts {
 }
 
 /// How far a batch has got, as seen by this reconciler.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Progress {
     /// Institution: the batch hash is posted but not acknowledged.
     Posting,
@@ -227,7 +276,7 @@ pub enum Progress {
 }
 
 /// One inconsistent record with every fact this side knows.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Finding {
     /// The record.
     pub record_id: RecordId,
@@ -241,8 +290,9 @@ pub struct Finding {
     pub institution: Option<TransactionRecord>,
 }
 
-/// What a report reads of one batch.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a report reads of one batch. For a finished batch, this compact status is all the
+/// reconciler keeps of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BatchStatus {
     /// The batch.
     pub key: BatchKey,
@@ -258,7 +308,8 @@ pub struct BatchStatus {
     pub report: Option<ReconcileReport>,
     /// Every inconsistent record found (platform) or reported (institution), by record id.
     pub findings: Vec<Finding>,
-    /// Institution: the block holding its post, once acknowledged.
+    /// The block holding the institution's post: at the institution once acknowledged, at
+    /// the platform once the batch is finished.
     pub posted: Option<BatchHashAck>,
 }
 
@@ -267,9 +318,12 @@ pub struct BatchStatus {
 pub struct ReconcilerSnapshot {
     /// Whose.
     pub role: Role,
-    /// Platform: the hash chain (empty at institutions).
+    /// Platform: the blocks of the hash chain it keeps (empty at institutions), from height 0
+    /// unless older blocks were dropped.
     pub chain: Vec<Block>,
-    /// Every batch this side knows of, by key.
+    /// The hash the first block of `chain` links to: zeros while the chain is whole.
+    pub chain_start_prev: Digest,
+    /// Every batch this side holds (in progress) or keeps the status of (finished), by key.
     pub batches: Vec<BatchStatus>,
 }
 
@@ -278,6 +332,38 @@ impl ReconcilerSnapshot {
     pub fn batch(&self, key: BatchKey) -> Option<&BatchStatus> {
         self.batches.iter().find(|b| b.key == key)
     }
+
+    /// Verifies the blocks of `chain` (from wherever they start).
+    pub fn verify_chain(&self) -> Result<(), crate::reconciler::chain::ChainError> {
+        let start = self.chain.first().map_or(0, |b| b.height);
+        crate::reconciler::chain::verify_from(&self.chain, start, self.chain_start_prev)
+    }
+}
+
+/// Finished batches' statuses, as a feed collects them: those finished after a cursor.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FinishedBatches {
+    /// The statuses, in the order the batches finished.
+    pub statuses: Vec<BatchStatus>,
+    /// The cursor to ask with next time: how many batches this reconciler has finished.
+    pub cursor: u64,
+    /// Finished after the cursor asked with but already forgotten (the asker fell behind).
+    pub missed: u64,
+}
+
+/// How much a reconciler holds, for tests and memory accounting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retained {
+    /// Batches in progress whose records and hashes are held.
+    pub live_batches: usize,
+    /// Records held in them.
+    pub live_records: u64,
+    /// Finished batches' compact statuses kept.
+    pub finished: usize,
+    /// Chain blocks kept.
+    pub chain_blocks: usize,
+    /// Batches finished so far (kept or forgotten).
+    pub finished_total: u64,
 }
 
 /// One side's batch with its hashes (derived, not journaled).
@@ -288,7 +374,7 @@ struct Side {
 }
 
 /// The platform's session of one batch.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Session {
     phase: Phase,
     /// Incremented at every phase change; void timers of earlier phases.
@@ -335,7 +421,7 @@ impl Session {
 }
 
 /// The institution's view of one posted batch.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Post {
     ack: Option<BatchHashAck>,
     report: Option<ReconcileReport>,
@@ -356,6 +442,33 @@ pub struct Reconciler {
     sessions: BTreeMap<BatchKey, Session>,
     /// Institution: posts and the reports received.
     posts: BTreeMap<BatchId, Post>,
+    /// Finished batches' compact statuses, with the number of the finish.
+    finished: BTreeMap<BatchKey, (u64, BatchStatus)>,
+    /// Finished batches in the order they finished: (number, key).
+    finished_order: VecDeque<(u64, BatchKey)>,
+    /// Batches finished so far.
+    finished_total: u64,
+    /// Per institution, the highest batch id whose finished status was forgotten.
+    forgotten: BTreeMap<InstitutionId, BatchId>,
+    /// Not journaled: batches below this id are closed on this node (the feed says so).
+    closed_below: BatchId,
+    /// Not journaled: platform, batches whose post is being asked for (an ask timer runs).
+    asking: BTreeSet<BatchKey>,
+}
+
+/// The journaled part of a reconciler's state, as a checkpoint holds it. Hashes are derived
+/// again from the batches on restore.
+#[derive(Serialize, Deserialize)]
+struct Checkpoint {
+    batches: Vec<Batch>,
+    chain_start: u64,
+    chain_start_prev: Digest,
+    chain: Vec<Block>,
+    sessions: Vec<(BatchKey, Session)>,
+    posts: Vec<(BatchId, Post)>,
+    finished: Vec<(u64, BatchStatus)>,
+    finished_total: u64,
+    forgotten: Vec<(InstitutionId, BatchId)>,
 }
 
 /// The saga id reconciliation messages of a batch carry: not a saga, but it gives every
@@ -377,6 +490,10 @@ impl Reconciler {
             "a zero retry interval would spin"
         );
         assert!(limits.retry_interval_max_ms >= limits.retry_interval_ms);
+        assert!(
+            limits.retained_batches > 0,
+            "a finished batch's status must be kept at least until it is read"
+        );
         Reconciler {
             role,
             limits,
@@ -384,6 +501,202 @@ impl Reconciler {
             chain: HashChain::new(),
             sessions: BTreeMap::new(),
             posts: BTreeMap::new(),
+            finished: BTreeMap::new(),
+            finished_order: VecDeque::new(),
+            finished_total: 0,
+            forgotten: BTreeMap::new(),
+            closed_below: BatchId(0),
+            asking: BTreeSet::new(),
+        }
+    }
+
+    /// The statuses of the batches finished after `cursor` (0 for all kept), and the cursor
+    /// to ask with next.
+    pub fn finished_since(&self, cursor: u64) -> FinishedBatches {
+        let first = self.finished_order.partition_point(|(n, _)| *n <= cursor);
+        let oldest_kept = self
+            .finished_order
+            .front()
+            .map_or(self.finished_total + 1, |(n, _)| *n);
+        FinishedBatches {
+            statuses: self
+                .finished_order
+                .iter()
+                .skip(first)
+                .map(|(_, key)| self.finished[key].1.clone())
+                .collect(),
+            cursor: self.finished_total,
+            missed: oldest_kept.saturating_sub(cursor + 1),
+        }
+    }
+
+    /// The status of one batch, in progress or finished (kept).
+    pub fn status_of(&self, key: BatchKey) -> Option<BatchStatus> {
+        if let Some((_, status)) = self.finished.get(&key) {
+            return Some(status.clone());
+        }
+        let live = match self.role {
+            Role::Platform => self.sessions.contains_key(&key),
+            Role::Institution(_) => self.sides.contains_key(&key),
+        };
+        live.then(|| self.status(key))
+    }
+
+    /// The highest batch id this reconciler knows of (in progress, finished or forgotten).
+    pub fn latest_batch(&self) -> Option<BatchId> {
+        let live = self.sides.keys().chain(self.sessions.keys());
+        live.chain(self.finished.keys())
+            .map(|k| k.batch_id)
+            .chain(self.forgotten.values().copied())
+            .max()
+    }
+
+    /// How much this reconciler holds.
+    pub fn retained(&self) -> Retained {
+        Retained {
+            live_batches: self.sides.len(),
+            live_records: self.sides.values().map(|s| s.hashes.record_count()).sum(),
+            finished: self.finished.len(),
+            chain_blocks: self.chain.len(),
+            finished_total: self.finished_total,
+        }
+    }
+
+    /// Whether `key` is live here: records held (institution) or a session (platform).
+    fn is_live(&self, key: BatchKey) -> bool {
+        self.sides.contains_key(&key) || self.sessions.contains_key(&key)
+    }
+
+    /// Whether `key` finished here long ago and was forgotten.
+    fn is_forgotten(&self, key: BatchKey) -> bool {
+        !self.is_live(key)
+            && !self.finished.contains_key(&key)
+            && self
+                .forgotten
+                .get(&key.institution)
+                .is_some_and(|b| key.batch_id <= *b)
+    }
+
+    /// A finished batch: keep its compact status, drop its records, hashes and session, and
+    /// forget the oldest statuses beyond the limit (with the chain blocks only they needed).
+    fn finish(&mut self, key: BatchKey) {
+        let mut status = self.status(key);
+        if self.role == Role::Platform {
+            status.posted = self
+                .chain
+                .find(Poster::Institution(key.institution), key)
+                .map(|b| BatchHashAck {
+                    batch_id: key.batch_id,
+                    height: b.height,
+                    block_hash: b.hash,
+                    batch_hash: b.batch_hash,
+                });
+        }
+        self.sides.remove(&key);
+        self.sessions.remove(&key);
+        if let Role::Institution(_) = self.role {
+            self.posts.remove(&key.batch_id);
+        }
+        self.asking.remove(&key);
+        self.finished_total += 1;
+        let n = self.finished_total;
+        self.finished.insert(key, (n, status));
+        self.finished_order.push_back((n, key));
+        let mut evicted = false;
+        while self.finished.len() > self.limits.retained_batches {
+            let Some((_, old)) = self.finished_order.pop_front() else {
+                break;
+            };
+            self.finished.remove(&old);
+            let mark = self.forgotten.entry(old.institution).or_insert(old.batch_id);
+            *mark = (*mark).max(old.batch_id);
+            evicted = true;
+        }
+        if evicted && self.role == Role::Platform {
+            let (sessions, finished) = (&self.sessions, &self.finished);
+            let n = self.chain.droppable_prefix(|b| {
+                !sessions.contains_key(&b.key()) && !finished.contains_key(&b.key())
+            });
+            if n >= CHAIN_DROP_MIN || n == self.chain.len() {
+                self.chain.drop_front(n);
+            }
+        }
+    }
+
+    /// Institution: a batch whose post is acknowledged and whose report arrived is finished.
+    fn finish_post(&mut self, batch_id: BatchId) {
+        let Role::Institution(me) = self.role else {
+            return;
+        };
+        let key = BatchKey {
+            institution: me,
+            batch_id,
+        };
+        let done = self
+            .posts
+            .get(&batch_id)
+            .is_some_and(|p| p.ack.is_some() && p.report.is_some());
+        if done && self.sides.contains_key(&key) {
+            self.finish(key);
+        }
+    }
+
+    /// An empty batch: this side never had a record in `key`, which is closed here.
+    fn load_empty(&mut self, key: BatchKey, out: &mut Out) {
+        metrics::counter!("specie_reconcile_empty_batches_total").increment(1);
+        let batch = Batch::new(key, std::iter::empty()).expect("an empty batch is valid");
+        self.load(batch, out);
+    }
+
+    /// Platform: starts asking the institution for its post of `key` unless already asking.
+    fn start_asking(&mut self, key: BatchKey, out: &mut Out) {
+        if self.asking.insert(key) {
+            out.timer(
+                self.backoff_ms(2),
+                ReconcilerTimer::Ask { key, attempt: 0 },
+            );
+        }
+    }
+
+    /// Platform: whether `key` waits for the institution's post while holding its own side.
+    fn awaits_post(&self, key: BatchKey) -> bool {
+        self.sessions
+            .get(&key)
+            .is_some_and(|s| s.phase == Phase::Waiting)
+            && self.sides.contains_key(&key)
+            && self
+                .chain
+                .find(Poster::Institution(key.institution), key)
+                .is_none()
+    }
+
+    fn close_below(&mut self, below: BatchId, out: &mut Out) {
+        if below <= self.closed_below {
+            return;
+        }
+        self.closed_below = below;
+        if self.role != Role::Platform {
+            return;
+        }
+        // Posted by the institution, nothing here, and now closed: compare with an empty batch.
+        let empty: Vec<BatchKey> = self
+            .sessions
+            .keys()
+            .filter(|k| k.batch_id < below && !self.sides.contains_key(k))
+            .copied()
+            .collect();
+        for key in empty {
+            self.load_empty(key, out);
+        }
+        // Held here, closed, not posted by the institution: ask for its post.
+        let ask: Vec<BatchKey> = self
+            .sessions
+            .keys()
+            .filter(|k| k.batch_id < below && self.awaits_post(**k))
+            .copied()
+            .collect();
+        for key in ask {
+            self.start_asking(key, out);
         }
     }
 
@@ -430,6 +743,10 @@ impl Reconciler {
             }
             return;
         }
+        if self.finished.contains_key(&key) || self.is_forgotten(key) {
+            reject("batch_finished");
+            return;
+        }
         self.record(ReconcilerEvent::BatchLoaded(batch), out);
         let hashes = &self.sides[&key].hashes;
         let (root, count) = (hashes.root(), hashes.record_count());
@@ -448,6 +765,9 @@ impl Reconciler {
                 let block = self.chain.next_block(Poster::Platform, key, root, count);
                 self.record(ReconcilerEvent::BlockAppended(block), out);
                 self.advance(key, out);
+                if key.batch_id < self.closed_below && self.awaits_post(key) {
+                    self.start_asking(key, out);
+                }
             }
         }
     }
@@ -552,6 +872,20 @@ impl Reconciler {
                 });
                 out.send(self.envelope(envelope.from, key, attempt, payload));
             }
+            Payload::BatchHashRequest { batch_id } => {
+                let key = key(batch_id);
+                if self.sides.contains_key(&key) {
+                    self.send_post(key, attempt, out);
+                } else if self.finished.contains_key(&key) || self.is_forgotten(key) {
+                    reject("batch_finished");
+                } else if batch_id < self.closed_below {
+                    // Not a record of ours in it, and closed here: our side is empty.
+                    self.load_empty(key, out);
+                } else {
+                    // Not closed here yet: its records may still come. The platform asks again.
+                    reject("batch_open");
+                }
+            }
             Payload::ReconcileReport(report) => {
                 let batch_id = report.batch_id;
                 let known = self.sides.contains_key(&key(batch_id));
@@ -594,6 +928,22 @@ impl Reconciler {
             Payload::BatchHashPost(post) => {
                 let key = key(post.batch_id);
                 let poster = Poster::Institution(institution);
+                if let Some((_, done)) = self.finished.get(&key) {
+                    // A copy of the post of a finished batch: the answer it had.
+                    if let Some(ack) = done.posted.clone() {
+                        out.send(self.envelope(
+                            envelope.from,
+                            key,
+                            envelope.attempt,
+                            Payload::BatchHashAck(ack),
+                        ));
+                    }
+                    return;
+                }
+                if self.is_forgotten(key) {
+                    reject("batch_finished");
+                    return;
+                }
                 if self.chain.find(poster, key).is_none() {
                     let block =
                         self.chain
@@ -613,7 +963,12 @@ impl Reconciler {
                     envelope.attempt,
                     Payload::BatchHashAck(ack),
                 ));
-                self.advance(key, out);
+                if !self.sides.contains_key(&key) && key.batch_id < self.closed_below {
+                    // Closed here without a record of ours: compare with an empty batch.
+                    self.load_empty(key, out);
+                } else {
+                    self.advance(key, out);
+                }
             }
             Payload::ShardHashesReply(reply) => {
                 self.on_shard_hashes(key(reply.batch_id), reply, out)
@@ -972,6 +1327,9 @@ impl StateMachine for Reconciler {
                     .expect("a phase of a known session");
                 session.phase = phase.clone();
                 session.step += 1;
+                if *phase == Phase::Done {
+                    self.finish(*key);
+                }
             }
             ReconcilerEvent::NodesCompared {
                 key,
@@ -1022,9 +1380,11 @@ impl StateMachine for Reconciler {
             }
             ReconcilerEvent::PostAcknowledged(ack) => {
                 self.posts.entry(ack.batch_id).or_default().ack = Some(ack.clone());
+                self.finish_post(ack.batch_id);
             }
             ReconcilerEvent::ReportReceived(report) => {
                 self.posts.entry(report.batch_id).or_default().report = Some(report.clone());
+                self.finish_post(report.batch_id);
             }
         }
     }
@@ -1097,6 +1457,25 @@ impl StateMachine for Reconciler {
                     },
                 );
             }
+            ReconcilerTimer::Ask { key, attempt } => {
+                if !self.awaits_post(key) {
+                    self.asking.remove(&key);
+                    return;
+                }
+                metrics::counter!("specie_reconcile_retries_total", "step" => "ask").increment(1);
+                let to = Poster::Institution(key.institution).address();
+                let ask = Payload::BatchHashRequest {
+                    batch_id: key.batch_id,
+                };
+                out.send(self.envelope(to, key, attempt, ask));
+                out.timer(
+                    self.backoff_ms(attempt.saturating_add(2)),
+                    ReconcilerTimer::Ask {
+                        key,
+                        attempt: attempt + 1,
+                    },
+                );
+            }
             ReconcilerTimer::Drill { key, step, attempt } => {
                 let Some(session) = self.sessions.get(&key) else {
                     return;
@@ -1121,18 +1500,70 @@ impl StateMachine for Reconciler {
     fn on_command(&mut self, command: ReconcilerCommand, _now_ms: u64, out: &mut Out) {
         match command {
             ReconcilerCommand::LoadBatch(batch) => self.load(batch, out),
+            ReconcilerCommand::CloseBelow(below) => self.close_below(below, out),
         }
     }
 
     fn snapshot(&self) -> ReconcilerSnapshot {
-        let keys: Vec<BatchKey> = match self.role {
+        let live: BTreeSet<BatchKey> = match self.role {
             Role::Platform => self.sessions.keys().copied().collect(),
             Role::Institution(_) => self.sides.keys().copied().collect(),
         };
+        let mut keys: BTreeSet<BatchKey> = self.finished.keys().copied().collect();
+        keys.extend(live);
         ReconcilerSnapshot {
             role: self.role,
             chain: self.chain.blocks().to_vec(),
-            batches: keys.into_iter().map(|k| self.status(k)).collect(),
+            chain_start_prev: self.chain.start_prev(),
+            batches: keys
+                .into_iter()
+                .filter_map(|k| self.status_of(k))
+                .collect(),
         }
+    }
+
+    fn checkpoint(&self) -> Option<Vec<u8>> {
+        let checkpoint = Checkpoint {
+            batches: self.sides.values().map(|s| s.batch.clone()).collect(),
+            chain_start: self.chain.start(),
+            chain_start_prev: self.chain.start_prev(),
+            chain: self.chain.blocks().to_vec(),
+            sessions: self
+                .sessions
+                .iter()
+                .map(|(k, s)| (*k, s.clone()))
+                .collect(),
+            posts: self.posts.iter().map(|(b, p)| (*b, p.clone())).collect(),
+            finished: self
+                .finished_order
+                .iter()
+                .map(|(n, k)| (*n, self.finished[k].1.clone()))
+                .collect(),
+            finished_total: self.finished_total,
+            forgotten: self.forgotten.iter().map(|(i, b)| (*i, *b)).collect(),
+        };
+        Some(postcard::to_stdvec(&checkpoint).expect("a checkpoint serializes"))
+    }
+
+    fn restore(&mut self, checkpoint: &[u8]) -> Result<(), String> {
+        let c: Checkpoint = postcard::from_bytes(checkpoint).map_err(|e| e.to_string())?;
+        let chain = HashChain::from_parts(c.chain_start, c.chain_start_prev, c.chain)
+            .map_err(|e| format!("the checkpoint's chain: {e}"))?;
+        let mut restored = Reconciler::new(self.role, self.limits);
+        restored.chain = chain;
+        for batch in c.batches {
+            let hashes = BatchHashes::of(&batch);
+            restored.sides.insert(batch.key(), Side { batch, hashes });
+        }
+        restored.sessions = c.sessions.into_iter().collect();
+        restored.posts = c.posts.into_iter().collect();
+        for (n, status) in c.finished {
+            restored.finished_order.push_back((n, status.key));
+            restored.finished.insert(status.key, (n, status));
+        }
+        restored.finished_total = c.finished_total;
+        restored.forgotten = c.forgotten.into_iter().collect();
+        *self = restored;
+        Ok(())
     }
 }

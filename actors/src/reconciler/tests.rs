@@ -36,6 +36,7 @@ fn limits() -> ReconcilerLimits {
     ReconcilerLimits {
         retry_interval_ms: 10,
         retry_interval_max_ms: 80,
+        ..ReconcilerLimits::default()
     }
 }
 
@@ -527,4 +528,293 @@ proptest! {
         let fanout = u64::from(SHARD_FANOUT);
         prop_assert!(p.counts.shard.compared <= fanout * (1 + k * u64::from(SHARD_TREE_DEPTH - 1)));
     }
+}
+
+impl Sim {
+    fn command(&mut self, at: Address, command: ReconcilerCommand) {
+        let mut out = Effects::default();
+        let now = self.now_ms;
+        self.machines
+            .get_mut(&at)
+            .unwrap()
+            .on_command(command, now, &mut out);
+        self.perform(at, out);
+    }
+
+    /// Tells every reconciler that batches below `below` are closed.
+    fn close_below(&mut self, below: u64) {
+        let addresses: Vec<Address> = self.machines.keys().copied().collect();
+        for at in addresses {
+            self.command(at, ReconcilerCommand::CloseBelow(BatchId(below)));
+        }
+    }
+}
+
+fn found_kinds(status: &BatchStatus) -> BTreeMap<InconsistencyKind, usize> {
+    let mut kinds = BTreeMap::new();
+    for f in &status.findings {
+        *kinds.entry(f.kind).or_default() += 1;
+    }
+    kinds
+}
+
+#[test]
+fn a_batch_only_the_platform_saw_is_compared_with_an_empty_one_once_closed_on_both_sides() {
+    let mut sim = Sim::new(1, 11);
+    let k = key(0, 3);
+    let rs = records(11, 40);
+    sim.load(platform(), Batch::new(k, rs).unwrap());
+    // Closed at the platform only: it asks, the institution has not closed the batch and says
+    // nothing (its records may still come), so nothing is posted empty.
+    sim.command(platform(), ReconcilerCommand::CloseBelow(BatchId(4)));
+    sim.run_until(|s| s.sent >= 3);
+    assert_eq!(
+        sim.snapshot(Address::Reconciler(0)).batches.len(),
+        0,
+        "nothing posted before the batch closed at the institution"
+    );
+    assert_eq!(sim.snapshot(platform()).chain.len(), 1);
+    // Closed at the institution too: the next ask is answered with an empty batch.
+    sim.command(
+        Address::Reconciler(0),
+        ReconcilerCommand::CloseBelow(BatchId(4)),
+    );
+    sim.run();
+    let p = sim.snapshot(platform()).batch(k).unwrap().clone();
+    let i = sim.snapshot(Address::Reconciler(0)).batch(k).unwrap().clone();
+    assert_eq!((p.progress, i.progress), (Progress::Done, Progress::Done));
+    assert_eq!(i.record_count, 0);
+    assert_eq!(
+        found_kinds(&p),
+        BTreeMap::from([(InconsistencyKind::Missing, 40)])
+    );
+    assert_eq!(found(&i), found(&p));
+}
+
+#[test]
+fn a_batch_only_the_institution_saw_is_compared_once_closed_at_the_platform() {
+    let mut sim = Sim::new(1, 12);
+    let k = key(0, 5);
+    sim.load(
+        Address::Reconciler(0),
+        Batch::new(k, records(12, 25)).unwrap(),
+    );
+    sim.run();
+    // Posted and acknowledged, waiting: the platform has not closed batch 5 yet.
+    let p = sim.snapshot(platform()).batch(k).unwrap().clone();
+    assert_eq!(p.progress, Progress::Waiting);
+    assert_eq!(p.batch_hash, None);
+    sim.close_below(6);
+    sim.run();
+    let p = sim.snapshot(platform()).batch(k).unwrap().clone();
+    assert_eq!(p.progress, Progress::Done);
+    assert_eq!(p.record_count, 0);
+    assert_eq!(
+        found_kinds(&p),
+        BTreeMap::from([(InconsistencyKind::Extra, 25)])
+    );
+    let i = sim.snapshot(Address::Reconciler(0)).batch(k).unwrap().clone();
+    assert_eq!(found(&i), found(&p));
+    // A closed batch the platform learns of only now is compared at once.
+    let k2 = key(0, 1);
+    sim.load(
+        Address::Reconciler(0),
+        Batch::new(k2, records(13, 5)).unwrap(),
+    );
+    sim.run();
+    let p = sim.snapshot(platform()).batch(k2).unwrap().clone();
+    assert_eq!(found_kinds(&p), BTreeMap::from([(InconsistencyKind::Extra, 5)]));
+}
+
+#[test]
+fn honest_batches_loaded_on_both_sides_need_no_ask_and_no_empty_batch() {
+    let mut sim = Sim::new(2, 14);
+    for inst in 0..2u32 {
+        for b in 0..3u64 {
+            let rs = records(u64::from(inst) * 100 + b, 30);
+            sim.load(platform(), Batch::new(key(inst, b), rs.clone()).unwrap());
+            sim.load(
+                Address::Reconciler(u64::from(inst)),
+                Batch::new(key(inst, b), rs).unwrap(),
+            );
+        }
+    }
+    sim.close_below(3);
+    sim.run();
+    // Post, ack, report, report ack per batch: no ask, no drill-down.
+    assert_eq!(sim.sent, 6 * 4);
+    let view = sim.snapshot(platform());
+    assert_eq!(view.batches.len(), 6);
+    assert!(view
+        .batches
+        .iter()
+        .all(|b| b.report.as_ref().unwrap().agreed()));
+}
+
+/// Reconciles `batches` batches of institution 0 (every seventh with plants) in rounds,
+/// reading finished results after each round as a feed does; returns (key, findings) read.
+fn reconcile_many(
+    sim: &mut Sim,
+    batches: u64,
+) -> (
+    BTreeMap<BatchKey, BTreeMap<RecordId, InconsistencyKind>>,
+    BTreeMap<BatchKey, BTreeMap<RecordId, InconsistencyKind>>,
+) {
+    let mut expected = BTreeMap::new();
+    let mut read = BTreeMap::new();
+    let mut cursor = 0;
+    for round in 0..batches / 4 {
+        for b in round * 4..round * 4 + 4 {
+            let k = key(0, b);
+            let rs = records(b, 60);
+            let planted = plant(&rs, usize::from(b % 7 == 0) * 2, b);
+            sim.load(platform(), Batch::new(k, rs).unwrap());
+            sim.load(
+                Address::Reconciler(0),
+                Batch::new(k, planted.records).unwrap(),
+            );
+            expected.insert(k, planted.planted);
+        }
+        sim.run();
+        let finished = sim.machines[&platform()].finished_since(cursor);
+        assert_eq!(finished.missed, 0);
+        cursor = finished.cursor;
+        for status in finished.statuses {
+            assert_eq!(status.progress, Progress::Done);
+            read.insert(status.key, found(&status));
+        }
+    }
+    (expected, read)
+}
+
+#[test]
+fn finished_batches_are_pruned_to_a_bounded_compact_status_and_every_result_is_still_read() {
+    const RETAINED: usize = 8;
+    let limits = ReconcilerLimits {
+        retained_batches: RETAINED,
+        ..limits()
+    };
+    let mut sim = Sim::new(1, 15);
+    sim.machines.insert(platform(), Reconciler::platform(limits));
+    sim.machines.insert(
+        Address::Reconciler(0),
+        Reconciler::institution(InstitutionId(0), limits),
+    );
+    let (expected, read) = reconcile_many(&mut sim, 200);
+    assert_eq!(read, expected, "every batch's result read, with its findings");
+    for at in [platform(), Address::Reconciler(0)] {
+        let r = sim.machines[&at].retained();
+        assert_eq!(r.live_batches, 0, "{at}: no records or hashes kept");
+        assert_eq!(r.live_records, 0);
+        assert_eq!(r.finished, RETAINED, "{at}");
+        assert_eq!(r.finished_total, 200);
+    }
+    let p = sim.machines[&platform()].retained();
+    assert!(
+        p.chain_blocks <= 2 * RETAINED + CHAIN_DROP_MIN_FOR_TESTS,
+        "chain kept bounded: {p:?}"
+    );
+    // What is kept still verifies, and is what replaying the journal or restoring a
+    // checkpoint rebuilds.
+    let view = sim.snapshot(platform());
+    assert_eq!(view.verify_chain(), Ok(()));
+    assert_eq!(view.batches.len(), RETAINED);
+    assert!(view.chain[0].height > 0, "old blocks dropped");
+    for at in [platform(), Address::Reconciler(0)] {
+        let live = &sim.machines[&at];
+        let mut replayed = match at {
+            a if a == platform() => Reconciler::platform(limits),
+            _ => Reconciler::institution(InstitutionId(0), limits),
+        };
+        for e in &sim.journals[&at] {
+            replayed.apply(e);
+        }
+        assert_eq!(replayed.snapshot(), live.snapshot(), "{at}: replayed");
+        let mut restored = match at {
+            a if a == platform() => Reconciler::platform(limits),
+            _ => Reconciler::institution(InstitutionId(0), limits),
+        };
+        restored
+            .restore(&live.checkpoint().expect("reconcilers take checkpoints"))
+            .unwrap();
+        assert_eq!(restored.snapshot(), live.snapshot(), "{at}: restored");
+        assert_eq!(restored.retained(), live.retained());
+    }
+    // Late copies of the messages of a forgotten batch change nothing.
+    let chain = sim.snapshot(platform()).chain.len();
+    let old = key(0, 0);
+    let post = Envelope {
+        message_id: 1,
+        saga_id: trace_id(old),
+        from: Address::Reconciler(0),
+        to: platform(),
+        attempt: 9,
+        trace: None,
+        payload: specie_protocol::Payload::BatchHashPost(
+            specie_protocol::reconcile::BatchHashPost {
+                batch_id: old.batch_id,
+                batch_hash: specie_protocol::reconcile::Digest([7; 32]),
+                record_count: 60,
+            },
+        ),
+    };
+    sim.wire.push_back(post.encode().to_vec());
+    let ask = Envelope {
+        from: platform(),
+        to: Address::Reconciler(0),
+        payload: specie_protocol::Payload::BatchHashRequest {
+            batch_id: old.batch_id,
+        },
+        ..post
+    };
+    sim.wire.push_back(ask.encode().to_vec());
+    sim.close_below(1_000);
+    sim.run();
+    assert_eq!(sim.snapshot(platform()).chain.len(), chain);
+    assert_eq!(sim.machines[&platform()].retained().live_batches, 0);
+    assert_eq!(sim.machines[&Address::Reconciler(0)].retained().live_batches, 0);
+}
+
+/// The platform's least number of old blocks dropped at once (`CHAIN_DROP_MIN`).
+const CHAIN_DROP_MIN_FOR_TESTS: usize = 64;
+
+#[test]
+fn a_platform_restored_from_a_checkpoint_mid_drill_down_finishes_the_work() {
+    let rs = records(16, 3000);
+    let planted = plant(&rs, 6, 16);
+    let k = key(0, 1);
+    let mut sim = Sim::new(1, 16);
+    sim.fault = Box::new(|e, _| usize::from(e.from != platform()));
+    sim.load(platform(), Batch::new(k, rs).unwrap());
+    sim.load(
+        Address::Reconciler(0),
+        Batch::new(k, planted.records).unwrap(),
+    );
+    sim.run_until(|s| {
+        matches!(
+            s.snapshot(platform()).batch(k).unwrap().progress,
+            Progress::Shards { .. }
+        )
+    });
+    let checkpoint = sim.machines[&platform()].checkpoint().unwrap();
+    let mut restored = Reconciler::platform(limits());
+    restored.restore(&checkpoint).unwrap();
+    assert_eq!(restored.snapshot(), sim.snapshot(platform()));
+    sim.machines.insert(platform(), restored);
+    sim.timers.retain(|(_, at, _)| *at != platform());
+    sim.fault = Box::new(|_, _| 1);
+    let mut out = Effects::default();
+    sim.machines
+        .get_mut(&platform())
+        .unwrap()
+        .on_start(0, &mut out);
+    sim.perform(platform(), out);
+    sim.run();
+    let p = sim.snapshot(platform()).batch(k).unwrap().clone();
+    assert_eq!(p.progress, Progress::Done);
+    assert_eq!(found(&p), planted.planted);
+    // A damaged checkpoint is refused, not half-restored.
+    let mut bad = checkpoint.clone();
+    bad.truncate(bad.len() / 2);
+    assert!(Reconciler::platform(limits()).restore(&bad).is_err());
 }

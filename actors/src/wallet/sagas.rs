@@ -17,6 +17,7 @@ mod offline;
 
 pub use offline::{OfflineCommand, OfflineSnapshot, OfflineSource, CHAINS_HELD_MAX};
 
+use super::update::{UpdateOp, UpdateStep};
 use super::{Out, Wallet, WalletEvent, WalletOp, WalletTimer};
 use crate::reconciler::Movement;
 use serde::{Deserialize, Serialize};
@@ -306,13 +307,22 @@ impl Wallet {
     fn coins_in_flight(&self) -> HashSet<CoinId> {
         let mut coins: HashSet<CoinId> = self.sagas.ops.values().flat_map(SagaOp::coins).collect();
         for op in self.ops.values() {
-            if let WalletOp::Pay { chosen, signed, .. } = op {
-                coins.extend(chosen.iter().flatten().copied());
-                coins.extend(
-                    signed
-                        .iter()
-                        .flat_map(|s| s.authorization.coin_ids.iter().copied()),
-                );
+            match op {
+                WalletOp::Pay { chosen, signed, .. } => {
+                    coins.extend(chosen.iter().flatten().copied());
+                    coins.extend(
+                        signed
+                            .iter()
+                            .flat_map(|s| s.authorization.coin_ids.iter().copied()),
+                    );
+                }
+                // Coins being frozen in an escrow, or withdrawn by an update.
+                WalletOp::Escrow(op) => coins.extend(op.spent_coins()),
+                WalletOp::Update(UpdateOp {
+                    step: UpdateStep::Withdrawing { signed },
+                    ..
+                }) => coins.extend(signed.authorization.coin_ids.iter().copied()),
+                _ => {}
             }
         }
         coins
@@ -344,6 +354,23 @@ impl Wallet {
         if self.sagas.spent_offline.is_empty() {
             return None;
         }
+        Some(self.own_selection(amount))
+    }
+
+    /// Whether a selection names a coin this wallet does not hold, or one another of its
+    /// operations is using: the institution selected it before a merge, split or escrow of
+    /// the wallet took it (or before its delivery reached the wallet), and paying with it
+    /// would fail at the issuer although the wallet can pay.
+    pub(super) fn selection_is_stale(&self, coin_ids: &[CoinId]) -> bool {
+        let busy = self.coins_in_flight();
+        coin_ids
+            .iter()
+            .any(|id| !self.coins.contains_key(id) || busy.contains(id))
+    }
+
+    /// Coins covering `amount` chosen by the wallet from the coins it holds and no other
+    /// operation uses (empty when they do not cover it).
+    pub(super) fn own_selection(&self, amount: Amount) -> Vec<CoinId> {
         let busy = self.coins_in_flight();
         let mut free: Vec<(Amount, CoinId)> = self
             .coins
@@ -355,7 +382,7 @@ impl Wallet {
         // amount, else the largest coins first within the input limit.
         free.sort_unstable_by(|a, b| b.cmp(a));
         if let Some((_, id)) = free.iter().rev().find(|(v, _)| *v >= amount) {
-            return Some(vec![*id]);
+            return vec![*id];
         }
         let mut chosen = Vec::new();
         let mut sum = Amount::ZERO;
@@ -363,10 +390,10 @@ impl Wallet {
             chosen.push(*id);
             sum = sum.checked_add(*v).expect("supply fits u64");
             if sum >= amount {
-                return Some(chosen);
+                return chosen;
             }
         }
-        Some(Vec::new())
+        Vec::new()
     }
 
     /// An institution's coin selection (`BalanceReply`) naming a coin this wallet split

@@ -509,7 +509,7 @@ impl Wallet {
     fn on_balance_reply(
         &mut self,
         saga: SagaId,
-        coin_ids: Vec<CoinId>,
+        mut coin_ids: Vec<CoinId>,
         now_ms: u64,
         out: &mut Out,
     ) {
@@ -518,11 +518,16 @@ impl Wallet {
             chosen: None,
             initiator,
             payee,
+            amount,
             ..
         }) = self.ops.get(&saga)
         else {
             return; // late or duplicate reply
         };
+        if !coin_ids.is_empty() && self.selection_is_stale(&coin_ids) {
+            metrics::counter!("specie_stale_selections_replaced_total").increment(1);
+            coin_ids = self.own_selection(*amount);
+        }
         if coin_ids.is_empty() {
             if !initiator {
                 self.decline(

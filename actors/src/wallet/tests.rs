@@ -394,6 +394,53 @@ fn balance_reply_with_coins_sends_a_signed_payment_request_to_the_payee() {
 }
 
 #[test]
+fn a_stale_selection_is_replaced_by_the_wallets_own_choice_of_free_coins() {
+    let (_, mut payer, coins) = payer_with_coins();
+    // Payment 1 spends coin 0 (chosen by the wallet), and is still in flight.
+    let first = payer.command(
+        WalletCommand::Pay {
+            saga: saga(1),
+            payee: PAYEE,
+            payee_institution: B,
+            amount: coins[0].value(),
+            coins: Some(vec![coins[0].id]),
+        },
+        NOW_MS,
+    );
+    assert_eq!(
+        payment_request(&first).authorization.coin_ids,
+        vec![coins[0].id]
+    );
+    // Payment 2's selection, made by the institution before payment 1 took coin 0, names it
+    // and a coin the wallet does not hold (retired by a split, say): paying with them would
+    // fail at the issuer although the wallet can pay.
+    let amount = Amount(500);
+    payer.command(pay_command(saga(2), amount), NOW_MS);
+    let out = payer.deliver(
+        Address::Institution(A),
+        saga(2),
+        Payload::BalanceReply {
+            available: EXCHANGED,
+            coin_ids: vec![coins[0].id, CoinId([9; 32])],
+        },
+        NOW_MS,
+    );
+    let chosen = payment_request(&out).authorization.coin_ids;
+    assert!(!chosen.is_empty());
+    let held: Vec<CoinId> = coins[1..].iter().map(|c| c.id).collect();
+    assert!(
+        chosen.iter().all(|id| held.contains(id)),
+        "only free, held coins: {chosen:?}"
+    );
+    let sum: u64 = coins
+        .iter()
+        .filter(|c| chosen.contains(&c.id))
+        .map(|c| c.value().0)
+        .sum();
+    assert!(sum >= amount.0);
+}
+
+#[test]
 fn empty_balance_reply_aborts_with_insufficient_funds() {
     let (mut a, mut payer, _) = payer_with_coins();
     let amount = Amount(EXCHANGED.0 + 1);
