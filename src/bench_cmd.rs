@@ -30,7 +30,7 @@ pub struct BenchArgs {
     /// Write the report folder here: bench.json, plot.svg and .hgrm histograms.
     #[arg(long)]
     pub report: Option<PathBuf>,
-    /// A multi-process cluster config (not available yet).
+    /// A multi-process cluster file (not supported yet: the bench drives its in-process cluster).
     #[arg(long)]
     pub cluster: Option<PathBuf>,
 }
@@ -39,7 +39,7 @@ pub struct BenchArgs {
 pub fn run(args: &BenchArgs) -> Result<bool> {
     if let Some(cluster) = &args.cluster {
         return Err(anyhow!(
-            "--cluster {}: multi-process clusters are not available yet; benches run the in-process cluster of the profile",
+            "--cluster {}: benching a multi-process cluster is not supported yet; benches run the in-process cluster of the profile",
             cluster.display()
         ));
     }

@@ -101,6 +101,19 @@ pub enum LivePlanError {
         /// Wallets of the cluster.
         wallets: u64,
     },
+    /// The scenario is shaped for another number of institutions than the cluster has: its
+    /// groups (`wallets-of-inst-N`, the institutions it leaves out) would mean other actors.
+    #[error("{scenario}: field `cluster.institutions` is {scenario_institutions}, but the cluster {cluster} has {institutions} institutions: shape the scenario like the cluster (set `institutions = {institutions}` and name every institution in its groups)")]
+    Shape {
+        /// The scenario file.
+        scenario: String,
+        /// Its institutions.
+        scenario_institutions: u32,
+        /// The cluster file.
+        cluster: String,
+        /// The cluster's institutions.
+        institutions: u32,
+    },
     /// A fault kind a live cluster cannot take.
     #[error("{scenario}:{line}: field `fault[{index}].kind` `{kind}` cannot be injected into a live cluster (live faults: {LIVE_FAULTS})")]
     Unsupported {
@@ -167,6 +180,14 @@ impl Plan {
     ) -> Result<Plan, LivePlanError> {
         let institutions = file.config.cluster.institutions.len() as u32;
         let wallets_live = file.config.cluster.wallets;
+        if scenario.cluster.institutions != institutions {
+            return Err(LivePlanError::Shape {
+                scenario: scenario.origin.clone(),
+                scenario_institutions: scenario.cluster.institutions,
+                cluster: file.origin.clone(),
+                institutions,
+            });
+        }
         for (index, f) in scenario.faults.iter().enumerate() {
             let no_such = |actor: String| LivePlanError::NoSuchActor {
                 scenario: scenario.origin.clone(),
@@ -2349,7 +2370,7 @@ mod tests {
             r#"
 name = "t"
 [cluster]
-institutions = 3
+institutions = 4
 wallets = 12
 [workload]
 rate_per_s = 10
@@ -2460,7 +2481,9 @@ groups = [["inst-6"], ["inst-0"]]
             .expect("refused")
             .to_string();
         assert!(
-            err.contains("big.toml:") && err.contains("inst-6") && err.contains("4 institutions"),
+            err.contains("big.toml:")
+                && err.contains("cluster.institutions")
+                && err.contains("4 institutions"),
             "{err}"
         );
         let kill = scenario(

@@ -74,6 +74,10 @@ fn plant(name: Option<&str>) -> Result<()> {
     bail!("--planted-bug {name} needs a build with the planted bugs compiled in (cargo build --features planted-bugs)")
 }
 
+/// Longest a forwarded request may take at the node it was forwarded to.
+const FORWARD_TIMEOUT: Duration =
+    Duration::from_millis(specie_actors::ingress::WAIT_MS_MAX as u64 + 10_000);
+
 /// How long graceful shutdown waits for submissions in progress.
 const DRAIN_MAX: Duration = Duration::from_secs(10);
 
@@ -129,6 +133,9 @@ async fn serve(
     dir: DataDir,
     tls: TlsMode,
 ) -> Result<()> {
+    // Listen for SIGTERM / Ctrl-C once, from the start: a signal that arrives at any later
+    // moment (during genesis, or just after it) is kept until it is awaited.
+    let mut signals = Signals::new()?;
     let spec = file.nodes[me].clone();
     let telemetry = Telemetry::start(TelemetryConfig::new(
         spec.id.clone(),
@@ -185,8 +192,10 @@ async fn serve(
             let (address, name, tls) =
                 (nodes[n].grpc.to_string(), nodes[n].id.clone(), tls.clone());
             async move {
+                // A forwarded call waits at most `WAIT_MS_MAX` for its outcome; a peer that
+                // does not answer well past that is treated as unreachable.
                 transport::endpoint(&address, &name, &tls, Duration::from_secs(5))
-                    .map(|e| e.connect_lazy())
+                    .map(|e| e.timeout(FORWARD_TIMEOUT).connect_lazy())
                     .map_err(|e| e.to_string())
             }
             .boxed()
@@ -222,7 +231,7 @@ async fn serve(
     let genesis = member.genesis(Duration::from_secs(args.genesis_timeout));
     tokio::select! {
         result = genesis => result.context("genesis")?,
-        _ = shutdown_signal() => {
+        _ = signals.recv() => {
             bail!("stopped by a signal during genesis");
         }
     }
@@ -234,7 +243,7 @@ async fn serve(
         member.local_wallets(),
         transport.connected_peers().join(", ")
     );
-    shutdown_signal().await;
+    signals.recv().await;
     println!("specie node {}: shutting down", spec.id);
     ingress.stop_accepting();
     let deadline = Instant::now() + DRAIN_MAX;
@@ -281,18 +290,26 @@ fn report_reconciliation(feed: Feed, id: String) {
     });
 }
 
-/// Resolves on SIGTERM or Ctrl-C (SIGINT).
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+/// SIGTERM and SIGINT (Ctrl-C), listened to from when this is made.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+        })
+    }
+
+    /// Resolves on the next SIGTERM or SIGINT (or one received since the last call).
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
         }
     }
 }

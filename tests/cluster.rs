@@ -295,7 +295,7 @@ fn three_node_processes_settle_survive_a_kill_and_stay_consistent() {
         }
         // Payments across institutions (wallet w banks with institution w % 4, which the
         // cluster file spreads over the three nodes) and merges, 4 at a time, with node n2
-        // killed after a third of them and restarted a moment later.
+        // killed while a third of them are done and more are in flight, then restarted.
         let mut ops: Vec<Op> = Vec::new();
         for i in 0..90u64 {
             let from = (i * 7) % WALLETS;
@@ -328,11 +328,6 @@ fn three_node_processes_settle_survive_a_kill_and_stay_consistent() {
         }
         let mut done = 0;
         for chunk in ops.chunks_mut(4) {
-            if done == 32 {
-                nodes.kill9("n2");
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                nodes.start("n2");
-            }
             let mut tasks = Vec::new();
             for (j, op) in chunk.iter_mut().enumerate() {
                 let mut cs = clients.clone();
@@ -341,6 +336,13 @@ fn three_node_processes_settle_survive_a_kill_and_stay_consistent() {
                     drive(&mut cs, &mut op, j).await;
                     op
                 }));
+            }
+            if done == 32 {
+                // Mid-load: this chunk's operations are on their way when n2 dies.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                nodes.kill9("n2");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                nodes.start("n2");
             }
             for (slot, task) in chunk.iter_mut().zip(tasks) {
                 *slot = task.await.expect("driver task");

@@ -17,6 +17,7 @@ use crate::wallet::{EscrowCommand, SagaProgress, WalletCommand};
 use dashmap::DashMap;
 use specie_protocol::grpc::ingress as g;
 use specie_protocol::{AbortReason, Address, Amount, CoinId, SagaId, SagaKind, WalletId};
+use specie_runtime::transport::{peer_identity, PeerInfo, Role};
 use specie_runtime::Notice;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -35,7 +36,41 @@ pub type Connector = Arc<
     dyn Fn(usize) -> futures::future::BoxFuture<'static, Result<Channel, String>> + Send + Sync,
 >;
 
-type Waiters = Arc<DashMap<SagaId, Vec<oneshot::Sender<Result<(), AbortReason>>>>>;
+type Waiters = Arc<DashMap<SagaId, Vec<(u64, oneshot::Sender<Result<(), AbortReason>>)>>>;
+
+/// One call waiting for a saga's outcome; dropping it (answered, timed out, failed or
+/// cancelled) removes its own registration and no other call's.
+struct Waiter {
+    waiters: Waiters,
+    saga: SagaId,
+    id: u64,
+    rx: oneshot::Receiver<Result<(), AbortReason>>,
+}
+
+impl Waiter {
+    /// The outcome, if it arrives within `wait`.
+    async fn wait(&mut self, wait: Duration) -> Option<Result<(), AbortReason>> {
+        match tokio::time::timeout(wait, &mut self.rx).await {
+            Ok(Ok(result)) => Some(result),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        let empty = match self.waiters.get_mut(&self.saga) {
+            Some(mut list) => {
+                list.retain(|(id, _)| *id != self.id);
+                list.is_empty()
+            }
+            None => false,
+        };
+        if empty {
+            self.waiters.remove_if(&self.saga, |_, list| list.is_empty());
+        }
+    }
+}
 
 /// The ingress service of one node.
 #[derive(Clone)]
@@ -49,6 +84,7 @@ struct Inner {
     connect: Connector,
     peers: Vec<OnceCell<g::ingress_client::IngressClient<Channel>>>,
     waiters: Waiters,
+    next_waiter: AtomicU64,
     accepting: AtomicBool,
     in_progress: AtomicU64,
 }
@@ -94,7 +130,7 @@ impl Ingress {
         member.node().observe(Arc::new(move |n: &Notice| {
             if let Address::Wallet(_) = n.source {
                 if let Some((_, senders)) = w.remove(&n.saga_id) {
-                    for s in senders {
+                    for (_, s) in senders {
                         let _ = s.send(n.outcome.result);
                     }
                 }
@@ -108,6 +144,7 @@ impl Ingress {
                 connect,
                 peers,
                 waiters,
+                next_waiter: AtomicU64::new(0),
                 accepting: AtomicBool::new(false),
                 in_progress: AtomicU64::new(0),
             }),
@@ -173,6 +210,20 @@ impl Ingress {
         self.inner.node_ids[self.inner.member.index()].clone()
     }
 
+    /// Registers a wait for the outcome of `saga` (before asking or submitting, so an outcome
+    /// published meanwhile is not missed).
+    fn register(&self, saga: SagaId) -> Waiter {
+        let (tx, rx) = oneshot::channel();
+        let id = self.inner.next_waiter.fetch_add(1, Ordering::Relaxed);
+        self.inner.waiters.entry(saga).or_default().push((id, tx));
+        Waiter {
+            waiters: self.inner.waiters.clone(),
+            saga,
+            id,
+            rx,
+        }
+    }
+
     /// Waits for the outcome of `saga` at wallet `w` for up to `wait`; asks the wallet first,
     /// so an outcome reached before the call is found.
     async fn outcome(
@@ -181,8 +232,7 @@ impl Ingress {
         saga: SagaId,
         wait: Duration,
     ) -> Result<Option<SagaProgress>, Status> {
-        let (tx, rx) = oneshot::channel();
-        self.inner.waiters.entry(saga).or_default().push(tx);
+        let mut waiter = self.register(saga);
         let progress = self
             .inner
             .member
@@ -190,16 +240,12 @@ impl Ingress {
             .await
             .map_err(internal)?;
         if !matches!(progress, Some(SagaProgress::InFlight)) || wait.is_zero() {
-            self.inner.waiters.remove(&saga);
             return Ok(progress);
         }
-        match tokio::time::timeout(wait, rx).await {
-            Ok(Ok(result)) => Ok(Some(SagaProgress::Finished(result))),
-            _ => {
-                self.inner.waiters.remove(&saga);
-                Ok(Some(SagaProgress::InFlight))
-            }
-        }
+        Ok(Some(match waiter.wait(wait).await {
+            Some(result) => SagaProgress::Finished(result),
+            None => SagaProgress::InFlight,
+        }))
     }
 
     fn plan(&self, op: &g::submit_request::Op, saga: SagaId) -> Result<Plan, Status> {
@@ -415,31 +461,26 @@ impl Ingress {
             .await
             .map_err(internal)?
             .map_err(internal)?;
-        let (tx, rx) = oneshot::channel();
-        self.inner.waiters.entry(saga).or_default().push(tx);
+        let mut waiter = self.register(saga);
         let started = Instant::now();
         member
             .submit(plan.wallet, command)
             .await
             .map_err(internal)?;
-        let result = tokio::time::timeout(wait, rx).await;
-        let state = match result {
-            Ok(Ok(Err(AbortReason::Conflict))) => {
+        let state = match waiter.wait(wait).await {
+            Some(Err(AbortReason::Conflict)) => {
                 // Started concurrently under the same key: report that saga's state.
                 match self.outcome(plan.wallet, saga, wait).await? {
                     Some(SagaProgress::Finished(r)) => return Ok(reply(state_of(r), true)),
                     _ => return Ok(reply((g::OperationState::Pending, String::new()), true)),
                 }
             }
-            Ok(Ok(r)) => {
+            Some(r) => {
                 metrics::histogram!("specie_saga_duration_seconds", "kind" => plan.kind.name())
                     .record(started.elapsed().as_secs_f64());
                 state_of(r)
             }
-            _ => {
-                self.inner.waiters.remove(&saga);
-                (g::OperationState::Pending, String::new())
-            }
+            None => (g::OperationState::Pending, String::new()),
         };
         Ok(reply(state, false))
     }
@@ -502,7 +543,12 @@ impl Ingress {
             kind: String::new(),
         };
         let member = &self.inner.member;
-        if let Some(index) = member.journal().meta(&meta_key(saga)).map_err(internal)? {
+        let journal = member.journal().clone();
+        let index = tokio::task::spawn_blocking(move || journal.meta(&meta_key(saga)))
+            .await
+            .map_err(internal)?
+            .map_err(internal)?;
+        if let Some(index) = index {
             if index.len() >= 8 {
                 let w = WalletId(u64::from_be_bytes(index[..8].try_into().expect("8 bytes")));
                 let kind = String::from_utf8_lossy(&index[8..]).into_owned();
@@ -548,12 +594,33 @@ impl Ingress {
     }
 }
 
+/// Who is calling: with mutual TLS only clients (`client:`) and nodes (`node:`, forwarding)
+/// are served; in plaintext mode (explicitly configured) anyone. Returns whether the caller
+/// may forward (a node, or anyone in plaintext): a `forwarded` flag from a client is ignored.
+fn caller<T>(request: &Request<T>) -> Result<bool, Status> {
+    let info = request.extensions().get::<PeerInfo>();
+    if !info.is_some_and(|i| i.tls) {
+        return Ok(true);
+    }
+    match peer_identity(request).map(|id| id.role) {
+        Some(Role::Node) => Ok(true),
+        Some(Role::Client) => Ok(false),
+        Some(Role::Admin) | None => {
+            metrics::counter!("specie_ingress_refused_total", "reason" => "role").increment(1);
+            Err(Status::permission_denied(
+                "the ingress serves client and node certificates only",
+            ))
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl g::ingress_server::Ingress for Ingress {
     async fn submit(
         &self,
         request: Request<g::SubmitRequest>,
     ) -> Result<Response<g::SubmitReply>, Status> {
+        let from_node = caller(&request)?;
         if !self.inner.accepting.load(Ordering::SeqCst) {
             return Err(Status::unavailable(
                 "the node is not taking operations: starting (genesis) or shutting down",
@@ -568,27 +635,29 @@ impl g::ingress_server::Ingress for Ingress {
         }
         self.inner.in_progress.fetch_add(1, Ordering::SeqCst);
         let _guard = InProgress(&self.inner.in_progress);
-        self.submit_local(request.into_inner())
-            .await
-            .map(Response::new)
+        let mut request = request.into_inner();
+        request.forwarded &= from_node;
+        self.submit_local(request).await.map(Response::new)
     }
 
     async fn balance(
         &self,
         request: Request<g::WalletBalanceRequest>,
     ) -> Result<Response<g::WalletBalanceReply>, Status> {
-        self.balance_local(request.into_inner())
-            .await
-            .map(Response::new)
+        let from_node = caller(&request)?;
+        let mut request = request.into_inner();
+        request.forwarded &= from_node;
+        self.balance_local(request).await.map(Response::new)
     }
 
     async fn status(
         &self,
         request: Request<g::SagaStatusRequest>,
     ) -> Result<Response<g::SagaStatusReply>, Status> {
-        self.status_local(request.into_inner())
-            .await
-            .map(Response::new)
+        let from_node = caller(&request)?;
+        let mut request = request.into_inner();
+        request.forwarded &= from_node;
+        self.status_local(request).await.map(Response::new)
     }
 }
 

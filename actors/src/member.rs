@@ -221,8 +221,12 @@ impl Member {
     /// A new stream of every saga outcome published on this node from now on.
     pub fn notices(&self) -> mpsc::UnboundedReceiver<Notice> {
         let (tx, rx) = mpsc::unbounded_channel();
+        // The node keeps its observers for its life: once the receiver is gone (genesis
+        // done), this one costs a check, not a clone of every notice.
         self.node.observe(Arc::new(move |n: &Notice| {
-            let _ = tx.send(n.clone());
+            if !tx.is_closed() {
+                let _ = tx.send(n.clone());
+            }
         }));
         rx
     }
