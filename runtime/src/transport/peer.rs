@@ -38,7 +38,7 @@ use specie_protocol::grpc::peer::{
 use specie_protocol::Address;
 use std::fmt;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -150,6 +150,8 @@ struct Link {
     /// the queue to the newer one.
     generation: watch::Sender<u64>,
     connected: AtomicBool,
+    /// Senders parked because the queue was full (at most the queue's capacity again).
+    parked: Arc<AtomicUsize>,
 }
 
 impl Link {
@@ -179,7 +181,10 @@ impl Shared {
         *self.stop.borrow()
     }
 
-    /// Queues `bytes` for the peer at `index`; parks in a task when the queue is full.
+    /// Queues `bytes` for the peer at `index`. When the queue is full the send parks in a task
+    /// until there is room — at most as many parked sends as the queue holds; beyond that (a
+    /// peer down for long under load) the envelope is dropped and counted, and the sagas'
+    /// retries send it again later. Parked sends give up when the transport stops.
     fn enqueue(&self, index: usize, to: Address, bytes: Bytes) {
         let link = &self.links[index];
         if self.stopping() {
@@ -198,10 +203,20 @@ impl Shared {
             Err(mpsc::error::TrySendError::Full(frame)) => {
                 metrics::counter!("specie_peer_queue_full_total", "peer" => link.id.clone())
                     .increment(1);
-                let tx = link.tx.clone();
-                // Fails only once the transport is gone (its receiver dropped).
+                if link.parked.fetch_add(1, Ordering::AcqRel) >= self.settings.queue_capacity {
+                    link.parked.fetch_sub(1, Ordering::AcqRel);
+                    metrics::counter!("specie_envelopes_total", "direction" => "remote_dropped")
+                        .increment(1);
+                    return;
+                }
+                let (tx, parked) = (link.tx.clone(), link.parked.clone());
+                let mut stop = self.stop.subscribe();
                 self.runtime.spawn(async move {
-                    let _ = tx.send(frame).await;
+                    tokio::select! {
+                        _ = tx.send(frame) => {}
+                        _ = stop.wait_for(|stopped| *stopped) => {}
+                    }
+                    parked.fetch_sub(1, Ordering::AcqRel);
                 });
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
@@ -296,6 +311,7 @@ impl Transport {
                     queue: tokio::sync::Mutex::new(rx),
                     generation: watch::Sender::new(0),
                     connected: AtomicBool::new(false),
+                    parked: Arc::new(AtomicUsize::new(0)),
                 }
             })
             .collect::<Vec<_>>();
