@@ -7,11 +7,11 @@ use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::{json, Map, Value};
 use specie_actors::data_dir::offline_snapshot;
-use specie_actors::member::offline_cluster_snapshot;
-use specie_runtime::topology::ClusterFile;
 use specie_actors::institution::{ExchangeState, PayStep};
+use specie_actors::member::offline_cluster_snapshot;
 use specie_actors::{audit, DataDir};
 use specie_protocol::SagaId;
+use specie_runtime::topology::ClusterFile;
 use std::collections::HashSet;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -62,12 +62,18 @@ pub fn run(args: &AuditArgs) -> Result<bool> {
     let (snapshot, source) = match (&args.data_dir, &args.cluster) {
         (Some(path), _) => {
             let dir = DataDir::open(path)?;
-            (offline_snapshot(&dir)?, dir.journal_path().display().to_string())
+            (
+                offline_snapshot(&dir)?,
+                dir.journal_path().display().to_string(),
+            )
         }
         (None, Some(path)) => {
             let file = ClusterFile::load(path)?;
             let snapshot = offline_cluster_snapshot(&file)?;
-            (snapshot, format!("cluster {} ({} nodes)", path.display(), file.nodes.len()))
+            (
+                snapshot,
+                format!("cluster {} ({} nodes)", path.display(), file.nodes.len()),
+            )
         }
         (None, None) => anyhow::bail!("give --data-dir DIR or --cluster FILE"),
     };

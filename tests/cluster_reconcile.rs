@@ -48,7 +48,10 @@ fn write_cluster_file(work: &Path) -> PathBuf {
         text = text.replace(&quoted, &format!("127.0.0.1:{}\"", free_port()));
     }
     for (from, to) in [
-        ("\nwallets = 3000\n".to_string(), format!("\nwallets = {WALLETS}\n")),
+        (
+            "\nwallets = 3000\n".to_string(),
+            format!("\nwallets = {WALLETS}\n"),
+        ),
         (
             "\nbatch_interval_ms = 1000\n".to_string(),
             format!("\nbatch_interval_ms = {BATCH_INTERVAL_MS}\n"),
@@ -190,7 +193,13 @@ async fn wait_ready(c: &mut g::IngressClient<Channel>, nodes: &Nodes, node: &str
 }
 
 /// Submits a payment until it is committed or aborted; returns whether it committed.
-async fn pay(c: &mut g::IngressClient<Channel>, key: String, from: u64, to: u64, amount: u64) -> bool {
+async fn pay(
+    c: &mut g::IngressClient<Channel>,
+    key: String,
+    from: u64,
+    to: u64,
+    amount: u64,
+) -> bool {
     let deadline = Instant::now() + WAIT_MAX;
     loop {
         let reply = c
@@ -241,7 +250,9 @@ fn metric(text: &str, name: &str, label: &str) -> f64 {
 
 /// The last reconciliation line a node printed when it stopped.
 fn final_summary(out: &str) -> Option<&str> {
-    out.lines().rev().find(|l| l.contains(": reconciliation — "))
+    out.lines()
+        .rev()
+        .find(|l| l.contains(": reconciliation — "))
 }
 
 #[test]
@@ -298,7 +309,11 @@ fn three_node_processes_reconcile_payments_across_nodes_and_find_nothing() {
         }
         committed
     });
-    assert!(committed >= 40, "only {committed} payments committed\n{}", nodes.logs());
+    assert!(
+        committed >= 40,
+        "only {committed} payments committed\n{}",
+        nodes.logs()
+    );
     let paid_at = Instant::now();
 
     // Every batch closes CLOSE_AFTER_MS after its end; then the reconcilers compare. Wait for
@@ -323,10 +338,18 @@ fn three_node_processes_reconcile_payments_across_nodes_and_find_nothing() {
     };
     // The platform's node: batches reconciled, every one agreed, nothing found; it took
     // platform-side records forwarded by the other nodes and compared whole batches only.
-    let agreed = metric(&platform, "specie_reconcile_batches_total", "result=\"agreed\"");
+    let agreed = metric(
+        &platform,
+        "specie_reconcile_batches_total",
+        "result=\"agreed\"",
+    );
     assert!(agreed > 0.0, "{platform}");
     assert_eq!(
-        metric(&platform, "specie_reconcile_batches_total", "result=\"inconsistent\""),
+        metric(
+            &platform,
+            "specie_reconcile_batches_total",
+            "result=\"inconsistent\""
+        ),
         0.0,
         "{platform}\n{}",
         nodes.logs()
@@ -345,7 +368,11 @@ fn three_node_processes_reconcile_payments_across_nodes_and_find_nothing() {
         "{platform}"
     );
     assert!(
-        metric(&platform, "specie_reconcile_records_total", "side=\"platform\"") > 0.0,
+        metric(
+            &platform,
+            "specie_reconcile_records_total",
+            "side=\"platform\""
+        ) > 0.0,
         "{platform}"
     );
     // The other nodes: their institutions' reconcilers finished batches (each counts its own
@@ -356,9 +383,17 @@ fn three_node_processes_reconcile_payments_across_nodes_and_find_nothing() {
             metric(&text, "specie_reconcile_batches_total", "result=\"agreed\"") > 0.0,
             "{id}: {text}"
         );
-        assert_eq!(metric(&text, "specie_reconcile_findings_total", ""), 0.0, "{id}");
+        assert_eq!(
+            metric(&text, "specie_reconcile_findings_total", ""),
+            0.0,
+            "{id}"
+        );
         assert!(
-            metric(&text, "specie_reconcile_records_total", "side=\"institution\"") > 0.0,
+            metric(
+                &text,
+                "specie_reconcile_records_total",
+                "side=\"institution\""
+            ) > 0.0,
             "{id}: {text}"
         );
         assert_eq!(
@@ -384,7 +419,10 @@ fn three_node_processes_reconcile_payments_across_nodes_and_find_nothing() {
         let line = final_summary(&out)
             .unwrap_or_else(|| panic!("{id} printed no reconciliation summary\n{out}"));
         eprintln!("{line}");
-        assert!(line.contains(" agreed, 0 inconsistent), 0 findings"), "{id}: {line}");
+        assert!(
+            line.contains(" agreed, 0 inconsistent), 0 findings"),
+            "{id}: {line}"
+        );
         assert!(line.contains("; 0 batches in progress"), "{id}: {line}");
         assert!(!line.contains(": 0 batches reconciled"), "{id}: {line}");
     }

@@ -67,7 +67,8 @@ impl Drop for Waiter {
             None => false,
         };
         if empty {
-            self.waiters.remove_if(&self.saga, |_, list| list.is_empty());
+            self.waiters
+                .remove_if(&self.saga, |_, list| list.is_empty());
         }
     }
 }

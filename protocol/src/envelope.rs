@@ -575,11 +575,9 @@ impl Envelope {
                     batch_id: batch_id.0,
                 })
             }
-            Payload::BatchHashRequest { batch_id } => {
-                P::BatchHashRequest(pb::BatchHashRequest {
-                    batch_id: batch_id.0,
-                })
-            }
+            Payload::BatchHashRequest { batch_id } => P::BatchHashRequest(pb::BatchHashRequest {
+                batch_id: batch_id.0,
+            }),
             Payload::LedgerForward(m) => P::LedgerForward(m.into()),
             Payload::Escrow(m) => P::Escrow(m.into()),
             Payload::WalletUpdate(m) => P::WalletUpdate(m.into()),

@@ -858,9 +858,10 @@ impl TryFrom<pb::LedgerForward> for LedgerForward {
                 })
             })
             .collect::<Result<Vec<_>, ProtocolError>>()?;
-        if records.windows(2).any(|w| {
-            (w[0].institution, w[0].record.id) >= (w[1].institution, w[1].record.id)
-        }) {
+        if records
+            .windows(2)
+            .any(|w| (w[0].institution, w[0].record.id) >= (w[1].institution, w[1].record.id))
+        {
             return Err(invalid(
                 "ledger_forward.records",
                 "not strictly increasing by (institution, record_id)".into(),

@@ -266,9 +266,7 @@ impl HashChain {
             self.head_hash(),
             "block does not link to the head"
         );
-        let previous = self
-            .index
-            .insert((block.poster, block.key()), block.height);
+        let previous = self.index.insert((block.poster, block.key()), block.height);
         assert!(previous.is_none(), "a poster posts a batch once");
         self.blocks.push(block);
     }
@@ -425,7 +423,11 @@ mod tests {
         c.push(next);
         let mut all = whole;
         all.push(c.blocks().last().unwrap().clone());
-        assert_eq!(verify_blocks(&all), Ok(()), "the new block links to the old ones");
+        assert_eq!(
+            verify_blocks(&all),
+            Ok(()),
+            "the new block links to the old ones"
+        );
         let again = HashChain::from_parts(c.start(), c.start_prev(), c.blocks().to_vec()).unwrap();
         assert_eq!(again.verify(), Ok(()));
         assert_eq!(again.find(Poster::Platform, key).map(|b| b.height), Some(6));

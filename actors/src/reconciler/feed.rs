@@ -44,7 +44,7 @@
 use crate::reconciler::forward::{Forwarder, InboxStats, LedgerInbox};
 use crate::reconciler::hash::{Batch, BatchKey};
 use crate::reconciler::local::LocalReconcilers;
-use crate::reconciler::state::{BatchStatus, LevelCounts, Role};
+use crate::reconciler::state::{BatchStatus, LevelCounts};
 use parking_lot::Mutex;
 use specie_protocol::reconcile::{
     BatchId, InconsistencyKind, RecordId, RecordKind, TransactionRecord,
@@ -745,16 +745,6 @@ impl Feed {
     /// The settings.
     pub fn settings(&self) -> FeedSettings {
         self.state.lock().settings
-    }
-
-    /// Which reconcilers this feed loads: the platform's (`None`) and institutions'.
-    pub fn roles(&self) -> Vec<Role> {
-        let st = self.state.lock();
-        let platform = st.hosts_platform.then_some(Role::Platform);
-        platform
-            .into_iter()
-            .chain(st.institutions.iter().map(|i| Role::Institution(*i)))
-            .collect()
     }
 
     /// The reconcilers it feeds.

@@ -182,8 +182,8 @@ impl Forwarder {
     }
 }
 
-/// Which forwards an inbox has taken: per origin, the sequences of the last [`DEDUP_WINDOW`]
-/// forwards.
+/// Which forwards an inbox has taken: per origin, the sequences of the last 4096 forwards (of
+/// the 64 origins heard from most recently).
 #[derive(Debug, Default)]
 pub struct ForwardDedup {
     origins: HashMap<u64, Window>,
@@ -388,7 +388,13 @@ mod tests {
     struct Twice;
 
     impl FaultHook for Twice {
-        fn on_send(&self, _from: Address, _to: Address, bytes: bytes::Bytes, out: &mut Vec<Delivery>) {
+        fn on_send(
+            &self,
+            _from: Address,
+            _to: Address,
+            bytes: bytes::Bytes,
+            out: &mut Vec<Delivery>,
+        ) {
             for _ in 0..2 {
                 out.push(Delivery {
                     after: Duration::ZERO,
@@ -444,11 +450,9 @@ mod tests {
                 rejected: 0
             }
         );
-        let got = got.lock();
-        let ids: BTreeSet<(InstitutionId, RecordId)> = got
-            .iter()
-            .map(|r| (r.institution, r.record.id))
-            .collect();
+        let got = std::mem::take(&mut *got.lock());
+        let ids: BTreeSet<(InstitutionId, RecordId)> =
+            got.iter().map(|r| (r.institution, r.record.id)).collect();
         assert_eq!(ids.len(), got.len(), "every record once");
         let sent: BTreeSet<(InstitutionId, RecordId)> = records
             .iter()

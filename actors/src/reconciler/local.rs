@@ -143,15 +143,11 @@ impl LocalReconcilers {
     /// Tells every reconciler here that the batches below `below` are closed on this node
     /// (their records, if any, were loaded before).
     pub async fn close_below(&self, below: BatchId) -> Result<(), ReconcileError> {
-        let hosts = self
-            .platform
-            .iter()
-            .map(|h| (h, PLATFORM))
-            .chain(
-                self.institutions
-                    .iter()
-                    .map(|(i, h)| (h, institution_address(*i))),
-            );
+        let hosts = self.platform.iter().map(|h| (h, PLATFORM)).chain(
+            self.institutions
+                .iter()
+                .map(|(i, h)| (h, institution_address(*i))),
+        );
         for (host, address) in hosts {
             host.send(Submit(ReconcilerCommand::CloseBelow(below)))
                 .await

@@ -47,9 +47,11 @@
 //!
 //! Records are fed in with [`ReconcilerCommand::LoadBatch`]. Integrating into a cluster:
 //! run one institution-side reconciler per institution (`Address::Reconciler(i)`) and one
-//! platform reconciler (`Address::Reconciler(RECONCILIATION_PLATFORM)`) as hosts on the
-//! node, and load each batch of records into both sides; read the results with an
-//! `Inspect` snapshot ([`ReconcilerSnapshot`]).
+//! platform reconciler (`Address::Reconciler(RECONCILIATION_PLATFORM)`) as hosts — all on one
+//! node (`specie run`), or each where the placement puts it (`specie node`:
+//! [`LocalReconcilers::start_on`]) — and let a [`Feed`] load each batch into the sides its node
+//! hosts; it reads the results as batches finish ([`Reconciler::finished_since`]). A finished
+//! batch is pruned to a compact [`BatchStatus`] (see the `state` module documentation).
 
 pub mod chain;
 mod feed;
@@ -65,14 +67,14 @@ mod tests;
 pub use chain::{
     verify_anchored, verify_blocks, verify_from, Block, ChainError, HashChain, Poster,
 };
-pub use hash::{
-    record_hash, shard_of, Batch, BatchHashes, BatchKey, ReconcileError, BATCH_RECORDS_MAX,
-    SHARD_COUNT, SHARD_FANOUT, SHARD_TREE_DEPTH,
-};
 pub use feed::{
     Feed, FeedSettings, FeedSummary, FoundRecord, Side, SideTotals, FINDINGS_LISTED_MAX,
 };
 pub use forward::{Forwarder, LedgerInbox};
+pub use hash::{
+    record_hash, shard_of, Batch, BatchHashes, BatchKey, ReconcileError, BATCH_RECORDS_MAX,
+    SHARD_COUNT, SHARD_FANOUT, SHARD_TREE_DEPTH,
+};
 pub use ledger::{record_id, Movement};
 pub use local::LocalReconcilers;
 pub use state::{

@@ -78,7 +78,7 @@ pub const RECORD_HASHES_PER_REPLY_MAX: usize = 8192;
 pub const RETAINED_BATCHES_DEFAULT: usize = 4096;
 
 /// Fewest old chain blocks the platform drops at once (dropping shifts the blocks kept).
-const CHAIN_DROP_MIN: usize = 64;
+pub(crate) const CHAIN_DROP_MIN: usize = 64;
 
 /// The retry and retention settings of a reconciler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -608,7 +608,10 @@ impl Reconciler {
                 break;
             };
             self.finished.remove(&old);
-            let mark = self.forgotten.entry(old.institution).or_insert(old.batch_id);
+            let mark = self
+                .forgotten
+                .entry(old.institution)
+                .or_insert(old.batch_id);
             *mark = (*mark).max(old.batch_id);
             evicted = true;
         }
@@ -651,10 +654,7 @@ impl Reconciler {
     /// Platform: starts asking the institution for its post of `key` unless already asking.
     fn start_asking(&mut self, key: BatchKey, out: &mut Out) {
         if self.asking.insert(key) {
-            out.timer(
-                self.backoff_ms(2),
-                ReconcilerTimer::Ask { key, attempt: 0 },
-            );
+            out.timer(self.backoff_ms(2), ReconcilerTimer::Ask { key, attempt: 0 });
         }
     }
 
@@ -1515,10 +1515,7 @@ impl StateMachine for Reconciler {
             role: self.role,
             chain: self.chain.blocks().to_vec(),
             chain_start_prev: self.chain.start_prev(),
-            batches: keys
-                .into_iter()
-                .filter_map(|k| self.status_of(k))
-                .collect(),
+            batches: keys.into_iter().filter_map(|k| self.status_of(k)).collect(),
         }
     }
 
@@ -1528,11 +1525,7 @@ impl StateMachine for Reconciler {
             chain_start: self.chain.start(),
             chain_start_prev: self.chain.start_prev(),
             chain: self.chain.blocks().to_vec(),
-            sessions: self
-                .sessions
-                .iter()
-                .map(|(k, s)| (*k, s.clone()))
-                .collect(),
+            sessions: self.sessions.iter().map(|(k, s)| (*k, s.clone())).collect(),
             posts: self.posts.iter().map(|(b, p)| (*b, p.clone())).collect(),
             finished: self
                 .finished_order

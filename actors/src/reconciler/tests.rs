@@ -581,7 +581,11 @@ fn a_batch_only_the_platform_saw_is_compared_with_an_empty_one_once_closed_on_bo
     );
     sim.run();
     let p = sim.snapshot(platform()).batch(k).unwrap().clone();
-    let i = sim.snapshot(Address::Reconciler(0)).batch(k).unwrap().clone();
+    let i = sim
+        .snapshot(Address::Reconciler(0))
+        .batch(k)
+        .unwrap()
+        .clone();
     assert_eq!((p.progress, i.progress), (Progress::Done, Progress::Done));
     assert_eq!(i.record_count, 0);
     assert_eq!(
@@ -613,7 +617,11 @@ fn a_batch_only_the_institution_saw_is_compared_once_closed_at_the_platform() {
         found_kinds(&p),
         BTreeMap::from([(InconsistencyKind::Extra, 25)])
     );
-    let i = sim.snapshot(Address::Reconciler(0)).batch(k).unwrap().clone();
+    let i = sim
+        .snapshot(Address::Reconciler(0))
+        .batch(k)
+        .unwrap()
+        .clone();
     assert_eq!(found(&i), found(&p));
     // A closed batch the platform learns of only now is compared at once.
     let k2 = key(0, 1);
@@ -623,7 +631,10 @@ fn a_batch_only_the_institution_saw_is_compared_once_closed_at_the_platform() {
     );
     sim.run();
     let p = sim.snapshot(platform()).batch(k2).unwrap().clone();
-    assert_eq!(found_kinds(&p), BTreeMap::from([(InconsistencyKind::Extra, 5)]));
+    assert_eq!(
+        found_kinds(&p),
+        BTreeMap::from([(InconsistencyKind::Extra, 5)])
+    );
 }
 
 #[test]
@@ -651,15 +662,12 @@ fn honest_batches_loaded_on_both_sides_need_no_ask_and_no_empty_batch() {
         .all(|b| b.report.as_ref().unwrap().agreed()));
 }
 
+/// Per batch, the inconsistent records and their kinds.
+type FindingsByBatch = BTreeMap<BatchKey, BTreeMap<RecordId, InconsistencyKind>>;
+
 /// Reconciles `batches` batches of institution 0 (every seventh with plants) in rounds,
 /// reading finished results after each round as a feed does; returns (key, findings) read.
-fn reconcile_many(
-    sim: &mut Sim,
-    batches: u64,
-) -> (
-    BTreeMap<BatchKey, BTreeMap<RecordId, InconsistencyKind>>,
-    BTreeMap<BatchKey, BTreeMap<RecordId, InconsistencyKind>>,
-) {
+fn reconcile_many(sim: &mut Sim, batches: u64) -> (FindingsByBatch, FindingsByBatch) {
     let mut expected = BTreeMap::new();
     let mut read = BTreeMap::new();
     let mut cursor = 0;
@@ -695,13 +703,17 @@ fn finished_batches_are_pruned_to_a_bounded_compact_status_and_every_result_is_s
         ..limits()
     };
     let mut sim = Sim::new(1, 15);
-    sim.machines.insert(platform(), Reconciler::platform(limits));
+    sim.machines
+        .insert(platform(), Reconciler::platform(limits));
     sim.machines.insert(
         Address::Reconciler(0),
         Reconciler::institution(InstitutionId(0), limits),
     );
     let (expected, read) = reconcile_many(&mut sim, 200);
-    assert_eq!(read, expected, "every batch's result read, with its findings");
+    assert_eq!(
+        read, expected,
+        "every batch's result read, with its findings"
+    );
     for at in [platform(), Address::Reconciler(0)] {
         let r = sim.machines[&at].retained();
         assert_eq!(r.live_batches, 0, "{at}: no records or hashes kept");
@@ -711,7 +723,7 @@ fn finished_batches_are_pruned_to_a_bounded_compact_status_and_every_result_is_s
     }
     let p = sim.machines[&platform()].retained();
     assert!(
-        p.chain_blocks <= 2 * RETAINED + CHAIN_DROP_MIN_FOR_TESTS,
+        p.chain_blocks <= 2 * RETAINED + super::state::CHAIN_DROP_MIN,
         "chain kept bounded: {p:?}"
     );
     // What is kept still verifies, and is what replaying the journal or restoring a
@@ -772,11 +784,13 @@ fn finished_batches_are_pruned_to_a_bounded_compact_status_and_every_result_is_s
     sim.run();
     assert_eq!(sim.snapshot(platform()).chain.len(), chain);
     assert_eq!(sim.machines[&platform()].retained().live_batches, 0);
-    assert_eq!(sim.machines[&Address::Reconciler(0)].retained().live_batches, 0);
+    assert_eq!(
+        sim.machines[&Address::Reconciler(0)]
+            .retained()
+            .live_batches,
+        0
+    );
 }
-
-/// The platform's least number of old blocks dropped at once (`CHAIN_DROP_MIN`).
-const CHAIN_DROP_MIN_FOR_TESTS: usize = 64;
 
 #[test]
 fn a_platform_restored_from_a_checkpoint_mid_drill_down_finishes_the_work() {
