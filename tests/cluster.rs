@@ -543,6 +543,23 @@ fn three_node_processes_settle_survive_a_kill_and_stay_consistent() {
         String::from_utf8_lossy(&audit.stdout),
         String::from_utf8_lossy(&audit.stderr)
     );
+    // Moving an institution to another node in the cluster file would start it empty there:
+    // the node refuses its data directory instead, naming the placement.
+    let text = std::fs::read_to_string(&file_path).expect("cluster file");
+    let moved = text.replace("east = \"n3\"", "east = \"n1\"");
+    assert_ne!(moved, text, "the cluster file places east on n3");
+    let moved_path = work.join("moved.toml");
+    std::fs::write(&moved_path, moved).expect("write moved cluster file");
+    let refused = specie()
+        .args(["node", "--id", "n1", "--config"])
+        .arg(&moved_path)
+        .current_dir(&work)
+        .output()
+        .expect("specie node");
+    assert!(!refused.status.success(), "a moved placement was accepted");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("placement"), "{stderr}");
+
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(work.join("audit.json")).unwrap()).unwrap();
     assert_eq!(report["ok"], true, "{report}");

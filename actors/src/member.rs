@@ -104,6 +104,7 @@ impl Member {
             &journal_identity(node_id),
             config.journal,
         )?);
+        check_placement(&journal, dir, &placement, me)?;
         let node = Node::start(
             network,
             journal.clone() as Arc<dyn Journal>,
@@ -419,6 +420,41 @@ impl Member {
         self.node.shutdown();
         self.journal.close();
     }
+}
+
+/// Journal meta key: the placement the node's actors were created under.
+const META_PLACEMENT: &str = "placement";
+
+/// Refuses a data directory whose actors were placed differently: an institution (or the
+/// central bank) moved to another node in the cluster file would start empty there while its
+/// state stays in this directory. The first start records the placement.
+fn check_placement(
+    journal: &RedbJournal,
+    dir: &DataDir,
+    placement: &Placement,
+    me: usize,
+) -> Result<(), ClusterError> {
+    let here = format!(
+        "node {me} of {}; central bank on node {}; institutions on nodes {:?}",
+        placement.nodes, placement.central_bank, placement.institutions
+    );
+    match journal.meta(META_PLACEMENT)? {
+        None => journal.set_meta(META_PLACEMENT, here.as_bytes())?,
+        Some(stored) if stored == here.as_bytes() => {}
+        Some(stored) => {
+            return Err(ClusterError::DataDir(
+                crate::data_dir::DataDirError::Invalid {
+                    file: dir.journal_path().display().to_string(),
+                    why: format!(
+                    "was written with another placement ({}) than the cluster file's ({here}); \
+                     moving actors between nodes is not supported",
+                    String::from_utf8_lossy(&stored)
+                ),
+                },
+            ))
+        }
+    }
+    Ok(())
 }
 
 /// Starts escrow contracts hosted by this node's institutions on their first message.
