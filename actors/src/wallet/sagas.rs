@@ -369,13 +369,15 @@ impl Wallet {
     }
 
     /// Coins covering `amount` chosen by the wallet from the coins it holds and no other
-    /// operation uses (empty when they do not cover it).
+    /// operation uses (empty when they do not cover it). Only coins its own institution
+    /// issued: a payment locks its coins at the payer's institution, so coins of other issuers
+    /// must be merged first.
     pub(super) fn own_selection(&self, amount: Amount) -> Vec<CoinId> {
         let busy = self.coins_in_flight();
         let mut free: Vec<(Amount, CoinId)> = self
             .coins
             .values()
-            .filter(|c| !busy.contains(&c.id))
+            .filter(|c| c.body.issuer == self.institution && !busy.contains(&c.id))
             .map(|c| (c.value(), c.id))
             .collect();
         // The same rule as the institution's: the smallest single coin that covers the

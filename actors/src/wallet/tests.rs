@@ -411,6 +411,26 @@ fn a_stale_selection_is_replaced_by_the_wallets_own_choice_of_free_coins() {
         payment_request(&first).authorization.coin_ids,
         vec![coins[0].id]
     );
+    // A coin of another issuer (an offline payment redeemed there, say): a payment locks its
+    // coins at the payer's institution, so the wallet never picks it itself.
+    let foreign = Coin::issue(
+        CoinBody {
+            issuer: B,
+            owner: key_of(PAYER),
+            denomination: Amount(700),
+            nonce: 78,
+            origin_saga: saga(6),
+            issued_at_ms: NOW_MS,
+        },
+        &institution_keys(B),
+    );
+    let taken = payer.deliver(
+        Address::Institution(B),
+        saga(6),
+        Payload::CoinIssued(foreign.clone()),
+        NOW_MS,
+    );
+    assert_eq!(taken.events.len(), 1, "a genuine coin of B is taken");
     // Payment 2's selection, made by the institution before payment 1 took coin 0, names it
     // and a coin the wallet does not hold (retired by a split, say): paying with them would
     // fail at the issuer although the wallet can pay.
@@ -427,6 +447,7 @@ fn a_stale_selection_is_replaced_by_the_wallets_own_choice_of_free_coins() {
     );
     let chosen = payment_request(&out).authorization.coin_ids;
     assert!(!chosen.is_empty());
+    assert!(!chosen.contains(&foreign.id), "never another issuer's coin");
     let held: Vec<CoinId> = coins[1..].iter().map(|c| c.id).collect();
     assert!(
         chosen.iter().all(|id| held.contains(id)),
