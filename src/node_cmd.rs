@@ -52,6 +52,11 @@ pub struct NodeArgs {
     /// How long this node's part of genesis may wait for the other nodes, in seconds.
     #[arg(long, default_value_t = 120)]
     pub genesis_timeout: u64,
+    /// Shut down gracefully, as on SIGTERM, when standard input reaches its end: a controller
+    /// that starts nodes with a pipe (chaos, bench, tests) takes them down with it even when
+    /// it is killed itself.
+    #[arg(long)]
+    pub exit_with_stdin: bool,
     /// Switch on a deliberately wrong behaviour of the runtime (`early-ack`; builds with
     /// `--features planted-bugs` only), for chaos experiments that must catch it.
     #[arg(long)]
@@ -135,7 +140,7 @@ async fn serve(
 ) -> Result<()> {
     // Listen for SIGTERM / Ctrl-C once, from the start: a signal that arrives at any later
     // moment (during genesis, or just after it) is kept until it is awaited.
-    let mut signals = Signals::new()?;
+    let mut signals = Signals::new(args.exit_with_stdin)?;
     let spec = file.nodes[me].clone();
     let telemetry = Telemetry::start(TelemetryConfig::new(
         spec.id.clone(),
@@ -294,22 +299,46 @@ fn report_reconciliation(feed: Feed, id: String) {
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    /// With `--exit-with-stdin`: resolves once standard input has ended.
+    stdin_closed: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Signals {
-    fn new() -> Result<Signals> {
+    fn new(exit_with_stdin: bool) -> Result<Signals> {
         use tokio::signal::unix::{signal, SignalKind};
+        let stdin_closed = exit_with_stdin.then(|| {
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            // A plain thread: reading stdin blocks, and it must not hold a runtime thread.
+            std::thread::spawn(move || {
+                let mut sink = [0u8; 256];
+                let mut stdin = std::io::stdin().lock();
+                while matches!(std::io::Read::read(&mut stdin, &mut sink), Ok(n) if n > 0) {}
+                let _ = tx.send(true);
+            });
+            rx
+        });
         Ok(Signals {
             term: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
             int: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+            stdin_closed,
         })
     }
 
-    /// Resolves on the next SIGTERM or SIGINT (or one received since the last call).
+    /// Resolves on the next SIGTERM or SIGINT (or one received since the last call), or once
+    /// standard input has ended (with `--exit-with-stdin`).
     async fn recv(&mut self) {
+        let stdin_closed = async {
+            match &mut self.stdin_closed {
+                Some(rx) => {
+                    let _ = rx.wait_for(|closed| *closed).await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
         tokio::select! {
             _ = self.term.recv() => {}
             _ = self.int.recv() => {}
+            _ = stdin_closed => {}
         }
     }
 }

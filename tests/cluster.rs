@@ -68,14 +68,15 @@ impl Nodes {
             std::fs::File::create(self.work.join(format!("{id}.{n}.{kind}"))).expect("log file")
         };
         let child = specie()
-            .args(["node", "--id", id, "--config"])
+            // Nodes go down with the test, even if the test process is killed.
+            .args(["node", "--exit-with-stdin", "--id", id, "--config"])
             .arg(&self.file)
             .arg("--trace-file")
             .arg(self.work.join(format!("{id}.spans.jsonl")))
             .current_dir(&self.work)
             .stdout(log("out"))
             .stderr(log("err"))
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .spawn()
             .expect("start specie node");
         self.children.insert(id.to_string(), child);
