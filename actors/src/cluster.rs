@@ -384,20 +384,7 @@ impl Cluster {
     /// Waits until no envelope is in flight for a few consecutive looks, or the timeout.
     /// Returns whether the cluster went quiet.
     pub async fn quiesce(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut quiet_looks = 0;
-        while Instant::now() < deadline {
-            if self.node.network().in_flight() == 0 {
-                quiet_looks += 1;
-                if quiet_looks >= 5 {
-                    return true;
-                }
-            } else {
-                quiet_looks = 0;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        false
+        self.node.quiesce(timeout).await
     }
 
     /// Continuous reconciliation: the feed of both sides' transaction records into the

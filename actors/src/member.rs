@@ -398,20 +398,7 @@ impl Member {
 
     /// Waits until no envelope is in flight on this node for a few looks, or the timeout.
     pub async fn quiesce(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut quiet_looks = 0;
-        while Instant::now() < deadline {
-            if self.node.network().in_flight() == 0 {
-                quiet_looks += 1;
-                if quiet_looks >= 5 {
-                    return true;
-                }
-            } else {
-                quiet_looks = 0;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        false
+        self.node.quiesce(timeout).await
     }
 
     /// Stops the actors and closes the journal (everything journaled is durable).

@@ -233,6 +233,25 @@ impl Node {
         self.inner.escalations.read().clone()
     }
 
+    /// Waits until no envelope is in flight on this node for a few consecutive looks (10 ms
+    /// apart), or `timeout`. Returns whether the node went quiet.
+    pub async fn quiesce(&self, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut quiet_looks = 0;
+        while std::time::Instant::now() < deadline {
+            if self.network().in_flight() == 0 {
+                quiet_looks += 1;
+                if quiet_looks >= 5 {
+                    return true;
+                }
+            } else {
+                quiet_looks = 0;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        false
+    }
+
     /// Stops the node's arbiters.
     pub fn shutdown(&self) {
         for arbiter in &self.inner.arbiters {

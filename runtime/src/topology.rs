@@ -281,13 +281,15 @@ fn validate(raw: RawTopology, config: &Config, file: &str) -> Result<Validated, 
     for n in raw.node {
         let id_ok = !n.id.is_empty()
             && n.id.len() <= 32
-            && n.id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-        if !id_ok {
+            && n.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+        // A node id is also a DNS name in its certificate (`specie certs`).
+        if !id_ok || n.id.starts_with('-') || n.id.ends_with('-') {
             return Err(invalid(
                 "node.id",
-                format!("`{}` must be 1 to 32 letters, digits, `-` or `_`", n.id),
+                format!(
+                    "`{}` must be 1 to 32 letters, digits or `-`, not starting or ending with `-` (it names the node's certificate)",
+                    n.id
+                ),
             ));
         }
         if !ids.insert(n.id.clone()) {
