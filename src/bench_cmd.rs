@@ -2,7 +2,7 @@
 //! rate, a closed loop, or the peak finder — and report throughput, latency, CPU, memory and
 //! the distance to the crypto floor, ending with the audit. The work is in `specie-bench`.
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 use specie_bench::{Options, Profile};
 use std::io::IsTerminal;
@@ -30,18 +30,25 @@ pub struct BenchArgs {
     /// Write the report folder here: bench.json, plot.svg and .hgrm histograms.
     #[arg(long)]
     pub report: Option<PathBuf>,
-    /// A multi-process cluster file (not supported yet: the bench drives its in-process cluster).
+    /// Bench a cluster of `specie node` processes (e.g. config/cluster-3.toml) through their
+    /// ingress instead of the profile's in-process cluster: the pay workload at a fixed rate.
+    /// The bench starts the nodes (needs `specie certs` output in the file's TLS directory),
+    /// stops them and audits their journals.
     #[arg(long)]
     pub cluster: Option<PathBuf>,
+    /// With --cluster: drive nodes already running instead of starting them (no audit).
+    #[arg(long, requires = "cluster")]
+    pub attach: bool,
+    /// With --cluster: where the started nodes keep their data and logs (default
+    /// bench-live/PROFILE; its data is cleared at each run).
+    #[arg(long, requires = "cluster")]
+    pub work: Option<PathBuf>,
 }
 
 /// Runs `specie bench`; returns whether the bench passed.
 pub fn run(args: &BenchArgs) -> Result<bool> {
     if let Some(cluster) = &args.cluster {
-        return Err(anyhow!(
-            "--cluster {}: benching a multi-process cluster is not supported yet; benches run the in-process cluster of the profile",
-            cluster.display()
-        ));
+        return crate::bench_cluster::run(args, cluster);
     }
     let profile = Profile::load(&args.profile)?;
     let options = Options {

@@ -21,6 +21,7 @@
 //! arrivals), the interleaving is not: real threads, sockets and disks decide it.
 
 use crate::chaos_cmd::RunArgs;
+use crate::live_nodes::{self, absolute, prepare_work, tls_for, Procs};
 use anyhow::{anyhow, bail, Context, Result};
 use futures::future::join_all;
 use parking_lot::Mutex;
@@ -41,15 +42,14 @@ use specie_protocol::grpc::ingress as gi;
 use specie_protocol::{Address, InstitutionId, SagaId, WalletId};
 use specie_runtime::admin::rule_to_proto;
 use specie_runtime::live_faults::{Direction, Pattern, RuleKind, RuleSpec};
-use specie_runtime::topology::{ClusterFile, TlsSettings};
-use specie_runtime::transport::{self, TlsMode};
+use specie_runtime::topology::ClusterFile;
+use specie_runtime::transport;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Read as _, Write as _};
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -67,8 +67,6 @@ const REORDER_HOLD_MS: u64 = 20;
 const SUBMIT_WAIT_MAX: Duration = Duration::from_secs(5);
 /// Pause between a client's attempts after an error.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
-/// Longest graceful shutdown of a node may take.
-const SHUTDOWN_MAX: Duration = Duration::from_secs(60);
 /// How long the final balance check waits for coins in transit (a payee's new coin, a payer's
 /// change) to arrive before it reports a mismatch.
 const BALANCES_SETTLE_MAX: Duration = Duration::from_secs(10);
@@ -430,124 +428,7 @@ fn rule_seed(seed: u64, stream: u64, node: usize) -> u64 {
         ^ (node as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
-// ----- the node processes -----
-
-/// The node processes this controller started.
-struct Procs {
-    exe: PathBuf,
-    config: PathBuf,
-    logs: PathBuf,
-    planted: Option<String>,
-    ids: Vec<String>,
-    children: Vec<Option<Child>>,
-    starts: Vec<u32>,
-}
-
-impl Procs {
-    fn start(&mut self, node: usize) -> Result<()> {
-        self.starts[node] += 1;
-        let id = &self.ids[node];
-        let n = self.starts[node];
-        let log = |kind: &str| -> Result<std::fs::File> {
-            let path = self.logs.join(format!("{id}.{n}.{kind}"));
-            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))
-        };
-        let mut cmd = Command::new(&self.exe);
-        cmd.args(["node", "--id", id, "--config"]).arg(&self.config);
-        if let Some(bug) = &self.planted {
-            cmd.args(["--planted-bug", bug]);
-        }
-        // Its own process group: a Ctrl-C in the terminal reaches the controller, which
-        // clears the rules and stops the nodes in order.
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(log("out")?)
-            .stderr(log("err")?)
-            .process_group(0)
-            .spawn()
-            .with_context(|| format!("starting node {id} ({})", self.exe.display()))?;
-        self.children[node] = Some(child);
-        Ok(())
-    }
-
-    fn kill9(&mut self, node: usize) {
-        if let Some(mut child) = self.children[node].take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn is_up(&self, node: usize) -> bool {
-        self.children[node].is_some()
-    }
-
-    /// The exit status of a node that stopped by itself.
-    fn exited(&mut self, node: usize) -> Option<ExitStatus> {
-        self.children[node]
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
-    }
-
-    fn log_tail(&self, node: usize) -> String {
-        let id = &self.ids[node];
-        let n = self.starts[node];
-        let mut out = String::new();
-        for kind in ["out", "err"] {
-            let path = self.logs.join(format!("{id}.{n}.{kind}"));
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            let _ = writeln!(out, "--- {}", path.display());
-            for line in &lines[lines.len().saturating_sub(15)..] {
-                let _ = writeln!(out, "{line}");
-            }
-        }
-        out
-    }
-
-    /// SIGTERM to every running node, then waits: (node, how it exited).
-    fn terminate_all(&mut self) -> Vec<(String, Result<ExitStatus, String>)> {
-        for child in self.children.iter().flatten() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
-        let deadline = Instant::now() + SHUTDOWN_MAX;
-        let mut out = Vec::new();
-        for (i, slot) in self.children.iter_mut().enumerate() {
-            let Some(mut child) = slot.take() else {
-                continue;
-            };
-            let status = loop {
-                match child.try_wait() {
-                    Ok(Some(status)) => break Ok(status),
-                    Ok(None) if Instant::now() > deadline => {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        break Err(format!(
-                            "did not stop within {} s of SIGTERM; killed",
-                            SHUTDOWN_MAX.as_secs()
-                        ));
-                    }
-                    Ok(None) => std::thread::sleep(Duration::from_millis(50)),
-                    Err(e) => break Err(e.to_string()),
-                }
-            };
-            out.push((self.ids[i].clone(), status));
-        }
-        out
-    }
-}
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for child in self.children.iter_mut().flatten() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
+// ----- the node processes: crate::live_nodes -----
 
 // ----- the run's shared state -----
 
@@ -673,157 +554,9 @@ impl Live {
 
 // ----- set-up -----
 
-fn tls_for(file: &ClusterFile, identity: &str) -> Result<TlsMode> {
-    match file.tls.files(identity) {
-        None => Ok(TlsMode::Plaintext),
-        Some((ca, cert, key)) => TlsMode::mutual(ca, &cert, key).with_context(|| {
-            format!(
-                "the {identity} identity {} (run `specie certs --out DIR --nodes ...` first)",
-                cert.display()
-            )
-        }),
-    }
-}
-
-/// Resolves a relative path against the current directory.
-fn absolute(path: &Path) -> Result<PathBuf> {
-    if path.is_absolute() {
-        return Ok(path.to_path_buf());
-    }
-    Ok(std::env::current_dir()
-        .context("reading the current directory")?
-        .join(path))
-}
-
-const WORK_MARKER: &str = ".specie-chaos-live";
-
-/// Prepares the work directory: a fresh data directory per node, and a copy of the cluster
-/// file pointing at them (certificates resolved to absolute paths).
-fn prepare_work(work: &Path, file: &ClusterFile, cluster: &Path) -> Result<PathBuf> {
-    if work.exists() {
-        let empty = std::fs::read_dir(work)
-            .with_context(|| format!("reading {}", work.display()))?
-            .next()
-            .is_none();
-        if !empty && !work.join(WORK_MARKER).exists() {
-            bail!(
-                "{}: exists and was not made by `specie chaos run --cluster`; name another --work directory",
-                work.display()
-            );
-        }
-        let data = work.join("data");
-        if data.exists() {
-            std::fs::remove_dir_all(&data)
-                .with_context(|| format!("clearing {}", data.display()))?;
-        }
-    }
-    for dir in [work.to_path_buf(), work.join("data"), work.join("logs")] {
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    std::fs::write(
-        work.join(WORK_MARKER),
-        "made by `specie chaos run --cluster`; its data/ is cleared at the next run\n",
-    )
-    .with_context(|| format!("writing {}", work.join(WORK_MARKER).display()))?;
-    let text = std::fs::read_to_string(cluster)
-        .with_context(|| format!("{}: cannot read", cluster.display()))?;
-    let mut table: toml::Table =
-        toml::from_str(&text).with_context(|| format!("{}: not TOML", cluster.display()))?;
-    let data = absolute(&work.join("data"))?;
-    if let Some(toml::Value::Array(nodes)) = table.get_mut("node") {
-        for node in nodes.iter_mut() {
-            if let Some(t) = node.as_table_mut() {
-                let id = t
-                    .get("id")
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("node")
-                    .to_string();
-                t.insert(
-                    "data_dir".into(),
-                    toml::Value::String(data.join(&id).display().to_string()),
-                );
-            }
-        }
-    }
-    if let TlsSettings::Mutual { dir } = &file.tls {
-        if let Some(toml::Value::Table(tls)) = table.get_mut("tls") {
-            tls.insert(
-                "dir".into(),
-                toml::Value::String(absolute(dir)?.display().to_string()),
-            );
-        }
-    }
-    let copy = work.join("cluster.toml");
-    let header = format!(
-        "# Written by `specie chaos run --cluster {}`: the same cluster with its data in {}.\n",
-        cluster.display(),
-        data.display()
-    );
-    std::fs::write(
-        &copy,
-        header + &toml::to_string(&table).context("writing the cluster file copy")?,
-    )
-    .with_context(|| format!("writing {}", copy.display()))?;
-    // The copy must still be a valid cluster file.
-    ClusterFile::load(&copy)?;
-    Ok(copy)
-}
-
-/// Waits until a node takes submissions: a payment of 0 is refused as invalid, not as
-/// unavailable.
+/// Waits until a node takes submissions (see [`live_nodes::wait_ready`]).
 async fn wait_ready(live: &Live, node: usize, bound: Duration) -> Result<()> {
-    let deadline = Instant::now() + bound;
-    let mut c = live.ingress[node].clone();
-    loop {
-        let probe = tokio::time::timeout(
-            Duration::from_secs(5),
-            c.submit(gi::SubmitRequest {
-                idempotency_key: "chaos-readiness-probe".into(),
-                op: Some(gi::submit_request::Op::Pay(gi::PayOp {
-                    from: 0,
-                    to: 1,
-                    amount: 0,
-                })),
-                wait_ms: 0,
-                forwarded: false,
-            }),
-        )
-        .await;
-        if let Ok(Err(s)) = &probe {
-            if s.code() == tonic::Code::InvalidArgument {
-                return Ok(());
-            }
-        }
-        if let Some(procs) = live.procs.lock().as_mut() {
-            if let Some(status) = procs.exited(node) {
-                bail!(
-                    "node {} exited during start-up ({status}); is another cluster already using its ports?\n{}",
-                    live.node_id(node),
-                    procs.log_tail(node)
-                );
-            }
-        }
-        if Instant::now() > deadline {
-            let why = match probe {
-                Ok(Err(s)) => s.message().to_string(),
-                Ok(Ok(_)) => "answered a probe it should refuse".into(),
-                Err(_) => "no answer".into(),
-            };
-            let tail = live
-                .procs
-                .lock()
-                .as_ref()
-                .map(|p| p.log_tail(node))
-                .unwrap_or_default();
-            bail!(
-                "node {} at {} was not ready within {} s: {why}\n{tail}",
-                live.node_id(node),
-                live.file.nodes[node].grpc,
-                bound.as_secs()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    live_nodes::wait_ready(&live.ingress[node], &live.file, node, &live.procs, bound).await
 }
 
 // ----- metrics -----
@@ -2217,7 +1950,13 @@ pub fn run(args: &RunArgs, cluster: &Path) -> Result<bool> {
         std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
         cluster.to_path_buf()
     } else {
-        prepare_work(&work, &file, cluster)?
+        prepare_work(
+            &work,
+            &file,
+            cluster,
+            ".specie-chaos-live",
+            "specie chaos run --cluster",
+        )?
     };
     let exe = std::env::current_exe().context("finding the specie binary")?;
     let ingress_tls = tls_for(&file, "client")?;

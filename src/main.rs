@@ -5,11 +5,13 @@
 //! the JSON file.
 
 mod audit_cmd;
+mod bench_cluster;
 mod bench_cmd;
 mod certs;
 mod chaos_cmd;
 mod chaos_live;
 mod client;
+mod live_nodes;
 mod node_cmd;
 mod reconcile;
 mod report;

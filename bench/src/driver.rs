@@ -204,6 +204,18 @@ impl Tracker {
         now: Instant,
         outstanding_max: usize,
     ) -> Option<Action> {
+        self.offer_planned(intended, now, outstanding_max)
+            .map(|p| p.action)
+    }
+
+    /// [`Tracker::offer`], returning the whole plan (a driver that sends operations through a
+    /// node's ingress needs the payer, payee and amount rather than the in-process action).
+    pub fn offer_planned(
+        &mut self,
+        intended: Instant,
+        now: Instant,
+        outstanding_max: usize,
+    ) -> Option<Planned> {
         let measured = intended >= self.measure_from && intended < self.measure_until;
         if measured {
             self.stats.offered += 1;
@@ -229,18 +241,17 @@ impl Tracker {
         if measured {
             self.stats.send_lag.record(times.send_lag());
         }
-        let action = planned.action.clone();
         let previous = self.pending.insert(
             planned.saga,
             Pending {
-                planned,
+                planned: planned.clone(),
                 times,
                 measured,
             },
         );
         // Saga ids are 128 random bits: a collision is a bug in the generator.
         assert!(previous.is_none(), "saga id reused by the generator");
-        Some(action)
+        Some(planned)
     }
 
     /// Settles the operation a notice reports, if it is one of ours and the notice comes from

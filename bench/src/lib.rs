@@ -20,7 +20,8 @@
 //! - [`bench`]: one bench from start to end; [`report`]: its verdict, text, JSON and folder.
 //!
 //! The bench drives the same in-process cluster as `specie run` (`Cluster::start_with`),
-//! durable or in memory; multi-process clusters are not available yet.
+//! durable or in memory. `specie bench --cluster` (the binary's `bench_cluster`) drives a
+//! cluster of `specie node` processes through their ingress with the same [`driver::Tracker`].
 
 // The report's JSON document is one `json!` literal, deeper than the default limit.
 #![recursion_limit = "256"]

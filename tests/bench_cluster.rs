@@ -1,0 +1,133 @@
+//! `specie bench --cluster FILE`: the smoke profile's payments against three `specie node`
+//! processes the bench starts itself, through their ingress with mutual TLS; the nodes are
+//! stopped with SIGTERM and their journals audited. Checks the report's shape and that the
+//! audit passed — no timing assertions.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// Wallets of the test cluster: small, so genesis is quick in a debug build.
+const WALLETS: u64 = 120;
+
+fn specie() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_specie"))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A fresh directory with the development PKI and the shipped three-node cluster file on free
+/// ports with fewer wallets.
+fn cluster_dir() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = specie()
+        .args(["certs", "--out", "certs", "--nodes", "n1,n2,n3"])
+        .current_dir(dir.path())
+        .output()
+        .expect("specie certs");
+    assert!(certs.status.success(), "{certs:?}");
+    let mut text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/cluster-3.toml"),
+    )
+    .expect("read config/cluster-3.toml");
+    for port in ["7101", "7102", "7103", "9101", "9102", "9103"] {
+        let quoted = format!("127.0.0.1:{port}\"");
+        assert!(text.contains(&quoted), "cluster-3.toml uses {port}");
+        text = text.replace(&quoted, &format!("127.0.0.1:{}\"", free_port()));
+    }
+    assert!(text.contains("\nwallets = 3000\n"));
+    text = text.replace("\nwallets = 3000\n", &format!("\nwallets = {WALLETS}\n"));
+    let path = dir.path().join("cluster.toml");
+    std::fs::write(&path, text).expect("write cluster file");
+    (dir, path)
+}
+
+#[test]
+fn the_smoke_bench_drives_a_started_node_cluster_and_audits_it() {
+    let (dir, cluster) = cluster_dir();
+    let json = dir.path().join("b.json");
+    let out = specie()
+        .arg("bench")
+        .arg("--profile")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/bench/smoke.toml"))
+        .arg("--cluster")
+        .arg(&cluster)
+        .args(["--rate", "50", "--duration", "3", "--json"])
+        .arg(&json)
+        .arg("--report")
+        .arg(dir.path().join("r"))
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("specie bench --cluster");
+    let show = format!(
+        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{show}");
+    let doc: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&json).unwrap_or_else(|e| panic!("no JSON ({e}): {show}")),
+    )
+    .expect("the report is JSON");
+    assert_eq!(doc["ok"], true, "{doc:#}");
+    assert_eq!(doc["profile"], "smoke");
+    assert_eq!(doc["nodes"], 3);
+    assert_eq!(doc["durable"], true);
+    assert_eq!(doc["cluster"], cluster.display().to_string());
+    assert!(doc["committed"].as_u64().is_some_and(|c| c > 0), "{doc:#}");
+    for key in [
+        "throughput_per_s",
+        "offered_per_s",
+        "crypto_floor_verifies_per_s",
+        "floor_ratio",
+        "bytes_per_wallet",
+    ] {
+        assert!(doc[key].is_number(), "{key}: {doc:#}");
+    }
+    for q in ["p50", "p90", "p99", "p999", "max"] {
+        assert!(doc["latency_ms"][q].is_number(), "latency_ms.{q}: {doc:#}");
+    }
+    assert!(
+        doc["peak_rss_bytes"].as_u64().is_some_and(|b| b > 0),
+        "{doc:#}"
+    );
+    let by_kind = doc["by_kind"].as_object().expect("by_kind");
+    assert!(
+        by_kind.keys().all(|k| k.starts_with("pay_")) && !by_kind.is_empty(),
+        "{doc:#}"
+    );
+    assert_eq!(doc["audit"]["ok"], true, "{doc:#}");
+    for node in ["n1", "n2", "n3"] {
+        assert_eq!(doc["shutdown"][node], "exit 0", "{doc:#}");
+    }
+    for file in ["bench.json", "plot.svg", "latency-all.hgrm"] {
+        assert!(dir.path().join("r").join(file).exists(), "{file}");
+    }
+}
+
+#[test]
+fn peak_finding_against_a_node_cluster_is_refused_with_the_reason() {
+    let out = specie()
+        .arg("bench")
+        .arg("--profile")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/bench/pay.toml"))
+        .arg("--cluster")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/cluster-3.toml"))
+        .arg("--find-peak")
+        .stdin(Stdio::null())
+        .output()
+        .expect("specie bench");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--find-peak") && err.contains("--rate"),
+        "{err}"
+    );
+}
