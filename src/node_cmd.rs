@@ -183,7 +183,7 @@ async fn serve(
         me,
     )?);
     count_outcomes(&member);
-    let reconciliation = member.start_reconciliation().await;
+    let reconciliation = member.start_reconciliation().await?;
     report_reconciliation(reconciliation.clone(), spec.id.clone());
     {
         let journal = member.journal().clone();
@@ -262,6 +262,13 @@ async fn serve(
     let _ = stop_server.send(());
     if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(5), server).await {
         eprintln!("specie node {}: server task: {e}", spec.id);
+    }
+    // The batches still open are reconciled after the restart, with these records.
+    if let Err(e) = member.keep_open_batches(&reconciliation) {
+        eprintln!(
+            "specie node {}: keeping the open reconciliation batches: {e}",
+            spec.id
+        );
     }
     member.shutdown();
     drop(gauges);

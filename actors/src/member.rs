@@ -166,9 +166,9 @@ impl Member {
     /// reconcilers; platform-side records go to the platform's node (forwarded from the other
     /// nodes, taken by the ledger inbox on the central bank's). Must run inside an actix
     /// system.
-    pub async fn start_reconciliation(&self) -> Feed {
+    pub async fn start_reconciliation(&self) -> Result<Feed, ClusterError> {
         let r = self.blueprint.config().reconcile;
-        Feed::start(
+        let feed = Feed::start(
             &self.node,
             self.reconcilers.clone(),
             FeedSettings {
@@ -176,7 +176,25 @@ impl Member {
                 close_after_ms: r.close_after_ms,
             },
         )
-        .await
+        .await;
+        // The open batches the previous process kept when it stopped gracefully.
+        if let Some(bytes) = self.journal.meta(META_OPEN_BATCHES)? {
+            if !bytes.is_empty() {
+                if let Err(e) = feed.restore_open(&bytes) {
+                    eprintln!("specie: the open reconciliation batches kept in the journal cannot be read ({e}); reconciling without them");
+                }
+                self.journal.set_meta(META_OPEN_BATCHES, &[])?;
+            }
+        }
+        Ok(feed)
+    }
+
+    /// Keeps the records of the reconciliation batches still open in the journal, for the
+    /// next start of this node (graceful shutdown, after [`Feed::stop`]).
+    pub fn keep_open_batches(&self, feed: &Feed) -> Result<(), ClusterError> {
+        self.journal
+            .set_meta(META_OPEN_BATCHES, &feed.open_batches())?;
+        Ok(())
     }
 
     /// The reconcilers placed on this node.
@@ -408,6 +426,10 @@ impl Member {
         self.journal.close();
     }
 }
+
+/// Journal meta key: the records of open reconciliation batches, kept across a graceful
+/// restart.
+const META_OPEN_BATCHES: &str = "reconcile_open_batches";
 
 /// Journal meta key: the placement the node's actors were created under.
 const META_PLACEMENT: &str = "placement";

@@ -46,6 +46,7 @@ use crate::reconciler::hash::{Batch, BatchKey};
 use crate::reconciler::local::LocalReconcilers;
 use crate::reconciler::state::{BatchStatus, LevelCounts};
 use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
 use specie_protocol::reconcile::{
     BatchId, InconsistencyKind, RecordId, RecordKind, TransactionRecord,
 };
@@ -131,6 +132,12 @@ pub struct FoundRecord {
     pub record_kind: Option<RecordKind>,
 }
 
+/// The open batches a node keeps across a graceful restart.
+#[derive(Serialize, Deserialize)]
+struct OpenBatches {
+    batches: Vec<(BatchKey, Vec<TransactionRecord>, Vec<TransactionRecord>)>,
+}
+
 /// Records of one side of one batch, unique by id.
 #[derive(Debug, Default)]
 struct Bucket {
@@ -193,6 +200,8 @@ pub struct FeedSummary {
     pub late_records: u64,
     /// Records decided before the feed started (not reconciled).
     pub stale_records: u64,
+    /// Records of open batches an earlier process of this node kept and this one took back.
+    pub restored_records: u64,
     /// A record id produced twice by one side with the same content (ignored).
     pub duplicate_records: u64,
     /// A record id produced twice by one side with different content (the first kept).
@@ -536,6 +545,51 @@ impl Feed {
     /// Takes platform-side records another node forwarded (the ledger inbox calls it).
     pub fn ingest_forwarded(&self, records: &[LedgerRecord]) {
         self.state.lock().ingest(Side::Platform, records, false);
+    }
+
+    /// The records of the batches still open, as bytes to keep across a restart (a node
+    /// stopping gracefully stores them in its journal's meta table; see
+    /// [`Feed::restore_open`]). Call it after [`Feed::stop`].
+    pub fn open_batches(&self) -> Vec<u8> {
+        let st = self.state.lock();
+        let open = OpenBatches {
+            batches: st
+                .buckets
+                .iter()
+                .map(|(key, b)| {
+                    (
+                        *key,
+                        b.institution.values().cloned().collect(),
+                        b.platform.values().cloned().collect(),
+                    )
+                })
+                .collect(),
+        };
+        postcard::to_stdvec(&open).expect("records serialize")
+    }
+
+    /// Takes back the open batches an earlier process of this node kept (from
+    /// [`Feed::open_batches`]), so that a restart does not reconcile them without the records
+    /// taken before it. Batches closed meanwhile are skipped. Returns how many records came
+    /// back; undecodable bytes are an error and change nothing.
+    pub fn restore_open(&self, bytes: &[u8]) -> Result<u64, String> {
+        let open: OpenBatches = postcard::from_bytes(bytes).map_err(|e| e.to_string())?;
+        let mut st = self.state.lock();
+        let mut restored = 0;
+        for (key, institution, platform) in open.batches {
+            if key.batch_id.0 < st.closed_below || st.closed.contains(&key) {
+                continue;
+            }
+            let bucket = st.buckets.entry(key).or_default();
+            for r in institution {
+                restored += u64::from(bucket.institution.insert(r.id, r).is_none());
+            }
+            for r in platform {
+                restored += u64::from(bucket.platform.insert(r.id, r).is_none());
+            }
+        }
+        st.summary.restored_records += restored;
+        Ok(restored)
     }
 
     /// Stops the ticker and sends what the forwarder holds (a flush still works).
