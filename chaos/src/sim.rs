@@ -34,6 +34,7 @@ use specie_protocol::{
     PaymentAuthorization, SagaId, SoftKeyStore, WalletId,
 };
 use specie_runtime::config::Config;
+use specie_runtime::live_faults::FaultDice;
 use specie_runtime::supervision::{RestartVerdict, Supervision};
 use specie_runtime::{Notice, RestartStrategy, StateMachine, SupervisionSettings};
 use std::cmp::Ordering;
@@ -268,37 +269,13 @@ struct Slot {
 /// A fault on the run's clock, with the state of its own decisions.
 struct Active {
     placed: PlacedFault,
-    rng: ChaCha8Rng,
-    /// Last correlated draw (tc-netem correlation of jitter).
-    last: f64,
-    /// Last correlated decision (bursts of loss).
-    last_decision: bool,
-    /// Envelopes since the last reorder.
-    since_reorder: u32,
+    /// Its random decisions, made as a live node makes them.
+    dice: FaultDice,
 }
 
 impl Active {
     fn live(&self, now: u64) -> bool {
         self.placed.start_ms <= now && now < self.placed.end_ms
-    }
-
-    /// A yes/no decision with probability `percent`, repeating the previous decision with
-    /// probability `correlation` percent (bursts), so that the long-run rate stays `percent`.
-    fn decide(&mut self, percent: f64, correlation: f64) -> bool {
-        let fresh = self.rng.gen::<f64>() * 100.0 < percent;
-        let repeat = correlation > 0.0 && self.rng.gen::<f64>() * 100.0 < correlation;
-        let d = if repeat { self.last_decision } else { fresh };
-        self.last_decision = d;
-        d
-    }
-
-    /// A draw in [0, 100) correlated with the previous one by `correlation` percent.
-    fn draw(&mut self, correlation: f64) -> f64 {
-        let fresh: f64 = self.rng.gen::<f64>() * 100.0;
-        let c = correlation / 100.0;
-        let v = c * self.last + (1.0 - c) * fresh;
-        self.last = v;
-        v
     }
 }
 
@@ -700,10 +677,7 @@ impl World<'_> {
             }
             self.faults.push(Active {
                 placed,
-                rng,
-                last: 0.0,
-                last_decision: false,
-                since_reorder: 0,
+                dice: FaultDice::new(rng, 0.0),
             });
         }
         self.run_until(f0 + s.phases.faults_ms, &|_| false);
@@ -917,7 +891,7 @@ impl World<'_> {
                     if let FaultKind::FsyncError { percent } = f.placed.fault.kind {
                         if f.live(self.now)
                             && f.placed.fault.targets(address)
-                            && f.rng.gen::<f64>() * 100.0 < percent
+                            && f.dice.chance(percent)
                         {
                             fail = true;
                         }
@@ -1052,10 +1026,8 @@ impl World<'_> {
                 FaultKind::Loss {
                     percent,
                     correlation,
-                } => lost |= f.decide(percent, correlation),
-                FaultKind::Duplicate { percent } if f.rng.gen::<f64>() * 100.0 < percent => {
-                    copies = 2
-                }
+                } => lost |= f.dice.decide(percent, correlation),
+                FaultKind::Duplicate { percent } if f.dice.chance(percent) => copies = 2,
                 _ => {}
             }
         }
@@ -1084,10 +1056,8 @@ impl World<'_> {
                     continue;
                 }
                 match f.placed.fault.kind {
-                    FaultKind::Corrupt { percent }
-                        if f.rng.gen::<f64>() * 100.0 < percent && !b.is_empty() =>
-                    {
-                        let bit = f.rng.gen_range(0..b.len() * 8);
+                    FaultKind::Corrupt { percent } if f.dice.chance(percent) && !b.is_empty() => {
+                        let bit = f.dice.rng.gen_range(0..b.len() * 8);
                         b[bit / 8] ^= 1 << (bit % 8);
                         corrupted = true;
                     }
@@ -1097,7 +1067,7 @@ impl World<'_> {
                         correlation,
                     } => {
                         let j = if jitter_ms > 0 {
-                            let v = f.draw(correlation) / 100.0;
+                            let v = f.dice.draw(correlation) / 100.0;
                             (v * 2.0 - 1.0) * jitter_ms as f64
                         } else {
                             0.0
@@ -1106,9 +1076,9 @@ impl World<'_> {
                         delayed = true;
                     }
                     FaultKind::Reorder { percent, gap } => {
-                        f.since_reorder += 1;
-                        if f.since_reorder >= gap && f.rng.gen::<f64>() * 100.0 < percent {
-                            f.since_reorder = 0;
+                        f.dice.since_reorder += 1;
+                        if f.dice.since_reorder >= gap && f.dice.chance(percent) {
+                            f.dice.since_reorder = 0;
                             reordered = true;
                         }
                     }

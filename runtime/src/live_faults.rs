@@ -449,18 +449,33 @@ pub struct RuleInfo {
     pub injected: u64,
 }
 
-/// The random state of one rule.
-struct RuleState {
-    rng: ChaCha8Rng,
+/// The random state of one fault: its seeded stream and what correlated draws remember. The
+/// simulator (`specie-chaos`) and live nodes both decide with it, so a fault with the same
+/// seed decides the same way in both.
+#[derive(Debug, Clone)]
+pub struct FaultDice {
+    /// The fault's own random stream.
+    pub rng: ChaCha8Rng,
     last_decision: bool,
     last_draw: f64,
-    since_reorder: u32,
+    /// Envelopes since the last one reordered (`reorder`'s gap).
+    pub since_reorder: u32,
 }
 
-impl RuleState {
+impl FaultDice {
+    /// Dice over `rng`; `first_draw` is what the first correlated draw leans towards.
+    pub fn new(rng: ChaCha8Rng, first_draw: f64) -> FaultDice {
+        FaultDice {
+            rng,
+            last_decision: false,
+            last_draw: first_draw,
+            since_reorder: 0,
+        }
+    }
+
     /// A decision with `percent` probability, repeating the previous one with `correlation`
-    /// percent probability (bursts), as the simulator decides.
-    fn decide(&mut self, percent: f64, correlation: f64) -> bool {
+    /// percent probability (bursts), so that the long-run rate stays `percent`.
+    pub fn decide(&mut self, percent: f64, correlation: f64) -> bool {
         let fresh = self.rng.gen::<f64>() * 100.0 < percent;
         let repeat = correlation > 0.0 && self.rng.gen::<f64>() * 100.0 < correlation;
         let d = if repeat { self.last_decision } else { fresh };
@@ -469,7 +484,7 @@ impl RuleState {
     }
 
     /// A draw in [0, 100) correlated with the previous one by `correlation` percent.
-    fn draw(&mut self, correlation: f64) -> f64 {
+    pub fn draw(&mut self, correlation: f64) -> f64 {
         let fresh: f64 = self.rng.gen::<f64>() * 100.0;
         let c = correlation / 100.0;
         let v = c * self.last_draw + (1.0 - c) * fresh;
@@ -477,7 +492,8 @@ impl RuleState {
         v
     }
 
-    fn chance(&mut self, percent: f64) -> bool {
+    /// An uncorrelated decision with `percent` probability.
+    pub fn chance(&mut self, percent: f64) -> bool {
         self.rng.gen::<f64>() * 100.0 < percent
     }
 }
@@ -486,7 +502,7 @@ struct Active {
     id: u64,
     spec: RuleSpec,
     expires: Instant,
-    state: Mutex<RuleState>,
+    state: Mutex<FaultDice>,
     injected: AtomicU64,
 }
 
@@ -587,12 +603,7 @@ impl LiveFaults {
             rules.push(Arc::new(Active {
                 id,
                 expires: Instant::now() + spec.duration,
-                state: Mutex::new(RuleState {
-                    rng: ChaCha8Rng::seed_from_u64(spec.seed),
-                    last_decision: false,
-                    last_draw: 50.0,
-                    since_reorder: 0,
-                }),
+                state: Mutex::new(FaultDice::new(ChaCha8Rng::seed_from_u64(spec.seed), 50.0)),
                 spec,
                 injected: AtomicU64::new(0),
             }));
