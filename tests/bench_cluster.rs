@@ -3,23 +3,13 @@
 //! stopped with SIGTERM and their journals audited. Checks the report's shape and that the
 //! audit passed — no timing assertions.
 
-use std::net::TcpListener;
+mod common;
+use common::*;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 /// Wallets of the test cluster: small, so genesis is quick in a debug build.
 const WALLETS: u64 = 120;
-
-fn specie() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_specie"))
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 /// A fresh directory with the development PKI and the shipped three-node cluster file on free
 /// ports with fewer wallets.

@@ -7,11 +7,12 @@
 //! refused and counted, the nodes' metrics agree with the client's counts, every node stops
 //! cleanly on SIGTERM (exit 0), and `specie audit --cluster` finds every invariant holding.
 
+mod common;
+use common::*;
 use specie_protocol::grpc::ingress as g;
 use specie_runtime::topology::ClusterFile;
 use specie_runtime::transport::{self, TlsMode};
 use std::collections::{BTreeMap, HashMap};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,17 +22,6 @@ use tonic::transport::Channel;
 const WALLETS: u64 = 240;
 /// Bound on any wait, so a broken cluster fails the test instead of hanging it.
 const WAIT_MAX: Duration = Duration::from_secs(120);
-
-fn specie() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_specie"))
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 /// The shipped three-node cluster file on free ports, with fewer wallets and full tracing.
 fn write_cluster_file(work: &Path) -> PathBuf {
@@ -143,20 +133,6 @@ impl Drop for Nodes {
     }
 }
 
-async fn client(file: &ClusterFile, node: &str, certs: &str) -> g::IngressClient<Channel> {
-    let spec = &file.nodes[file.node_index(node).expect("node")];
-    let tls = TlsMode::mutual(
-        Path::new(certs).join("ca.pem"),
-        Path::new(certs).join("client.pem"),
-        Path::new(certs).join("client.key"),
-    )
-    .expect("client identity");
-    let channel = transport::endpoint(&spec.grpc.to_string(), node, &tls, Duration::from_secs(2))
-        .expect("endpoint")
-        .connect_lazy();
-    g::IngressClient::new(channel)
-}
-
 /// Waits until `node` takes submissions (genesis done): probes with a query, then a
 /// submission refused as invalid (not unavailable).
 async fn wait_ready(c: &mut g::IngressClient<Channel>, nodes: &Nodes, node: &str) {
@@ -230,30 +206,6 @@ async fn drive(clients: &mut [g::IngressClient<Channel>], op: &mut Op, start: us
     }
 }
 
-fn scrape(addr: std::net::SocketAddr) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("metrics endpoint");
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).expect("read metrics");
-    body
-}
-
-/// Sum of a metric's samples whose labels contain `label` (e.g. `kind="pay"`).
-fn metric(text: &str, name: &str, label: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter(|l| l.contains(label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[test]
 fn three_node_processes_settle_survive_a_kill_and_stay_consistent() {
     let work = tempfile::tempdir().expect("tempdir");
@@ -286,7 +238,7 @@ fn three_node_processes_settle_survive_a_kill_and_stay_consistent() {
         .enable_all()
         .build()
         .expect("runtime");
-    let certs_dir = work.join("certs").display().to_string();
+    let certs_dir = work.join("certs");
     let ops = rt.block_on(async {
         let mut clients = Vec::new();
         for id in ["n1", "n2", "n3"] {

@@ -7,11 +7,11 @@
 //! finished, their metrics count them); every node's last summary line shows no batch left in
 //! progress; every node stops cleanly and the audit holds.
 
+mod common;
+use common::*;
 use specie_protocol::grpc::ingress as g;
 use specie_runtime::topology::ClusterFile;
-use specie_runtime::transport::{self, TlsMode};
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -24,17 +24,6 @@ const WAIT_MAX: Duration = Duration::from_secs(120);
 /// The test's reconciliation batches: half a second wide, closed 2.5 s after their end.
 const BATCH_INTERVAL_MS: u64 = 500;
 const CLOSE_AFTER_MS: u64 = 2_500;
-
-fn specie() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_specie"))
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 /// The shipped cluster file on free ports, with fewer wallets and short reconciliation batches.
 fn write_cluster_file(work: &Path) -> PathBuf {
@@ -160,20 +149,6 @@ impl Drop for Nodes {
     }
 }
 
-async fn client(file: &ClusterFile, node: &str, certs: &Path) -> g::IngressClient<Channel> {
-    let spec = &file.nodes[file.node_index(node).expect("node")];
-    let tls = TlsMode::mutual(
-        certs.join("ca.pem"),
-        certs.join("client.pem"),
-        certs.join("client.key"),
-    )
-    .expect("client identity");
-    let channel = transport::endpoint(&spec.grpc.to_string(), node, &tls, Duration::from_secs(2))
-        .expect("endpoint")
-        .connect_lazy();
-    g::IngressClient::new(channel)
-}
-
 /// Waits until `node` takes submissions (genesis done): a submission refused as invalid
 /// (not unavailable).
 async fn wait_ready(c: &mut g::IngressClient<Channel>, nodes: &Nodes, node: &str) {
@@ -234,30 +209,6 @@ async fn pay(
         assert!(Instant::now() < deadline, "payment {key} never finished");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-fn scrape(addr: std::net::SocketAddr) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("metrics endpoint");
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).expect("read metrics");
-    body
-}
-
-/// Sum of a metric's samples whose labels contain `label` (0 when absent).
-fn metric(text: &str, name: &str, label: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter(|l| l.contains(label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// The last reconciliation line a node printed when it stopped.

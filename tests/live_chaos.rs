@@ -10,27 +10,17 @@
 //! - A fault rule installed through a node's admin service expires on its own (the controller
 //!   vanished), and is counted; a client certificate cannot call the admin service.
 
+mod common;
+use common::*;
 use specie_protocol::grpc::admin as ga;
 use specie_runtime::topology::ClusterFile;
 use specie_runtime::transport::{self, TlsMode};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// Wallets of the test cluster: small, so genesis is quick in a debug build.
 const WALLETS: u64 = 120;
-
-fn specie() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_specie"))
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 /// A fresh directory with the development PKI and the shipped three-node cluster file on free
 /// ports with fewer wallets.
@@ -230,30 +220,6 @@ async fn admin_client(
     .expect("endpoint")
     .connect_lazy();
     ga::AdminClient::new(channel)
-}
-
-fn scrape(addr: std::net::SocketAddr) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("metrics endpoint");
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("request");
-    let mut body = String::new();
-    s.read_to_string(&mut body).expect("read metrics");
-    body
-}
-
-/// Sum of a metric's samples whose labels contain `label`.
-fn metric(text: &str, name: &str, label: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter(|l| l.contains(label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 struct Node(Child);
