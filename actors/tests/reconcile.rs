@@ -169,10 +169,11 @@ async fn an_altered_chain_block_is_detected_with_its_height() {
     node.shutdown();
 }
 
-/// Drops every third reconciliation envelope and delivers every third twice (the copy a
-/// little later), in a fixed pattern so that a failure replays.
+/// Per message kind, drops the first, third, … of every three envelopes and delivers the
+/// second twice (the copy a little later): a fixed pattern, so a failure replays, and one that
+/// hits every kind of message however the kinds interleave.
 struct DropAndDuplicate {
-    seen: Mutex<u64>,
+    seen: Mutex<BTreeMap<&'static str, u64>>,
     dropped: Mutex<BTreeSet<&'static str>>,
     duplicated: Mutex<BTreeSet<&'static str>>,
 }
@@ -180,7 +181,7 @@ struct DropAndDuplicate {
 impl DropAndDuplicate {
     fn new() -> DropAndDuplicate {
         DropAndDuplicate {
-            seen: Mutex::new(0),
+            seen: Mutex::new(BTreeMap::new()),
             dropped: Mutex::new(BTreeSet::new()),
             duplicated: Mutex::new(BTreeSet::new()),
         }
@@ -194,14 +195,15 @@ impl FaultHook for DropAndDuplicate {
             .unwrap_or("undecodable");
         let n = {
             let mut seen = self.seen.lock();
-            *seen += 1;
-            *seen
+            let n = seen.entry(name).or_insert(0);
+            *n += 1;
+            *n
         };
         match n % 3 {
-            0 => {
+            1 => {
                 self.dropped.lock().insert(name);
             }
-            1 => {
+            2 => {
                 self.duplicated.lock().insert(name);
                 out.push(Delivery {
                     after: Duration::ZERO,
