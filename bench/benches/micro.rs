@@ -177,11 +177,13 @@ impl Ledger {
                 Address::Institution(InstitutionId(0)) => {
                     let mut out: Out<Institution> = Effects::default();
                     self.a.on_envelope(e, self.now_ms, &mut out);
+                    self.a.seal(&mut out.sends); // as the host does when the step is durable
                     queue.extend(out.sends);
                 }
                 Address::Institution(InstitutionId(1)) => {
                     let mut out: Out<Institution> = Effects::default();
                     self.b.on_envelope(e, self.now_ms, &mut out);
+                    self.b.seal(&mut out.sends); // as the host does when the step is durable
                     queue.extend(out.sends);
                 }
                 Address::CentralBank => {

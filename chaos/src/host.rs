@@ -194,7 +194,7 @@ impl<S: SimMachine> Hosted<S> {
         if out.sends.is_empty() && out.notices.is_empty() {
             return result;
         }
-        let held = Held {
+        let mut held = Held {
             seq: self.next_seq - 1,
             sends: out.sends,
             notices: out.notices,
@@ -202,11 +202,13 @@ impl<S: SimMachine> Hosted<S> {
         #[cfg(feature = "planted-bugs")]
         if early_ack {
             // Planted bug `early-ack`: the step's messages leave before its journal commit.
+            self.state.seal(&mut held.sends);
             result.release.push(held);
             return result;
         }
         let _ = early_ack;
         if self.outbox.is_empty() && held.seq <= self.durable_seq {
+            self.state.seal(&mut held.sends);
             result.release.push(held);
         } else {
             self.outbox.push_back(held);
@@ -227,6 +229,14 @@ impl<S: SimMachine> Hosted<S> {
             .is_some_and(|h| h.seq <= self.durable_seq)
         {
             release.push(self.outbox.pop_front().expect("front exists"));
+        }
+        // The steps one commit made durable leave together, sealed as one batch (like the
+        // runtime's host): their envelopes travel with the first.
+        if let Some((first, rest)) = release.split_first_mut() {
+            for held in rest {
+                first.sends.append(&mut held.sends);
+            }
+            self.state.seal(&mut first.sends);
         }
         release
     }

@@ -103,6 +103,59 @@ pub fn verify(key: &PublicKey, message: &[u8], signature: &Signature) -> Result<
         .map_err(|_| BadSignature)
 }
 
+/// Verifies an Ed25519 signature over a 32-byte digest, remembering the triples that verified
+/// in a bounded process-wide memo: a signature many messages share (the one over a batch of
+/// coins, which every payee of the batch checks) costs one verification per process. Only a
+/// triple that verified is remembered, so a forged signature is checked — and refused — every
+/// time.
+pub fn verify_remembered(
+    key: &PublicKey,
+    digest: &[u8; 32],
+    signature: &Signature,
+) -> Result<(), BadSignature> {
+    memo::check(key, digest, signature)
+}
+
+mod memo {
+    use super::{verify, BadSignature, PublicKey, Signature};
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+
+    /// Shards, so that actors on different threads rarely wait for each other.
+    const SHARDS: usize = 8;
+    /// Triples a shard remembers before it starts over (≈ 40 bytes each).
+    const SHARD_MAX: usize = 4096;
+
+    static VERIFIED: [Mutex<Option<HashSet<[u8; 32]>>>; SHARDS] =
+        [const { Mutex::new(None) }; SHARDS];
+
+    pub(super) fn check(
+        key: &PublicKey,
+        digest: &[u8; 32],
+        signature: &Signature,
+    ) -> Result<(), BadSignature> {
+        let mut triple = [0u8; 128];
+        triple[..32].copy_from_slice(&key.0);
+        triple[32..64].copy_from_slice(digest);
+        triple[64..].copy_from_slice(&signature.0);
+        let name = super::sha256(&triple);
+        let shard = &VERIFIED[name[0] as usize % SHARDS];
+        let known =
+            |set: &Option<HashSet<[u8; 32]>>| set.as_ref().is_some_and(|s| s.contains(&name));
+        if known(&shard.lock().unwrap_or_else(|p| p.into_inner())) {
+            return Ok(());
+        }
+        verify(key, digest, signature)?;
+        let mut guard = shard.lock().unwrap_or_else(|p| p.into_inner());
+        let set = guard.get_or_insert_with(HashSet::new);
+        if set.len() >= SHARD_MAX {
+            set.clear();
+        }
+        set.insert(name);
+        Ok(())
+    }
+}
+
 /// SHA-256 of `data`.
 pub fn sha256(data: &[u8]) -> [u8; 32] {
     let digest = ring::digest::digest(&ring::digest::SHA256, data);
@@ -114,6 +167,30 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remembered_verification_refuses_forgeries_every_time() {
+        let alice = SoftKeyStore::from_seed([11; 32]);
+        let digest = sha256(b"a batch root");
+        let good = alice.sign(&digest);
+        let mut forged = good;
+        forged.0[5] ^= 1;
+        for _ in 0..3 {
+            assert_eq!(
+                verify_remembered(&alice.public_key(), &digest, &good),
+                Ok(())
+            );
+            assert_eq!(
+                verify_remembered(&alice.public_key(), &digest, &forged),
+                Err(BadSignature)
+            );
+            let other = sha256(b"another root");
+            assert_eq!(
+                verify_remembered(&alice.public_key(), &other, &good),
+                Err(BadSignature)
+            );
+        }
+    }
 
     #[test]
     fn signature_verifies_only_with_the_signers_key_and_message() {

@@ -43,7 +43,7 @@ mod pb;
 pub mod reconcile;
 pub mod update;
 
-pub use coin::{Coin, CoinBody};
+pub use coin::{Coin, CoinBody, Seal};
 pub use crypto::{KeyStore, PublicKey, Signature, SoftKeyStore};
 pub use envelope::{Address, Envelope, Payload, TraceContext, RECONCILIATION_PLATFORM};
 pub use error::ProtocolError;

@@ -348,18 +348,42 @@ impl<S: StateMachine> Host<S> {
         }
     }
 
-    /// Releases, in order, every held step that is durable.
+    /// Releases, in order, every held step that is durable, their envelopes sealed as one
+    /// batch.
     fn flush(&mut self) {
+        let mut released = Vec::new();
         while let Some(front) = self.outbox.front() {
             if !self.node.journal().is_durable(front.seq) {
                 break;
             }
-            let held = self.outbox.pop_front().expect("front exists");
-            self.release(held);
+            released.push(self.outbox.pop_front().expect("front exists"));
+        }
+        if let [held] = &mut released[..] {
+            self.state.seal(&mut held.sends);
+        } else if released.iter().any(|h| !h.sends.is_empty()) {
+            let mut sends: Vec<Envelope> = released
+                .iter_mut()
+                .flat_map(|h| std::mem::take(&mut h.sends))
+                .collect();
+            self.state.seal(&mut sends);
+            let network = self.node.network();
+            for envelope in sends {
+                network.send(envelope);
+            }
+        }
+        for held in released {
+            self.publish(held);
         }
     }
 
-    fn release(&self, held: Held) {
+    /// Seals and sends a step's envelopes, then publishes its notices and records.
+    fn release(&self, mut held: Held) {
+        self.state.seal(&mut held.sends);
+        self.publish(held);
+    }
+
+    /// Sends what `held` still holds and publishes its notices and records.
+    fn publish(&self, held: Held) {
         let network = self.node.network();
         for envelope in held.sends {
             network.send(envelope);

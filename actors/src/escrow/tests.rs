@@ -233,6 +233,7 @@ impl Sim {
             Address::Institution(i) => {
                 let mut out = Effects::default();
                 self.insts[i.0 as usize].on_envelope(env, now, &mut out);
+                self.insts[i.0 as usize].seal(&mut out.sends);
                 self.queue.extend(out.sends);
             }
             Address::Escrow(id) => {

@@ -113,7 +113,9 @@ impl World {
         self.node(id).snapshot()
     }
 
-    fn absorb(&mut self, at: InstitutionId, out: Effects<InstitutionEvent, InstitutionTimer>) {
+    fn absorb(&mut self, at: InstitutionId, mut out: Effects<InstitutionEvent, InstitutionTimer>) {
+        // The host seals the coins of a step's messages as they leave.
+        self.nodes[&at].inst.seal(&mut out.sends);
         self.nodes
             .get_mut(&at)
             .expect("known")

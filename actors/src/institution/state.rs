@@ -577,7 +577,9 @@ impl Institution {
         }
     }
 
-    /// Issues a coin (not yet registered: the event that carries it registers it).
+    /// Issues a coin (not yet registered: the event that carries it registers it). Its seal
+    /// is pending: the coin is sealed, with every other coin this institution sends in the
+    /// same batch, when the step's messages leave ([`StateMachine::seal`]).
     fn issue(
         &self,
         owner: PublicKey,
@@ -587,17 +589,14 @@ impl Institution {
         now_ms: u64,
     ) -> Coin {
         debug_assert!(!denomination.is_zero(), "coins are never issued empty");
-        Coin::issue(
-            CoinBody {
-                issuer: self.id,
-                owner,
-                denomination,
-                nonce,
-                origin_saga: saga,
-                issued_at_ms: now_ms,
-            },
-            self.keys.as_ref(),
-        )
+        Coin::unsealed(CoinBody {
+            issuer: self.id,
+            owner,
+            denomination,
+            nonce,
+            origin_saga: saga,
+            issued_at_ms: now_ms,
+        })
     }
 
     fn backoff_ms(&self, attempt: u32) -> u64 {
@@ -2083,6 +2082,25 @@ impl StateMachine for Institution {
         self.on_sagas_restored();
         self.acked.clear();
         Ok(())
+    }
+
+    /// Signs every coin this institution issued that leaves in the batch with one signature
+    /// over their Merkle root (each coin carries its path). Coins are journaled unsealed —
+    /// the register is this institution's own record — and a redelivery after a restart is
+    /// sealed again in its own batch.
+    fn seal(&self, sends: &mut [Envelope]) {
+        let mut coins: Vec<&mut Coin> = sends
+            .iter_mut()
+            .filter_map(|e| match &mut e.payload {
+                Payload::CoinIssued(coin) if coin.body.issuer == self.id && !coin.is_sealed() => {
+                    Some(coin)
+                }
+                _ => None,
+            })
+            .collect();
+        if !coins.is_empty() {
+            Coin::seal_batch(&mut coins, self.keys.as_ref());
+        }
     }
 
     fn snapshot(&self) -> InstitutionSnapshot {

@@ -92,7 +92,9 @@ impl Node {
         }
     }
 
-    fn keep(&mut self, out: Out) -> Out {
+    fn keep(&mut self, mut out: Out) -> Out {
+        // The host seals the coins of a step's messages as they leave.
+        self.inst.seal(&mut out.sends);
         self.journal.extend(out.events.iter().cloned());
         out
     }
@@ -1736,6 +1738,7 @@ fn replaying_the_journal_rebuilds_the_same_state() {
     let mut recovered = recover(&b);
     let mut out = Out::default();
     recovered.inst.on_start(NOW_MS, &mut out);
+    recovered.inst.seal(&mut out.sends);
     // Two sagas to re-drive, and the periodic redelivery of unacknowledged coins.
     assert_eq!(out.timers.len(), 3, "{:?}", out.timers);
     assert!(out

@@ -100,6 +100,7 @@ fn at_institution(inst: &mut Institution, envelope: Envelope) -> InstitutionOut 
     assert_eq!(envelope.to, inst.address());
     let mut out = InstitutionOut::default();
     inst.on_envelope(envelope, NOW_MS, &mut out);
+    inst.seal(&mut out.sends);
     out
 }
 
@@ -1309,6 +1310,7 @@ impl World {
                     let mut out = InstitutionOut::default();
                     let inst = self.institutions.get_mut(&i).expect("known institution");
                     inst.on_envelope(e, NOW_MS, &mut out);
+                    inst.seal(&mut out.sends);
                     self.absorb(out);
                 }
                 Address::CentralBank => {

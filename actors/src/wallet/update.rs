@@ -555,6 +555,7 @@ pub(super) mod testkit {
                     Address::Institution(i) => {
                         let mut out = Effects::default();
                         self.insts[i.0 as usize].on_envelope(env, now, &mut out);
+                        self.insts[i.0 as usize].seal(&mut out.sends);
                         self.queue.extend(out.sends);
                     }
                     Address::Wallet(w) => {
