@@ -179,6 +179,7 @@ impl Blueprint {
         let (issuers, limits) = (self.issuers.clone(), self.wallet_limits.clone());
         let offline = OfflineSettings {
             offline_limit: Amount(self.config.limits.offline_limit_fen),
+            select_own_coins: self.config.limits.wallet_selects_coins,
             coin_inputs_max: self.config.limits.coin_inputs_max,
         };
         move || {

@@ -79,6 +79,13 @@ struct RawLimits {
     /// loads (with the default).
     #[serde(default = "default_offline_limit_fen")]
     offline_limit_fen: u64,
+    #[serde(default = "default_wallet_selects_coins")]
+    wallet_selects_coins: bool,
+}
+
+/// `limits.wallet_selects_coins` when a config does not name it: on.
+fn default_wallet_selects_coins() -> bool {
+    true
 }
 
 /// `limits.offline_limit_fen` when a config does not name it: 500.00.
@@ -211,6 +218,10 @@ pub struct LimitsConfig {
     /// The most a wallet may pay offline before it syncs (uploads its offline records):
     /// bounds the value an offline double spend can put at risk.
     pub offline_limit_fen: u64,
+    /// Whether a paying wallet chooses the coins itself when those it holds cover the amount
+    /// (one round trip fewer), asking its institution only when they do not; off: it always
+    /// asks its institution which coins cover the amount.
+    pub wallet_selects_coins: bool,
 }
 
 /// The `specie run` workload.
@@ -664,6 +675,7 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
             outcome_timeout_ms: l.outcome_timeout_ms,
             dedup_retention_ms: l.dedup_retention_ms,
             offline_limit_fen: l.offline_limit_fen,
+            wallet_selects_coins: l.wallet_selects_coins,
         },
         workload: WorkloadConfig {
             in_flight_max: w.in_flight_max,
@@ -780,6 +792,32 @@ mod tests {
                 .offline_limit_fen,
             50_000
         );
+    }
+
+    #[test]
+    fn wallet_coin_selection_is_read_and_defaults_to_on() {
+        let c = Config::parse(LOCAL, "local.toml").expect("valid");
+        assert!(c.limits.wallet_selects_coins);
+        let off = LOCAL.replace(
+            "wallet_selects_coins = true",
+            "wallet_selects_coins = false",
+        );
+        assert!(
+            !Config::parse(&off, "x.toml")
+                .expect("valid")
+                .limits
+                .wallet_selects_coins
+        );
+        let absent = LOCAL.replace("wallet_selects_coins = true", "");
+        assert!(
+            Config::parse(&absent, "x.toml")
+                .expect("valid")
+                .limits
+                .wallet_selects_coins
+        );
+        let wrong = LOCAL.replace("wallet_selects_coins = true", "wallet_selects_coins = 1");
+        let err = Config::parse(&wrong, "x.toml").unwrap_err().to_string();
+        assert!(err.contains("wallet_selects_coins"), "{err}");
     }
 
     #[test]

@@ -49,6 +49,9 @@ pub struct OfflineSettings {
     pub offline_limit: Amount,
     /// `limits.coin_inputs_max`: the most coins a payment the wallet selects itself spends.
     pub coin_inputs_max: usize,
+    /// `limits.wallet_selects_coins`: pay at once with held coins that cover the amount
+    /// instead of asking the institution which coins do.
+    pub select_own_coins: bool,
 }
 
 impl Default for OfflineSettings {
@@ -57,6 +60,7 @@ impl Default for OfflineSettings {
         OfflineSettings {
             offline_limit: Amount::ZERO,
             coin_inputs_max: specie_protocol::pay::AUTHORIZATION_COINS_MAX,
+            select_own_coins: false,
         }
     }
 }
@@ -345,16 +349,20 @@ impl Wallet {
             })
     }
 
-    /// Coins for a payment chosen by the wallet itself, when its institution cannot be asked:
-    /// while coins it split offline are still active at their issuer, the institution might
-    /// select one of them, and paying with it would spend it twice. `None` when there is no
-    /// such coin (the institution selects, as usual); an empty selection when the held coins
-    /// do not cover the amount.
-    pub(super) fn offline_safe_selection(&self, amount: Amount) -> Option<Vec<CoinId>> {
-        if self.sagas.spent_offline.is_empty() {
+    /// Coins for a payment chosen by the wallet itself, or `None` when the institution is to
+    /// be asked. While coins it split offline are still active at their issuer the wallet
+    /// always chooses (the institution might select one of them, and paying with it would
+    /// spend it twice), even an empty selection; otherwise, with `select_own_coins`, it
+    /// chooses when its free coins cover the amount.
+    pub(super) fn wallet_selection(&self, amount: Amount) -> Option<Vec<CoinId>> {
+        if !self.sagas.spent_offline.is_empty() {
+            return Some(self.own_selection(amount));
+        }
+        if !self.sagas.settings.select_own_coins {
             return None;
         }
-        Some(self.own_selection(amount))
+        let own = self.own_selection(amount);
+        (!own.is_empty()).then_some(own)
     }
 
     /// Whether a selection names a coin this wallet does not hold, or one another of its

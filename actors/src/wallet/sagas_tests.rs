@@ -102,6 +102,7 @@ impl Node {
         .with_offline_settings(OfflineSettings {
             offline_limit: OFFLINE_LIMIT,
             coin_inputs_max: 4,
+            select_own_coins: false,
         });
         Node {
             wallet,

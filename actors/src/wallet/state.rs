@@ -447,8 +447,10 @@ impl Wallet {
         };
         let (amount, chosen) = (*amount, chosen.clone());
         self.record(WalletEvent::OpStarted { saga, op }, out);
-        // While coins split offline are still active at their issuer, choose coins here.
-        match chosen.or_else(|| self.offline_safe_selection(amount)) {
+        // The wallet pays at once with coins it holds when they cover the amount (one round
+        // trip fewer); it asks its institution only when they do not — the institution's
+        // register may know coins whose delivery has not reached the wallet yet.
+        match chosen.or_else(|| self.wallet_selection(amount)) {
             Some(coin_ids) => self.sign_and_send(saga, coin_ids, now_ms, out),
             None => out.send(self.envelope(
                 saga,

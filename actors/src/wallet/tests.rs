@@ -6,7 +6,7 @@
 //! Tests assert on what the wallet's user sees: the envelopes it sends (and their signed
 //! content), the coins it holds and the outcome notices it publishes.
 
-use super::{Wallet, WalletCommand, WalletEvent, WalletLimits, WalletTimer};
+use super::{OfflineSettings, Wallet, WalletCommand, WalletEvent, WalletLimits, WalletTimer};
 use crate::central_bank::{CentralBank, CentralBankCommand};
 use crate::institution::{
     CoinState, Institution, InstitutionCommand, InstitutionEvent, InstitutionLimits,
@@ -595,6 +595,44 @@ fn pay_with_chosen_coins_signs_at_once() {
         vec![coins[1].id, coins[3].id]
     );
     assert_eq!(signed.authorization.amount, Amount(1_100));
+}
+
+#[test]
+fn a_wallet_that_selects_its_coins_pays_at_once_and_asks_only_when_they_do_not_cover() {
+    let (mut a, payer, coins) = payer_with_coins();
+    let Node { wallet, journal } = payer;
+    let mut payer = Node {
+        wallet: wallet.with_offline_settings(OfflineSettings {
+            select_own_coins: true,
+            ..OfflineSettings::default()
+        }),
+        journal,
+    };
+    // 5,000 + 1,000 + 200 + 100: the smallest single coin covering 900 is the 1,000.
+    let signed = payment_request(&payer.command(pay_command(saga(1), Amount(900)), NOW_MS));
+    assert_eq!(signed.verify(), Ok(()));
+    let thousand = coins
+        .iter()
+        .find(|c| c.value() == Amount(1_000))
+        .expect("held");
+    assert_eq!(signed.authorization.coin_ids, vec![thousand.id]);
+    // The 1,000 is in flight, and the free coins do not cover 5,500: the wallet asks its
+    // institution instead of paying with too little.
+    let out = payer.command(pay_command(saga(2), Amount(5_500)), NOW_MS);
+    let query = only_send(&out).clone();
+    assert_eq!(query.to, Address::Institution(A));
+    assert!(matches!(query.payload, Payload::BalanceQuery { amount } if amount == Amount(5_500)));
+    // The institution still counts the 1,000 (its lock has not reached A) and selects it; the
+    // wallet sees the selection is stale and, with too little free, ends the payment.
+    let reply = at_institution(&mut a, query);
+    assert_eq!(reply.sends.len(), 1, "one balance reply");
+    let out = payer.deliver_envelope(reply.sends[0].clone(), NOW_MS);
+    assert!(out.sends.is_empty(), "{:?}", out.sends);
+    assert_eq!(
+        notice_of(&out).outcome,
+        aborted(AbortReason::InsufficientFunds)
+    );
+    assert_eq!(payer.pending(), 1, "the first payment is still in flight");
 }
 
 // ----- coins received -----
