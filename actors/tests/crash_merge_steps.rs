@@ -19,7 +19,7 @@ use sagas_support::{config, customers_value, quiet_audit, start_with};
 use specie_actors::institution::{CoinState, InstitutionEvent};
 use specie_actors::wallet::{OfflineCommand, WalletCommand};
 use specie_protocol::{Address, Amount, InstitutionId, SagaId, WalletId};
-use specie_runtime::{AppendFault, JournalFaultHook};
+use specie_runtime::{step_events, AppendFault, JournalFaultHook};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,20 +35,23 @@ fn saga(case: u128, n: u128) -> SagaId {
     SagaId::from_u128(0x6e_7e << 96 | case << 32 | n)
 }
 
-/// The name of an institution event, with the inner step for merges: `Merge::Started`.
-fn event_name(entry: &Bytes) -> String {
-    let Ok(event) = postcard::from_bytes::<InstitutionEvent>(entry) else {
-        return String::new();
-    };
-    let debug = format!("{event:?}");
-    let mut words = debug
-        .split(|c: char| !c.is_alphanumeric() && c != '_')
-        .filter(|w| !w.is_empty());
-    let first = words.next().unwrap_or_default().to_string();
-    match first.as_str() {
-        "Merge" | "Offline" => format!("{first}::{}", words.next().unwrap_or_default()),
-        _ => first,
-    }
+/// The names of the institution events in a journal entry (one step), with the inner step
+/// for merges: `Merge::Started`.
+fn event_names(entry: &Bytes) -> Vec<String> {
+    step_events::<InstitutionEvent>(entry)
+        .filter_map(Result::ok)
+        .map(|event| {
+            let debug = format!("{event:?}");
+            let mut words = debug
+                .split(|c: char| !c.is_alphanumeric() && c != '_')
+                .filter(|w| !w.is_empty());
+            let first = words.next().unwrap_or_default().to_string();
+            match first.as_str() {
+                "Merge" | "Offline" => format!("{first}::{}", words.next().unwrap_or_default()),
+                _ => first,
+            }
+        })
+        .collect()
 }
 
 /// Crashes one institution around its journal write of one step, a few times.
@@ -66,7 +69,10 @@ impl JournalFaultHook for StepCrash {
         {
             return AppendFault::None;
         }
-        if entries.iter().any(|e| event_name(e) == self.event) {
+        if entries
+            .iter()
+            .any(|e| event_names(e).iter().any(|n| n == self.event))
+        {
             self.fired.fetch_add(1, Ordering::SeqCst);
             return self.fault;
         }

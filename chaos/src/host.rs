@@ -179,12 +179,9 @@ impl<S: SimMachine> Hosted<S> {
         if !out.events.is_empty() {
             let seq = self.next_seq;
             self.next_seq += 1;
-            for e in &out.events {
-                self.pending.push((
-                    seq,
-                    Bytes::from(postcard::to_stdvec(e).expect("events always serialize")),
-                ));
-            }
+            // One entry per step, as the runtime's host writes it.
+            self.pending
+                .push((seq, specie_runtime::step_entry(&out.events)));
             let at = self.last_commit_at.max(now + commit_delay_ms);
             self.last_commit_at = at;
             result.commit = Some((at, seq));
@@ -249,13 +246,15 @@ impl<S: SimMachine> Hosted<S> {
         self.last_commit_at = 0;
         let mut state = (self.factory)();
         for (index, bytes) in self.durable.iter().enumerate() {
-            let event: S::Event = postcard::from_bytes(bytes).unwrap_or_else(|e| {
-                panic!(
-                    "journal entry {index} of {} is unreadable: {e}",
-                    state.address()
-                )
-            });
-            state.apply(&event);
+            for event in specie_runtime::step_events::<S::Event>(bytes) {
+                let event = event.unwrap_or_else(|e| {
+                    panic!(
+                        "journal entry {index} of {} is unreadable: {e}",
+                        state.address()
+                    )
+                });
+                state.apply(&event);
+            }
         }
         self.state = state;
     }

@@ -99,14 +99,49 @@ fn recover_counting<S: StateMachine>(
     }
     let entries = journal.load(address)?;
     for (index, bytes) in entries.iter().enumerate() {
-        let event: S::Event = postcard::from_bytes(bytes).map_err(|e| JournalError::Corrupt {
-            actor: address,
-            index,
-            why: e.to_string(),
-        })?;
-        state.apply(&event);
+        for event in step_events::<S::Event>(bytes) {
+            let event = event.map_err(|why| JournalError::Corrupt {
+                actor: address,
+                index,
+                why,
+            })?;
+            state.apply(&event);
+        }
     }
     Ok((state, entries.len() as u64))
+}
+
+/// One journal entry for a step: its events' postcard encodings, one after the other (a
+/// step's events are written, and made durable, together; one entry instead of one per event
+/// costs the journal a fraction of the inserts).
+pub fn step_entry<E: serde::Serialize>(events: &[E]) -> Bytes {
+    let mut bytes = Vec::with_capacity(64 * events.len());
+    for event in events {
+        bytes = postcard::to_extend(event, bytes).expect("events always serialize");
+    }
+    Bytes::from(bytes)
+}
+
+/// The events of a step's journal entry, in order (an entry written before steps were
+/// grouped holds one event, and reads the same way). An entry that does not decode to whole
+/// events yields one error and ends.
+pub fn step_events<E: serde::de::DeserializeOwned>(
+    entry: &[u8],
+) -> impl Iterator<Item = Result<E, String>> + '_ {
+    let mut rest = Some(entry);
+    std::iter::from_fn(move || {
+        let bytes = rest.filter(|r| !r.is_empty())?;
+        match postcard::take_from_bytes::<E>(bytes) {
+            Ok((event, left)) => {
+                rest = Some(left);
+                Some(Ok(event))
+            }
+            Err(e) => {
+                rest = None;
+                Some(Err(e.to_string()))
+            }
+        }
+    })
 }
 
 /// What a step sends, held until the step is durable.
@@ -177,11 +212,7 @@ impl<S: StateMachine> Host<S> {
 
     fn perform(&mut self, out: Effects<S::Event, S::Timer>, ctx: &mut Context<Self>) {
         if !out.events.is_empty() {
-            let entries: Vec<Bytes> = out
-                .events
-                .iter()
-                .map(|e| Bytes::from(postcard::to_stdvec(e).expect("events always serialize")))
-                .collect();
+            let entries = vec![step_entry(&out.events)];
             let fault = self.node.journal_fault(self.address, &entries);
             let injected = match fault {
                 AppendFault::None => None,
@@ -195,7 +226,7 @@ impl<S: StateMachine> Host<S> {
                 ctx.stop();
                 return;
             }
-            let count = entries.len() as u64;
+            let count = out.events.len() as u64;
             match self.node.journal().append(self.address, entries) {
                 Ok(seq) => {
                     self.last_seq = seq;
@@ -553,5 +584,31 @@ impl<S: StateMachine> Handler<Crash> for Host<S> {
         }
         self.group_crash = msg.group;
         ctx.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{step_entry, step_events};
+
+    #[test]
+    fn a_step_entry_reads_back_as_its_events_in_order() {
+        let events = vec![
+            (1u32, "lock".to_string()),
+            (2, String::new()),
+            (3, "x".repeat(300)),
+        ];
+        let entry = step_entry(&events);
+        let back: Vec<(u32, String)> = step_events(&entry).collect::<Result<_, _>>().unwrap();
+        assert_eq!(back, events);
+        // An entry of one event — as written before steps were grouped — reads the same way.
+        let single = postcard::to_stdvec(&events[0]).unwrap();
+        let back: Vec<(u32, String)> = step_events(&single).collect::<Result<_, _>>().unwrap();
+        assert_eq!(back, events[..1]);
+        // A truncated entry is an error, not fewer events.
+        let cut = &entry[..entry.len() - 5];
+        let read: Vec<Result<(u32, String), String>> = step_events(cut).collect();
+        assert!(read.last().is_some_and(Result::is_err), "{read:?}");
+        assert_eq!(step_events::<(u32, String)>(&[]).count(), 0);
     }
 }

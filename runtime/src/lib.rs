@@ -42,7 +42,7 @@ pub mod topology;
 pub mod transport;
 
 pub use clock::{Clock, SystemClock};
-pub use host::{Crash, Host, Inspect, Query, Submit};
+pub use host::{step_entry, step_events, Crash, Host, Inspect, Query, Submit};
 pub use journal::{
     AppendFault, Journal, JournalError, JournalFaultHook, JournalStats, MemoryJournal,
 };
