@@ -512,7 +512,7 @@ impl<S: StateMachine> Handler<Deliver> for Host<S> {
 
     fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
         let network = self.node.network().clone();
-        let envelope = match Envelope::decode(&msg.0) {
+        let envelope = match msg.into_envelope() {
             Ok(envelope) => envelope,
             Err(_) => {
                 network.handled(self.address, Some("decode"));

@@ -136,7 +136,9 @@ impl Handler<Deliver> for Sink {
     type Result = ();
 
     fn handle(&mut self, msg: Deliver, _: &mut Self::Context) {
-        let envelope = Envelope::decode(&msg.0).expect("the transport carries envelopes intact");
+        let envelope = msg
+            .into_envelope()
+            .expect("the transport carries envelopes intact");
         assert_eq!(envelope.to, self.address, "delivered to the right mailbox");
         self.network.handled(self.address, None);
         let _ = self.tx.send(envelope);

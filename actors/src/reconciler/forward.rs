@@ -291,8 +291,8 @@ impl LedgerInbox {
         stats
     }
 
-    fn take(&mut self, bytes: &[u8]) -> Option<&'static str> {
-        let envelope = match Envelope::decode(bytes) {
+    fn take(&mut self, delivered: Deliver) -> Option<&'static str> {
+        let envelope = match delivered.into_envelope() {
             Ok(e) => e,
             Err(_) => return Some("decode"),
         };
@@ -333,7 +333,7 @@ impl actix::Handler<Deliver> for LedgerInbox {
     type Result = ();
 
     fn handle(&mut self, msg: Deliver, _ctx: &mut actix::Context<Self>) {
-        let rejected = self.take(&msg.0);
+        let rejected = self.take(msg);
         if rejected.is_some() {
             self.stats.rejected.fetch_add(1, Ordering::Relaxed);
         }
