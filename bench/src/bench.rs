@@ -188,6 +188,10 @@ async fn run_async(profile: &Profile, options: &Options) -> Result<BenchReport, 
             let stats = driver.run(&spec).await;
             search.observe(judge(&stats, &profile.peak, profile.p99_bound_ms));
             runs.push(stats);
+            // Each step starts from a settled cluster: an overloaded step leaves retries and
+            // redeliveries behind, which would otherwise count against the next one.
+            driver.progress().stage("settling");
+            cluster.quiesce(QUIESCE_TIMEOUT).await;
         }
         let outcome = search.outcome();
         let sustainable = outcome.sustainable_per_s;
@@ -205,6 +209,7 @@ async fn run_async(profile: &Profile, options: &Options) -> Result<BenchReport, 
             &confirm,
         );
         if let Some(rate) = sustainable {
+            cluster.quiesce(QUIESCE_TIMEOUT).await;
             let label = format!("half peak {:.0}/s", rate / 2.0);
             driver.progress().stage(label.clone());
             let spec = RunSpec {

@@ -296,7 +296,11 @@ impl Network {
     /// bytes to the fault hook for delivery.
     pub fn send(&self, mut envelope: Envelope) {
         envelope.message_id = self.inner.next_message_id.fetch_add(1, Ordering::Relaxed);
-        if envelope.trace.is_none() && envelope.saga_id != SagaId::NONE {
+        let hook = self.inner.fault.read().clone();
+        let in_process = hook.passes_everything() && self.inner.remote.read().is_none();
+        // The receiver of an in-process delivery traces nothing when this process does not.
+        let traced = !in_process || crate::telemetry::tracing_enabled();
+        if traced && envelope.trace.is_none() && envelope.saga_id != SagaId::NONE {
             envelope.trace = Some(TraceContext {
                 traceparent: traceparent(envelope.saga_id, envelope.message_id),
                 tracestate: String::new(),
@@ -304,8 +308,7 @@ impl Network {
         }
         self.inner.counters.sent.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("specie_envelopes_total", "direction" => "sent").increment(1);
-        let hook = self.inner.fault.read().clone();
-        if hook.passes_everything() && self.inner.remote.read().is_none() {
+        if in_process {
             // Every actor is in this process and nothing is injected: hand the envelope over.
             let to = envelope.to;
             self.deliver(to, Deliver::Envelope(Box::new(envelope)));
