@@ -9,7 +9,10 @@
 //!
 //! On-disk format (version [`FORMAT_VERSION`]): table `entries` maps
 //! `actor kind (1 byte) ‖ actor id (8 bytes BE) ‖ sequence (8 bytes BE) ‖ index (4 bytes BE)`
-//! to the entry bytes, so one actor's entries are a contiguous, ordered range; table `meta`
+//! to the entry bytes, so one actor's entries are a contiguous, ordered range — except that an
+//! actor's several entries of one group commit are stored as one group record (index
+//! `u32::MAX`, each entry framed by a 4-byte big-endian length), one insert instead of many;
+//! table `meta`
 //! holds the format version, the identity of the node that owns the file, the last sequence
 //! number, and whatever the cluster layer stores (config, seed); table `snapshots` maps an
 //! actor's 9-byte prefix to its latest snapshot, written in the same transaction that deletes
@@ -22,6 +25,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use redb::{Database, ReadOnlyDatabase, ReadableDatabase, ReadableTable, TableDefinition};
 use specie_protocol::Address;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
@@ -363,10 +367,46 @@ fn load_actor(
         .range(&start[..]..=&end[..])
         .map_err(|e| open_error(path, e))?
     {
-        let (_, value) = item.map_err(|e| open_error(path, e))?;
-        out.push(Bytes::copy_from_slice(value.value()));
+        let (key, value) = item.map_err(|e| open_error(path, e))?;
+        if key.value().ends_with(&GROUP_INDEX.to_be_bytes()) {
+            unframe(value.value(), &mut out).map_err(|why| {
+                open_error(path, format!("corrupt group record of {actor}: {why}"))
+            })?;
+        } else {
+            out.push(Bytes::copy_from_slice(value.value()));
+        }
     }
     Ok(out)
+}
+
+/// The index in the key of a group record: several entries of one actor from one commit.
+const GROUP_INDEX: u32 = u32::MAX;
+
+/// Entries framed into one group record: each as a 4-byte big-endian length and its bytes.
+fn frame(entries: &[&Bytes]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(entries.iter().map(|e| e.len() + 4).sum());
+    for entry in entries {
+        let len = u32::try_from(entry.len()).expect("an entry is far below 4 GiB");
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(entry);
+    }
+    out
+}
+
+/// The entries of a group record, appended to `out` in order.
+fn unframe(mut record: &[u8], out: &mut Vec<Bytes>) -> Result<(), String> {
+    while !record.is_empty() {
+        let Some((len, rest)) = record.split_first_chunk::<4>() else {
+            return Err("a length cut short".into());
+        };
+        let len = u32::from_be_bytes(*len) as usize;
+        if rest.len() < len {
+            return Err(format!("an entry of {len} bytes with {} left", rest.len()));
+        }
+        out.push(Bytes::copy_from_slice(&rest[..len]));
+        record = &rest[len..];
+    }
+    Ok(())
 }
 
 fn load_snapshot(
@@ -471,21 +511,40 @@ fn write_loop(
             {
                 let mut table = txn.open_table(ENTRIES).map_err(|e| e.to_string())?;
                 let mut snapshots = txn.open_table(SNAPSHOTS).map_err(|e| e.to_string())?;
-                // Entries go in in key order (actor, then sequence): neighbouring inserts land
-                // in the same B-tree pages, which the write then finds in its cache. Snapshots
-                // follow, in queue order; the result is the same as applying the items one by
-                // one, because a snapshot only deletes its actor's entries up to the sequence
-                // number it covers, all of which were appended before it.
-                let mut keyed: Vec<([u8; 21], &Bytes)> = Vec::with_capacity(count);
+                // One record per actor per commit: an actor's single entry as it is, several
+                // framed into one group record under the first one's sequence number (one
+                // B-tree insert instead of one each), cut where a snapshot of the actor comes
+                // in between. Records go in in key order (actor, then sequence): neighbouring
+                // inserts land in the same B-tree pages. Snapshots follow, in queue order; the
+                // result is the same as applying the items one by one, because a snapshot
+                // only deletes its actor's records up to the sequence number it covers, and
+                // covers every entry the actor appended before it.
+                let mut groups: Vec<(Address, u64, Vec<&Bytes>)> = Vec::with_capacity(batch.len());
+                let mut open: HashMap<Address, usize> = HashMap::new();
                 for item in &batch {
-                    for (i, entry) in item.entries.iter().enumerate() {
-                        keyed.push((entry_key(item.actor, item.seq, i as u32), entry));
+                    if item.snapshot.is_some() {
+                        open.remove(&item.actor);
                     }
+                    if item.entries.is_empty() {
+                        continue;
+                    }
+                    let at = *open.entry(item.actor).or_insert_with(|| {
+                        groups.push((item.actor, item.seq, Vec::new()));
+                        groups.len() - 1
+                    });
+                    groups[at].2.extend(item.entries.iter());
                 }
-                keyed.sort_unstable_by_key(|(key, _)| *key);
-                for (key, entry) in &keyed {
+                let mut records: Vec<([u8; 21], Vec<u8>)> = groups
+                    .into_iter()
+                    .map(|(actor, seq, entries)| match entries[..] {
+                        [single] => (entry_key(actor, seq, 0), single.to_vec()),
+                        _ => (entry_key(actor, seq, GROUP_INDEX), frame(&entries)),
+                    })
+                    .collect();
+                records.sort_unstable_by_key(|(key, _)| *key);
+                for (key, record) in &records {
                     table
-                        .insert(&key[..], entry.as_ref())
+                        .insert(&key[..], record.as_slice())
                         .map_err(|e| e.to_string())?;
                 }
                 for item in &batch {

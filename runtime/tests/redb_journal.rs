@@ -435,3 +435,54 @@ fn read_only_opening_never_writes_even_to_a_file_left_unclean() {
     );
     assert_eq!(journal.load(Address::CentralBank).expect("load").len(), 100);
 }
+
+/// An actor's entries of one group commit are stored as one record; a snapshot in between cuts
+/// the record, so what the snapshot covers goes and what came after it stays, after a reopen
+/// too.
+#[test]
+fn entries_grouped_in_one_commit_reload_one_by_one_and_a_snapshot_between_them_cuts_the_group() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("journal.redb");
+    let held = JournalSettings {
+        // Everything appended within half a second shares one commit.
+        batch_wait_us: 500_000,
+        ..settings()
+    };
+    let wallet = Address::Wallet(WalletId(3));
+    let other = Address::Wallet(WalletId(4));
+    {
+        let journal = RedbJournal::open(&path, b"node", held).expect("create journal");
+        journal.append(wallet, vec![entry(0, 0)]).expect("append");
+        journal.append(other, vec![entry(9, 0)]).expect("append");
+        let covered = journal
+            .append(wallet, vec![entry(0, 1), entry(0, 2)])
+            .expect("append");
+        journal
+            .snapshot(wallet, Bytes::from_static(b"state after entry 2"), covered)
+            .expect("snapshot");
+        journal.append(wallet, vec![entry(0, 3)]).expect("append");
+        let last = journal.append(wallet, vec![entry(0, 4)]).expect("append");
+        journal.append(other, vec![entry(9, 1)]).expect("append");
+        block_on(journal.wait_durable(last + 1)).expect("durable");
+        assert_eq!(journal.stats().batches, 1, "one group commit");
+        assert_eq!(
+            journal.load(wallet).expect("load"),
+            vec![entry(0, 3), entry(0, 4)]
+        );
+        journal.close();
+    }
+    let journal = RedbJournal::open(&path, b"node", settings()).expect("reopen");
+    assert_eq!(
+        journal.load(wallet).expect("load"),
+        vec![entry(0, 3), entry(0, 4)],
+        "the covered entries went with the snapshot, the later ones stayed"
+    );
+    assert_eq!(
+        journal.load_snapshot(wallet).expect("snapshot"),
+        Some(Bytes::from_static(b"state after entry 2"))
+    );
+    assert_eq!(
+        journal.load(other).expect("load"),
+        vec![entry(9, 0), entry(9, 1)]
+    );
+}
