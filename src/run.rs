@@ -565,8 +565,16 @@ async fn drive(
     if progress {
         eprint!("\r\x1b[2K");
     }
-    let quiet = cluster.quiesce(Duration::from_secs(30)).await;
-    let audit = cluster.audit().await?;
+    let mut quiet = cluster.quiesce(Duration::from_secs(30)).await;
+    let mut audit = cluster.audit().await?;
+    // Work recovered from a data directory — coins whose acknowledgement was not recorded
+    // before the last stop — is redelivered by timers, between which the network can look
+    // idle: give it until the drain deadline before judging.
+    while durable && audit.in_flight > 0 && Instant::now() < drain_deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        quiet = cluster.quiesce(Duration::from_secs(30)).await;
+        audit = cluster.audit().await?;
+    }
     // After the audit, which wants a quiet network: reconciling exchanges messages too. Every
     // committed step's records are published by now (the cluster is quiet), so every batch
     // can be closed.

@@ -1493,6 +1493,9 @@ impl Institution {
             .take(REDELIVERY_BATCH_MAX)
             .map(|(id, _)| *id)
             .collect();
+        // A full batch leaves more due: come back soon rather than after the long interval
+        // (after a restart every coin whose acknowledgement was not yet recorded is due).
+        let backlog = resend.len() == REDELIVERY_BATCH_MAX;
         for id in resend {
             let coin = &self.register[&id].coin;
             let Some(wallet) = self.wallet_of_key.get(&coin.body.owner) else {
@@ -1507,10 +1510,12 @@ impl Institution {
             );
             out.send(envelope);
         }
-        out.timer(
-            self.limits.retry_interval_max_ms,
-            InstitutionTimer::Redeliver,
-        );
+        let next = if backlog {
+            self.limits.retry_interval_ms
+        } else {
+            self.limits.retry_interval_max_ms
+        };
+        out.timer(next, InstitutionTimer::Redeliver);
     }
 
     fn on_balance_query(&mut self, from: Address, saga: SagaId, amount: Amount, out: &mut Out) {
@@ -1855,10 +1860,14 @@ impl StateMachine for Institution {
 
     fn on_start(&mut self, now_ms: u64, out: &mut Out) {
         self.wake_escrows(out);
-        out.timer(
-            self.limits.retry_interval_max_ms,
-            InstitutionTimer::Redeliver,
-        );
+        // Coins recovered as undelivered (their acknowledgements not recorded before the
+        // stop) go out again soon, not after the long interval.
+        let first = if self.undelivered.is_empty() {
+            self.limits.retry_interval_max_ms
+        } else {
+            self.limits.retry_interval_ms
+        };
+        out.timer(first, InstitutionTimer::Redeliver);
         // Re-drive everything in flight from its last persisted step, in saga order so that
         // a deterministic simulation arms the same timers in the same order every time.
         let mut pays: Vec<_> = self.pays.iter().collect();

@@ -1739,12 +1739,16 @@ fn replaying_the_journal_rebuilds_the_same_state() {
     let mut out = Out::default();
     recovered.inst.on_start(NOW_MS, &mut out);
     recovered.inst.seal(&mut out.sends);
-    // Two sagas to re-drive, and the periodic redelivery of unacknowledged coins.
+    // Two sagas to re-drive, and the redelivery of unacknowledged coins — soon, since the
+    // payee's coin of saga 6 is recovered as undelivered.
     assert_eq!(out.timers.len(), 3, "{:?}", out.timers);
+    assert!(
+        recovered.inst.snapshot().coins_in_delivery > 0,
+        "a coin awaits its acknowledgement"
+    );
     assert!(out
         .timers
-        .iter()
-        .any(|(_, t)| *t == InstitutionTimer::Redeliver));
+        .contains(&(limits().retry_interval_ms, InstitutionTimer::Redeliver)));
     for id in [saga(3), saga(6)] {
         assert!(out.timers.contains(&(
             0,
