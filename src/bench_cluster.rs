@@ -23,7 +23,9 @@ use specie_bench::arrival::PoissonArrivals;
 use specie_bench::driver::{RunSpec, Tracker};
 use specie_bench::floor::{self, floor_ratio, CryptoFloor};
 use specie_bench::histogram::round3;
+use specie_bench::peak::{judge, PeakOutcome, PeakSearch, Stage};
 use specie_bench::profile::{LoopMode, Profile, DURATION_S_MAX, RATE_PER_S_MAX};
+use specie_bench::report::{half_peak_json, half_peak_text, peak_json, peak_text, HalfPeak};
 use specie_bench::stats::{reasons_json, RunStats};
 use specie_bench::workload::{Planned, Workload};
 use specie_bench::{plot, sys};
@@ -139,6 +141,114 @@ async fn submit(
     }
 }
 
+/// What the peak finder drove against the cluster.
+struct Searched {
+    outcome: PeakOutcome,
+    /// One run per step, in step order.
+    runs: Vec<RunStats>,
+    /// The run at half the sustainable peak.
+    half: Option<HalfPeak>,
+    sent_by_node: Vec<u64>,
+    errors: Vec<String>,
+}
+
+impl Searched {
+    /// The headline run: the confirmation repeats at the sustainable peak, combined.
+    fn main(&self) -> Driven {
+        let sustainable = self.outcome.sustainable_per_s;
+        let confirm: Vec<&RunStats> = self
+            .runs
+            .iter()
+            .zip(&self.outcome.steps)
+            .filter(|(_, s)| s.stage == Stage::Confirm && Some(s.rate_per_s) == sustainable)
+            .map(|(r, _)| r)
+            .collect();
+        let label = match sustainable {
+            Some(r) => format!("sustainable peak {r:.0}/s ({} repeats)", confirm.len()),
+            None => "no sustainable rate confirmed".into(),
+        };
+        Driven {
+            stats: RunStats::combine(label, &confirm),
+            sent_by_node: self.sent_by_node.clone(),
+            errors: self.errors.clone(),
+        }
+    }
+}
+
+/// How long the cluster is left alone between the peak finder's steps, so that an overloaded
+/// step's retries and redeliveries do not count against the next one.
+const STEP_SETTLE: Duration = Duration::from_secs(2);
+
+/// The peak finder against a node cluster: the same search as in process (ramp, refine,
+/// confirm at −5% and +5%, repeats), each step an open-loop run through the ingress, then a
+/// run at half the sustainable peak.
+async fn find_peak(
+    ingress: &[gi::IngressClient<Channel>],
+    file: &ClusterFile,
+    tracker: &mut Tracker,
+    base: &RunSpec,
+    profile: &Profile,
+    run_tag: &str,
+) -> Searched {
+    let mut search = PeakSearch::new(profile.peak.clone());
+    let mut runs = Vec::new();
+    let mut sent_by_node = vec![0u64; file.nodes.len()];
+    let mut errors = Vec::new();
+    let mut take = |d: Driven, runs: &mut Vec<RunStats>| {
+        for (total, sent) in sent_by_node.iter_mut().zip(&d.sent_by_node) {
+            *total += sent;
+        }
+        errors.extend(d.errors);
+        runs.push(d.stats);
+    };
+    let mut n = 0u64;
+    while let Some((stage, rate)) = search.next() {
+        n += 1;
+        let spec = RunSpec {
+            label: format!("{} {rate:.0}/s", stage.name()),
+            rate_per_s: rate,
+            warmup: Duration::ZERO,
+            seed: profile.seed.wrapping_add(n),
+            ..base.clone()
+        };
+        eprintln!("specie bench: step {n}: {}", spec.label);
+        let d = drive(ingress, file, tracker, &spec, &format!("{run_tag}-{n}")).await;
+        search.observe(judge(&d.stats, &profile.peak, profile.p99_bound_ms));
+        take(d, &mut runs);
+        tokio::time::sleep(STEP_SETTLE).await;
+    }
+    let outcome = search.outcome();
+    let half = match outcome.sustainable_per_s {
+        Some(rate) => {
+            let spec = RunSpec {
+                label: format!("half peak {:.0}/s", rate / 2.0),
+                rate_per_s: rate / 2.0,
+                warmup: Duration::ZERO,
+                seed: profile.seed.wrapping_add(10_000),
+                ..base.clone()
+            };
+            eprintln!("specie bench: {}", spec.label);
+            let d = drive(ingress, file, tracker, &spec, &format!("{run_tag}-half")).await;
+            let stats = d.stats.clone();
+            let mut spare = Vec::new();
+            take(d, &mut spare);
+            Some(HalfPeak {
+                rate_per_s: rate / 2.0,
+                p99_bound_ms: profile.p99_bound_ms,
+                stats,
+            })
+        }
+        None => None,
+    };
+    Searched {
+        outcome,
+        runs,
+        half,
+        sent_by_node,
+        errors,
+    }
+}
+
 /// What the driven run produced.
 struct Driven {
     stats: RunStats,
@@ -150,7 +260,7 @@ struct Driven {
 async fn drive(
     ingress: &[gi::IngressClient<Channel>],
     file: &ClusterFile,
-    mut tracker: Tracker,
+    tracker: &mut Tracker,
     spec: &RunSpec,
     run_tag: &str,
 ) -> Driven {
@@ -211,7 +321,7 @@ async fn drive(
             Some(done) = rx.recv() => {
                 in_flight -= 1;
                 tracker.roll(done.at);
-                settle(&mut tracker, done, &mut errors);
+                settle(tracker, done, &mut errors);
             }
         }
     }
@@ -224,7 +334,7 @@ async fn drive(
         match tokio::time::timeout_at(drain_until.into(), rx.recv()).await {
             Ok(Some(done)) => {
                 in_flight -= 1;
-                settle(&mut tracker, done, &mut errors);
+                settle(tracker, done, &mut errors);
             }
             _ => break,
         }
@@ -264,18 +374,22 @@ fn audit_cluster(cluster: &Path) -> Result<Audited> {
 
 /// Runs `specie bench --cluster FILE`; returns whether the bench passed.
 pub fn run(args: &BenchArgs, cluster: &Path) -> Result<bool> {
-    if args.find_peak {
+    let profile = Profile::load(&args.profile)?;
+    if profile.mode == LoopMode::Closed && args.rate.is_none() && !args.find_peak {
         bail!(
-            "--find-peak --cluster {}: peak finding runs against the in-process cluster only; against a node cluster give a fixed --rate R",
-            cluster.display()
+            "{}: a closed loop (mode = \"closed\") does not run against a node cluster; give --rate R or --find-peak",
+            profile.origin
         );
     }
-    let profile = Profile::load(&args.profile)?;
     let rate = args.rate.unwrap_or(profile.rate_per_s);
     if !(rate.is_finite() && rate > 0.0 && rate <= RATE_PER_S_MAX) {
         bail!("--rate must be a positive number of operations per second, got {rate}");
     }
-    let duration_s = args.duration.unwrap_or(profile.duration_s);
+    let duration_s = args.duration.unwrap_or(if args.find_peak {
+        profile.peak.step_s
+    } else {
+        profile.duration_s
+    });
     if !(duration_s.is_finite() && duration_s > 0.0 && duration_s <= DURATION_S_MAX) {
         bail!("--duration must be a positive number of seconds, got {duration_s}");
     }
@@ -384,15 +498,28 @@ pub fn run(args: &BenchArgs, cluster: &Path) -> Result<bool> {
         }
         let genesis_s = genesis.elapsed().as_secs_f64();
         let rss_ready = nodes_kib(&procs, "VmRSS");
-        let tracker = Tracker::new(workload, bench_start);
-        let driven = drive(&ingress, &file, tracker, &spec, &run_tag).await;
+        let mut tracker = Tracker::new(workload, bench_start);
+        let searched = if args.find_peak {
+            Some(find_peak(&ingress, &file, &mut tracker, &spec, &profile, &run_tag).await)
+        } else {
+            None
+        };
+        let driven = match &searched {
+            Some(s) => s.main(),
+            None => drive(&ingress, &file, &mut tracker, &spec, &run_tag).await,
+        };
         let peak_rss = nodes_kib(&procs, "VmHWM");
-        anyhow::Ok((driven, genesis_s, rss_ready, peak_rss))
+        anyhow::Ok((driven, searched, genesis_s, rss_ready, peak_rss))
     });
     let mut problems = Vec::new();
     // Stop the nodes this bench started, whatever happened.
     let shutdown = procs.lock().as_mut().map(Procs::terminate_all);
-    let (driven, genesis_s, rss_ready, peak_rss) = driven?;
+    let (driven, searched, genesis_s, rss_ready, peak_rss) = driven?;
+    if let Some(s) = &searched {
+        if s.outcome.sustainable_per_s.is_none() {
+            problems.push("the peak finder confirmed no sustainable rate".into());
+        }
+    }
     let mut shutdown_json = serde_json::Map::new();
     for (id, status) in shutdown.iter().flatten() {
         let text = match status {
@@ -467,6 +594,8 @@ pub fn run(args: &BenchArgs, cluster: &Path) -> Result<bool> {
         rss_ready_bytes: rss_ready,
         shutdown: Value::Object(shutdown_json),
         audited: audited.as_ref(),
+        searched: searched.as_ref(),
+        p99_bound_ms: profile.p99_bound_ms,
         problems: &problems,
         ok,
         wall_s: bench_start.elapsed().as_secs_f64(),
@@ -505,6 +634,8 @@ struct ClusterReport<'a> {
     rss_ready_bytes: Option<u64>,
     shutdown: Value,
     audited: Option<&'a Audited>,
+    searched: Option<&'a Searched>,
+    p99_bound_ms: f64,
     problems: &'a [String],
     ok: bool,
     wall_s: f64,
@@ -539,11 +670,11 @@ impl ClusterReport<'_> {
             .map(|(n, c)| (n.clone(), json!(c)))
             .collect();
         let intervals: Vec<Value> = m.intervals.iter().map(|i| i.to_json()).collect();
-        json!({
+        let mut doc = json!({
             "ok": self.ok,
             "profile": self.profile.name,
             "description": self.profile.description,
-            "mode": "open_loop",
+            "mode": if self.searched.is_some() { "find_peak" } else { "open_loop" },
             "cluster": self.cluster.display().to_string(),
             "nodes": self.nodes,
             "attach": self.attach,
@@ -581,7 +712,16 @@ impl ClusterReport<'_> {
             "audit": audit,
             "problems": self.problems,
             "wall_s": round3(self.wall_s),
-        })
+        });
+        doc["peak"] =
+            json!(self
+                .searched
+                .map(|s| peak_json(&s.outcome, &s.runs, self.p99_bound_ms)));
+        doc["at_half_peak"] = json!(self
+            .searched
+            .and_then(|s| s.half.as_ref())
+            .map(half_peak_json));
+        doc
     }
 
     fn text(&self) -> String {
@@ -602,6 +742,9 @@ impl ClusterReport<'_> {
         if !self.attach {
             let _ = writeln!(s, "  genesis       {:.2} s (nodes ready)", self.genesis_s);
         }
+        if let Some(searched) = self.searched {
+            peak_text(&mut s, &searched.outcome, &searched.runs, self.p99_bound_ms);
+        }
         let _ = writeln!(
             s,
             "  measured      {} — {:.2} s, each payment sent to its payer's node",
@@ -620,6 +763,9 @@ impl ClusterReport<'_> {
             "  latency       p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms",
             l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms
         );
+        if let Some(h) = self.searched.and_then(|s| s.half.as_ref()) {
+            half_peak_text(&mut s, h);
+        }
         for (kind, t) in &m.by_kind {
             let _ = writeln!(
                 s,

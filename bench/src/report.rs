@@ -37,6 +37,89 @@ pub struct HalfPeak {
     pub stats: RunStats,
 }
 
+/// The peak finder's steps (each with its run) and result, as the JSON report's `peak`.
+pub fn peak_json(o: &PeakOutcome, runs: &[RunStats], p99_bound_ms: f64) -> Value {
+    json!({
+        "candidate_per_s": o.candidate_per_s.map(round3),
+        "sustainable_per_s": o.sustainable_per_s.map(round3),
+        "p99_bound_ms": p99_bound_ms,
+        "steps": o.steps.iter().zip(runs).map(|(s, r)| {
+            let mut v = r.summary_json();
+            v["stage"] = json!(s.stage.name());
+            v["pass"] = json!(s.verdict.pass);
+            v["why"] = json!(s.verdict.why);
+            v
+        }).collect::<Vec<_>>(),
+    })
+}
+
+/// The run at half the peak, as the JSON report's `at_half_peak`.
+pub fn half_peak_json(h: &HalfPeak) -> Value {
+    json!({
+        "rate_per_s": round3(h.rate_per_s),
+        "throughput_per_s": round3(h.stats.throughput_per_s()),
+        "latency_ms": h.stats.all.latency.summary().to_json(),
+        "p99_ms": round3(h.stats.all.latency.quantile_ms(0.99)),
+        "p99_within_bound": h.stats.all.latency.quantile_ms(0.99) <= h.p99_bound_ms,
+    })
+}
+
+/// The peak finder's lines of the terminal report.
+pub fn peak_text(s: &mut String, o: &PeakOutcome, runs: &[RunStats], p99_bound_ms: f64) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        s,
+        "  peak search   {} steps (p99 bound {} ms)",
+        o.steps.len(),
+        p99_bound_ms
+    );
+    for (step, run) in o.steps.iter().zip(runs) {
+        let _ = writeln!(
+            s,
+            "    {:<8} offered {:>8.0}/s  achieved {:>8.0}/s  p99 {:>8.2} ms  {}",
+            step.stage.name(),
+            run.offered_per_s(),
+            run.achieved_per_s(),
+            run.all.latency.quantile_ms(0.99),
+            if step.verdict.pass {
+                "pass".to_string()
+            } else {
+                format!("fail: {}", step.verdict.why.join("; "))
+            }
+        );
+    }
+    match o.sustainable_per_s {
+        Some(r) => {
+            let _ = writeln!(
+                s,
+                "  sustainable   {r:.0}/s offered (candidate {:.0}/s)",
+                o.candidate_per_s.unwrap_or(0.0)
+            );
+        }
+        None => {
+            let _ = writeln!(s, "  sustainable   none confirmed");
+        }
+    }
+}
+
+/// The half-peak line of the terminal report.
+pub fn half_peak_text(s: &mut String, h: &HalfPeak) {
+    use std::fmt::Write as _;
+    let p99 = h.stats.all.latency.quantile_ms(0.99);
+    let _ = writeln!(
+        s,
+        "  half peak     {:.0}/s: p99 {:.2} ms ({} the {} ms bound)",
+        h.rate_per_s,
+        p99,
+        if p99 <= h.p99_bound_ms {
+            "within"
+        } else {
+            "above"
+        },
+        h.p99_bound_ms
+    );
+}
+
 /// Everything a bench measured.
 #[derive(Debug, Clone)]
 pub struct BenchReport {
@@ -235,25 +318,8 @@ impl BenchReport {
                 "per_thread_per_cpu_s": f.per_thread_per_cpu_s.iter().map(|v| round3(*v)).collect::<Vec<_>>(),
             })),
             "floor_ratio": self.floor_ratio().map(|r| (r * 10_000.0).round() / 10_000.0),
-            "peak": self.peak.as_ref().map(|o| json!({
-                "candidate_per_s": o.candidate_per_s.map(round3),
-                "sustainable_per_s": o.sustainable_per_s.map(round3),
-                "p99_bound_ms": self.p99_bound_ms,
-                "steps": o.steps.iter().zip(&self.runs).map(|(s, r)| {
-                    let mut v = r.summary_json();
-                    v["stage"] = json!(s.stage.name());
-                    v["pass"] = json!(s.verdict.pass);
-                    v["why"] = json!(s.verdict.why);
-                    v
-                }).collect::<Vec<_>>(),
-            })),
-            "at_half_peak": self.half_peak.as_ref().map(|h| json!({
-                "rate_per_s": round3(h.rate_per_s),
-                "throughput_per_s": round3(h.stats.throughput_per_s()),
-                "latency_ms": h.stats.all.latency.summary().to_json(),
-                "p99_ms": round3(h.stats.all.latency.quantile_ms(0.99)),
-                "p99_within_bound": h.stats.all.latency.quantile_ms(0.99) <= h.p99_bound_ms,
-            })),
+            "peak": self.peak.as_ref().map(|o| peak_json(o, &self.runs, self.p99_bound_ms)),
+            "at_half_peak": self.half_peak.as_ref().map(half_peak_json),
             "intervals": main.intervals.iter().map(|i| i.to_json()).collect::<Vec<_>>(),
             "journal": journal_json(&self.journal),
             "journal_workload": journal_json(&workload_journal),
@@ -291,39 +357,7 @@ impl BenchReport {
         );
         let _ = writeln!(s, "  genesis       {:.2} s", self.genesis_s);
         if let Some(o) = &self.peak {
-            let _ = writeln!(
-                s,
-                "  peak search   {} steps (p99 bound {} ms)",
-                o.steps.len(),
-                self.p99_bound_ms
-            );
-            for (step, run) in o.steps.iter().zip(&self.runs) {
-                let _ = writeln!(
-                    s,
-                    "    {:<8} offered {:>8.0}/s  achieved {:>8.0}/s  p99 {:>8.2} ms  {}",
-                    step.stage.name(),
-                    run.offered_per_s(),
-                    run.achieved_per_s(),
-                    run.all.latency.quantile_ms(0.99),
-                    if step.verdict.pass {
-                        "pass".to_string()
-                    } else {
-                        format!("fail: {}", step.verdict.why.join("; "))
-                    }
-                );
-            }
-            match o.sustainable_per_s {
-                Some(r) => {
-                    let _ = writeln!(
-                        s,
-                        "  sustainable   {r:.0}/s offered (candidate {:.0}/s)",
-                        o.candidate_per_s.unwrap_or(0.0)
-                    );
-                }
-                None => {
-                    let _ = writeln!(s, "  sustainable   none confirmed");
-                }
-            }
+            peak_text(&mut s, o, &self.runs, self.p99_bound_ms);
         }
         let _ = writeln!(s, "  measured      {} — {:.2} s", m.label, m.duration_s);
         let _ = writeln!(
@@ -361,19 +395,7 @@ impl BenchReport {
             let _ = writeln!(s, "  aborted by    {}", reasons.join(", "));
         }
         if let Some(h) = &self.half_peak {
-            let p99 = h.stats.all.latency.quantile_ms(0.99);
-            let _ = writeln!(
-                s,
-                "  half peak     {:.0}/s: p99 {:.2} ms ({} the {} ms bound)",
-                h.rate_per_s,
-                p99,
-                if p99 <= h.p99_bound_ms {
-                    "within"
-                } else {
-                    "above"
-                },
-                h.p99_bound_ms
-            );
+            half_peak_text(&mut s, h);
         }
         let _ = writeln!(
             s,
