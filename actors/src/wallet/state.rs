@@ -7,6 +7,7 @@
 //! institution, which coordinates, and take the new coin. A merchant starts with a collect
 //! request and the payer answers with the payment.
 
+use crate::compact::SmallMap;
 use crate::reconciler::Movement;
 use serde::{Deserialize, Serialize};
 use specie_protocol::crypto::PublicKey;
@@ -17,7 +18,7 @@ use specie_protocol::{
     PaymentAuthorization, SagaId, SagaKind, SagaState, SignedAuthorization, SoftKeyStore, WalletId,
 };
 use specie_runtime::{Effects, Notice, StateMachine};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 // Escrow pre-payment, wallet update and proximity negotiation: child modules, so that their
@@ -273,14 +274,17 @@ pub struct Wallet {
     keys: Arc<SoftKeyStore>,
     issuers: Arc<HashMap<InstitutionId, PublicKey>>,
     limits: Arc<WalletLimits>,
-    coins: BTreeMap<CoinId, Coin>,
+    /// Coins held. This and the two dedup maps below are [`SmallMap`]s: most wallets hold a
+    /// coin or two, and a million wallets must not pay a tree node or hash table each.
+    coins: SmallMap<CoinId, Coin>,
+    /// Operations in flight (emptied maps give their table back: see `apply`).
     ops: HashMap<SagaId, WalletOp>,
     /// Outcomes of finished operations, so a repeated request is recognised.
-    finished: HashMap<SagaId, (Result<(), AbortReason>, u64)>,
+    finished: SmallMap<SagaId, (Result<(), AbortReason>, u64)>,
     /// Coins spent by committed payments. A coin id is never reissued, so a `CoinIssued` for
     /// one of them is a duplicate delivered late, or one that arrived after the outcome that
     /// spent the coin: it must not bring the spent coin back into the wallet.
-    spent: HashMap<CoinId, u64>,
+    spent: SmallMap<CoinId, u64>,
     /// The time of the step being handled (not state: set at every input).
     now_ms: u64,
     /// When to look for records past their retention next (not state).
@@ -321,10 +325,10 @@ impl Wallet {
             keys,
             issuers,
             limits,
-            coins: BTreeMap::new(),
+            coins: SmallMap::new(),
             ops: HashMap::new(),
-            finished: HashMap::new(),
-            spent: HashMap::new(),
+            finished: SmallMap::new(),
+            spent: SmallMap::new(),
             now_ms: 0,
             next_prune_ms: 0,
             params: specie_protocol::update::WalletParams::shipped(),
@@ -812,6 +816,11 @@ impl StateMachine for Wallet {
                 at_ms,
             } => {
                 self.ops.remove(saga);
+                if self.ops.is_empty() {
+                    // A wallet is idle most of the time: give back the table (four buckets of
+                    // a large enum) rather than keep it for the next operation.
+                    self.ops.shrink_to_fit();
+                }
                 self.finished.insert(*saga, (*result, *at_ms));
                 for id in spent {
                     self.coins.remove(id);
