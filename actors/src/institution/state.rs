@@ -15,6 +15,7 @@
 //! are acknowledged. Every step is keyed by the saga id: a repeated request gets the recorded
 //! answer, a request reusing the id with different content gets `Conflict`.
 
+use crate::compact::SmallSet;
 use crate::reconciler::Movement;
 use serde::{Deserialize, Serialize};
 use specie_protocol::crypto::PublicKey;
@@ -25,7 +26,7 @@ use specie_protocol::{
     SagaKind, SagaState, SignedAuthorization, SoftKeyStore, WalletId,
 };
 use specie_runtime::{Effects, Notice, StateMachine};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 // Escrow pre-payment and the wallet update platform: child modules, so that their rules read
@@ -472,8 +473,10 @@ pub struct Institution {
     limits: Arc<InstitutionLimits>,
     accounts: HashMap<WalletId, Account>,
     register: HashMap<CoinId, CoinRecord>,
-    /// Unspent coins by owner key: the index balance queries and coin selection use.
-    holdings: HashMap<PublicKey, BTreeSet<CoinId>>,
+    /// Unspent coins by owner key: the index balance queries and coin selection use. A
+    /// [`SmallSet`] per key: most owners hold a coin or two (a tree node each would be 370
+    /// bytes per customer).
+    holdings: HashMap<PublicKey, SmallSet<CoinId>>,
     next_nonce: u64,
     participations: HashMap<SagaId, Participation>,
     pays: HashMap<SagaId, PaySaga>,
