@@ -19,7 +19,7 @@ use specie_protocol::{
 };
 use specie_runtime::{Effects, Notice, StateMachine};
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 // Escrow pre-payment, wallet update and proximity negotiation: child modules, so that their
 // steps use the wallet's coins, operations and key store as the pay saga's do.
@@ -267,6 +267,11 @@ pub struct WalletSnapshot {
     pub offline: OfflineSnapshot,
 }
 
+/// The parameters every wallet ships with, shared rather than copied into each of a million
+/// wallets (two small vectors and 80 bytes each).
+static SHIPPED_PARAMS: LazyLock<Arc<specie_protocol::update::WalletParams>> =
+    LazyLock::new(|| Arc::new(specie_protocol::update::WalletParams::shipped()));
+
 /// A wallet's state.
 pub struct Wallet {
     id: WalletId,
@@ -290,7 +295,8 @@ pub struct Wallet {
     /// When to look for records past their retention next (not state).
     next_prune_ms: u64,
     /// The parameters it runs with (versioned by its institution, applied by updates).
-    params: specie_protocol::update::WalletParams,
+    /// Shared: every wallet starts with the same shipped parameters ([`SHIPPED_PARAMS`]).
+    params: Arc<specie_protocol::update::WalletParams>,
     /// The account balance its institution last reported (wallet update).
     account_balance: Option<Amount>,
     /// Features agreed with peers, oldest first (at most [`AGREEMENTS_MAX`]).
@@ -331,7 +337,7 @@ impl Wallet {
             spent: SmallMap::new(),
             now_ms: 0,
             next_prune_ms: 0,
-            params: specie_protocol::update::WalletParams::shipped(),
+            params: SHIPPED_PARAMS.clone(),
             account_balance: None,
             agreements: VecDeque::new(),
             sagas: sagas::WalletSagas::default(),
@@ -1103,7 +1109,11 @@ impl StateMachine for Wallet {
     }
 
     fn checkpoint(&self) -> Option<Vec<u8>> {
-        let profile = (&self.params, &self.account_balance, &self.agreements);
+        let profile = (
+            self.params.as_ref(),
+            &self.account_balance,
+            &self.agreements,
+        );
         let checkpoint = (
             &self.coins,
             &self.ops,
@@ -1116,7 +1126,7 @@ impl StateMachine for Wallet {
     }
 
     fn restore(&mut self, bytes: &[u8]) -> Result<(), String> {
-        let (profile, sagas);
+        let (profile, sagas, params);
         (
             self.coins,
             self.ops,
@@ -1125,7 +1135,8 @@ impl StateMachine for Wallet {
             profile,
             sagas,
         ) = postcard::from_bytes(bytes).map_err(|e| e.to_string())?;
-        (self.params, self.account_balance, self.agreements) = profile;
+        (params, self.account_balance, self.agreements) = profile;
+        self.params = Arc::new(params);
         self.restore_sagas(sagas);
         Ok(())
     }
