@@ -8,6 +8,8 @@
 //!   funding) and gives clients a handle to submit operations, crash actors and take
 //!   snapshots.
 //! - [`blueprint`]: keys, limits and actor factories that follow from a config and a seed.
+//! - [`compact`]: ordered maps and sets that cost little when they hold one or two entries,
+//!   for the per-wallet state a million wallets each keep.
 //! - [`data_dir`]: a node's data directory (manifest and durable journal).
 //! - [`audit`]: checks the money invariants of DESIGN.md §4 over a cluster snapshot.
 //! - `planted` (feature `planted-bugs` only): deliberately wrong behaviours the chaos
@@ -21,6 +23,7 @@ pub mod audit;
 pub mod blueprint;
 pub mod central_bank;
 pub mod cluster;
+pub mod compact;
 pub mod data_dir;
 pub mod escrow;
 pub mod ingress;

@@ -122,10 +122,15 @@ impl JournalFaultHook for NoJournalFaults {
 }
 
 /// A journal in process memory: it survives actor crashes, not process exits.
+///
+/// It holds every entry of every actor until the actor's snapshot covers it, so its layout is
+/// what a node with a million actors pays per actor: each actor's entries are packed into one
+/// buffer ([`PackedLog`]) rather than kept as one `Bytes` (and its allocation) per entry, and
+/// snapshots are copied into allocations of their exact size.
 #[derive(Debug, Default)]
 pub struct MemoryJournal {
-    /// Per actor: entries with their sequence numbers.
-    logs: DashMap<Address, Vec<(u64, Bytes)>>,
+    /// Per actor: entries not covered by its snapshot, with their sequence numbers.
+    logs: DashMap<Address, PackedLog>,
     snapshots: DashMap<Address, Bytes>,
     seq: AtomicU64,
     entries: AtomicU64,
@@ -138,15 +143,116 @@ impl MemoryJournal {
     }
 }
 
+/// Logs up to this size grow to fit each append exactly (most actors write a few entries
+/// between snapshots: a million of them must not carry a doubling's slack each); larger ones
+/// grow by half their size, so appends stay amortized constant time.
+const PACKED_EXACT_GROWTH_BYTES_MAX: usize = 4096;
+
+/// One actor's entries, oldest first, in one buffer: for each entry its sequence number and
+/// its length as LEB128 varints, then its bytes.
+#[derive(Debug, Default)]
+struct PackedLog {
+    buf: Vec<u8>,
+}
+
+impl PackedLog {
+    fn push(&mut self, seq: u64, entry: &[u8]) {
+        let mut header = [0u8; 20];
+        let mut n = put_varint(&mut header, seq);
+        n += put_varint(&mut header[n..], entry.len() as u64);
+        let needed = n + entry.len();
+        if self.buf.capacity() - self.buf.len() < needed {
+            let extra = if self.buf.len() < PACKED_EXACT_GROWTH_BYTES_MAX {
+                needed
+            } else {
+                needed.max(self.buf.len() / 2)
+            };
+            self.buf.reserve_exact(extra);
+        }
+        self.buf.extend_from_slice(&header[..n]);
+        self.buf.extend_from_slice(entry);
+    }
+
+    /// The entries with their sequence numbers, oldest first.
+    fn iter(&self) -> PackedIter<'_> {
+        PackedIter { rest: &self.buf }
+    }
+
+    /// Drops the entries a snapshot covering `covers_seq` replaces, and gives back the room
+    /// they took.
+    fn drop_covered(&mut self, covers_seq: u64) {
+        let mut kept = PackedLog::default();
+        for (seq, entry) in self.iter() {
+            if seq > covers_seq {
+                kept.push(seq, entry);
+            }
+        }
+        kept.buf.shrink_to_fit();
+        *self = kept;
+    }
+}
+
+/// Iterates a [`PackedLog`].
+struct PackedIter<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for PackedIter<'a> {
+    type Item = (u64, &'a [u8]);
+
+    fn next(&mut self) -> Option<(u64, &'a [u8])> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        // The buffer is only ever written by `PackedLog::push`: a truncated or malformed
+        // frame is a bug, not bad input.
+        let (seq, n) = get_varint(self.rest).expect("packed log frames are well formed");
+        let (len, m) = get_varint(&self.rest[n..]).expect("packed log frames are well formed");
+        let start = n + m;
+        let end = start + usize::try_from(len).expect("entry lengths fit usize");
+        assert!(end <= self.rest.len(), "packed log entry within its buffer");
+        let entry = &self.rest[start..end];
+        self.rest = &self.rest[end..];
+        Some((seq, entry))
+    }
+}
+
+/// Writes `value` as a LEB128 varint at the start of `out`; returns the bytes written.
+fn put_varint(out: &mut [u8], mut value: u64) -> usize {
+    let mut i = 0;
+    loop {
+        let byte = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            out[i] = byte;
+            return i + 1;
+        }
+        out[i] = byte | 0x80;
+        i += 1;
+    }
+}
+
+/// Reads a LEB128 varint from the start of `bytes`: the value and the bytes it took.
+fn get_varint(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut value = 0u64;
+    for (i, byte) in bytes.iter().enumerate().take(10) {
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
 impl Journal for MemoryJournal {
     fn append(&self, actor: Address, entries: Vec<Bytes>) -> Result<u64, JournalError> {
         self.entries
             .fetch_add(entries.len() as u64, Ordering::Relaxed);
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        self.logs
-            .entry(actor)
-            .or_default()
-            .extend(entries.into_iter().map(|e| (seq, e)));
+        let mut log = self.logs.entry(actor).or_default();
+        for entry in &entries {
+            log.push(seq, entry);
+        }
         Ok(seq)
     }
 
@@ -157,9 +263,12 @@ impl Journal for MemoryJournal {
         covers_seq: u64,
     ) -> Result<u64, JournalError> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        self.snapshots.insert(actor, checkpoint);
+        // A copy of the exact size: the checkpoint may sit in a larger serialization buffer,
+        // and it is kept until the next snapshot.
+        self.snapshots
+            .insert(actor, Bytes::copy_from_slice(&checkpoint));
         if let Some(mut log) = self.logs.get_mut(&actor) {
-            log.retain(|(s, _)| *s > covers_seq);
+            log.drop_covered(covers_seq);
         }
         Ok(seq)
     }
@@ -180,7 +289,7 @@ impl Journal for MemoryJournal {
         Ok(self
             .logs
             .get(&actor)
-            .map(|log| log.iter().map(|(_, e)| e.clone()).collect())
+            .map(|log| log.iter().map(|(_, e)| Bytes::copy_from_slice(e)).collect())
             .unwrap_or_default())
     }
 
@@ -199,5 +308,69 @@ impl Journal for MemoryJournal {
             fsyncs: 0,
             commit_seconds: 0.0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use specie_protocol::WalletId;
+
+    fn entries(texts: &[&str]) -> Vec<Bytes> {
+        texts.iter().map(|t| Bytes::from(t.to_string())).collect()
+    }
+
+    #[test]
+    fn memory_journal_loads_what_was_appended_in_order() {
+        let journal = MemoryJournal::new();
+        let (a, b) = (Address::Wallet(WalletId(1)), Address::Wallet(WalletId(2)));
+        journal.append(a, entries(&["one", ""])).unwrap();
+        journal.append(b, entries(&["other"])).unwrap();
+        let long = "x".repeat(300);
+        journal.append(a, entries(&[&long, "three"])).unwrap();
+        assert_eq!(
+            journal.load(a).unwrap(),
+            entries(&["one", "", &long, "three"])
+        );
+        assert_eq!(journal.load(b).unwrap(), entries(&["other"]));
+        assert!(journal.load(Address::CentralBank).unwrap().is_empty());
+        assert_eq!(journal.actors().unwrap(), vec![a, b]);
+        assert_eq!(journal.stats().entries, 5);
+    }
+
+    #[test]
+    fn memory_journal_snapshot_drops_only_the_entries_it_covers() {
+        let journal = MemoryJournal::new();
+        let a = Address::Wallet(WalletId(1));
+        journal.append(a, entries(&["one", "two"])).unwrap();
+        let covered = journal.append(a, entries(&["three"])).unwrap();
+        let seq = journal
+            .snapshot(a, Bytes::from_static(b"state"), covered)
+            .unwrap();
+        assert!(seq > covered);
+        journal.append(a, entries(&["four"])).unwrap();
+        assert_eq!(journal.load(a).unwrap(), entries(&["four"]));
+        assert_eq!(
+            journal.load_snapshot(a).unwrap(),
+            Some(Bytes::from_static(b"state"))
+        );
+        assert_eq!(journal.actors().unwrap(), vec![a]);
+    }
+
+    #[test]
+    fn packed_log_frames_round_trip_large_sequence_numbers_and_entries() {
+        let mut log = PackedLog::default();
+        let big = vec![7u8; 70_000];
+        log.push(u64::MAX, b"max");
+        log.push(1 << 35, &big);
+        log.push(0, b"");
+        let read: Vec<(u64, Vec<u8>)> = log.iter().map(|(s, e)| (s, e.to_vec())).collect();
+        assert_eq!(
+            read,
+            vec![(u64::MAX, b"max".to_vec()), (1 << 35, big), (0, Vec::new())]
+        );
+        log.drop_covered(1 << 35);
+        let kept: Vec<u64> = log.iter().map(|(s, _)| s).collect();
+        assert_eq!(kept, vec![u64::MAX]);
     }
 }

@@ -546,19 +546,18 @@ impl Wallet {
                 self.finished.insert(*saga, (Ok(()), *at_ms));
             }
             SagaWalletEvent::Synced { saga, sequence } => {
-                self.sagas
-                    .unsynced
-                    .retain(|t| t.record.sequence > *sequence);
+                // One borrow of the book, so that its fields are borrowed apart.
+                let book = &mut *self.sagas;
+                book.unsynced.retain(|t| t.record.sequence > *sequence);
                 if let Some(SagaOp::Sync {
                     uploaded_to,
                     upload_done,
                     ..
-                }) = self.sagas.ops.get_mut(saga)
+                }) = book.ops.get_mut(saga)
                 {
                     if *sequence >= *uploaded_to {
                         // Whatever remains unsynced (records beyond one message) goes next.
-                        match self
-                            .sagas
+                        match book
                             .unsynced
                             .iter()
                             .take(SYNC_TRANSFERS_MAX)

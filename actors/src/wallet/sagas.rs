@@ -36,6 +36,7 @@ use specie_protocol::{
 };
 use specie_runtime::{Notice, StateMachine};
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::sync::LazyLock;
 
 /// The most double-spend reports a wallet keeps (the oldest are dropped; the count stays).
 pub const DOUBLE_SPEND_REPORTS_MAX: usize = 64;
@@ -124,9 +125,54 @@ pub(in super::super) struct HeldChain {
     redeeming: Option<SagaId>,
 }
 
-/// The wallet's merge, split and offline state.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// The wallet's merge, split and offline state: its [`SagaBook`], allocated only once the
+/// wallet starts one of those operations or takes a chain (most wallets never do, and inline
+/// the book was 184 bytes of every wallet's actor), and the settings from the config.
+///
+/// Reads of an unallocated book see an empty one; the first write allocates it. It
+/// serializes as its book, so snapshots keep their bytes.
+#[derive(Debug, Clone, Default)]
 pub(super) struct WalletSagas {
+    book: Option<Box<SagaBook>>,
+    /// From the config, not journaled (set again by the factory before any replay).
+    settings: OfflineSettings,
+}
+
+/// What an unallocated [`WalletSagas`] reads as.
+static EMPTY_BOOK: LazyLock<SagaBook> = LazyLock::new(SagaBook::default);
+
+impl std::ops::Deref for WalletSagas {
+    type Target = SagaBook;
+
+    fn deref(&self) -> &SagaBook {
+        self.book.as_deref().unwrap_or(&EMPTY_BOOK)
+    }
+}
+
+impl std::ops::DerefMut for WalletSagas {
+    fn deref_mut(&mut self) -> &mut SagaBook {
+        self.book.get_or_insert_with(Box::default)
+    }
+}
+
+impl Serialize for WalletSagas {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        SagaBook::serialize(self, serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for WalletSagas {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(WalletSagas {
+            book: Some(Box::new(SagaBook::deserialize(deserializer)?)),
+            settings: OfflineSettings::default(),
+        })
+    }
+}
+
+/// The journaled part of the wallet's merge, split and offline state.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(super) struct SagaBook {
     ops: BTreeMap<SagaId, SagaOp>,
     /// Chains held, not redeemed yet.
     chains: BTreeMap<ChainId, HeldChain>,
@@ -143,12 +189,9 @@ pub(super) struct WalletSagas {
     double_spends_detected: u64,
     /// The latest double-spend reports, with the redemption they refused.
     reports: VecDeque<(SagaId, DoubleSpend)>,
-    /// From the config, not journaled (set again by the factory before any replay).
-    #[serde(skip)]
-    settings: OfflineSettings,
 }
 
-impl WalletSagas {
+impl SagaBook {
     /// Whether the wallet split this coin offline (a late delivery must not bring it back).
     pub(super) fn spent_offline(&self, coin: &CoinId) -> bool {
         self.spent_offline.contains_key(coin)

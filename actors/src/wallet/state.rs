@@ -7,6 +7,7 @@
 //! institution, which coordinates, and take the new coin. A merchant starts with a collect
 //! request and the payer answers with the payment.
 
+use crate::compact::SmallMap;
 use crate::reconciler::Movement;
 use serde::{Deserialize, Serialize};
 use specie_protocol::crypto::PublicKey;
@@ -17,8 +18,8 @@ use specie_protocol::{
     PaymentAuthorization, SagaId, SagaKind, SagaState, SignedAuthorization, SoftKeyStore, WalletId,
 };
 use specie_runtime::{Effects, Notice, StateMachine};
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, LazyLock};
 
 // Escrow pre-payment, wallet update and proximity negotiation: child modules, so that their
 // steps use the wallet's coins, operations and key store as the pay saga's do.
@@ -266,6 +267,11 @@ pub struct WalletSnapshot {
     pub offline: OfflineSnapshot,
 }
 
+/// The parameters every wallet ships with, shared rather than copied into each of a million
+/// wallets (two small vectors and 80 bytes each).
+static SHIPPED_PARAMS: LazyLock<Arc<specie_protocol::update::WalletParams>> =
+    LazyLock::new(|| Arc::new(specie_protocol::update::WalletParams::shipped()));
+
 /// A wallet's state.
 pub struct Wallet {
     id: WalletId,
@@ -273,20 +279,24 @@ pub struct Wallet {
     keys: Arc<SoftKeyStore>,
     issuers: Arc<HashMap<InstitutionId, PublicKey>>,
     limits: Arc<WalletLimits>,
-    coins: BTreeMap<CoinId, Coin>,
+    /// Coins held. This and the two dedup maps below are [`SmallMap`]s: most wallets hold a
+    /// coin or two, and a million wallets must not pay a tree node or hash table each.
+    coins: SmallMap<CoinId, Coin>,
+    /// Operations in flight (emptied maps give their table back: see `apply`).
     ops: HashMap<SagaId, WalletOp>,
     /// Outcomes of finished operations, so a repeated request is recognised.
-    finished: HashMap<SagaId, (Result<(), AbortReason>, u64)>,
+    finished: SmallMap<SagaId, (Result<(), AbortReason>, u64)>,
     /// Coins spent by committed payments. A coin id is never reissued, so a `CoinIssued` for
     /// one of them is a duplicate delivered late, or one that arrived after the outcome that
     /// spent the coin: it must not bring the spent coin back into the wallet.
-    spent: HashMap<CoinId, u64>,
+    spent: SmallMap<CoinId, u64>,
     /// The time of the step being handled (not state: set at every input).
     now_ms: u64,
     /// When to look for records past their retention next (not state).
     next_prune_ms: u64,
     /// The parameters it runs with (versioned by its institution, applied by updates).
-    params: specie_protocol::update::WalletParams,
+    /// Shared: every wallet starts with the same shipped parameters ([`SHIPPED_PARAMS`]).
+    params: Arc<specie_protocol::update::WalletParams>,
     /// The account balance its institution last reported (wallet update).
     account_balance: Option<Amount>,
     /// Features agreed with peers, oldest first (at most [`AGREEMENTS_MAX`]).
@@ -321,13 +331,13 @@ impl Wallet {
             keys,
             issuers,
             limits,
-            coins: BTreeMap::new(),
+            coins: SmallMap::new(),
             ops: HashMap::new(),
-            finished: HashMap::new(),
-            spent: HashMap::new(),
+            finished: SmallMap::new(),
+            spent: SmallMap::new(),
             now_ms: 0,
             next_prune_ms: 0,
-            params: specie_protocol::update::WalletParams::shipped(),
+            params: SHIPPED_PARAMS.clone(),
             account_balance: None,
             agreements: VecDeque::new(),
             sagas: sagas::WalletSagas::default(),
@@ -814,6 +824,11 @@ impl StateMachine for Wallet {
                 at_ms,
             } => {
                 self.ops.remove(saga);
+                if self.ops.is_empty() {
+                    // A wallet is idle most of the time: give back the table (four buckets of
+                    // a large enum) rather than keep it for the next operation.
+                    self.ops.shrink_to_fit();
+                }
                 self.finished.insert(*saga, (*result, *at_ms));
                 for id in spent {
                     self.coins.remove(id);
@@ -1096,7 +1111,11 @@ impl StateMachine for Wallet {
     }
 
     fn checkpoint(&self) -> Option<Vec<u8>> {
-        let profile = (&self.params, &self.account_balance, &self.agreements);
+        let profile = (
+            self.params.as_ref(),
+            &self.account_balance,
+            &self.agreements,
+        );
         let checkpoint = (
             &self.coins,
             &self.ops,
@@ -1109,7 +1128,7 @@ impl StateMachine for Wallet {
     }
 
     fn restore(&mut self, bytes: &[u8]) -> Result<(), String> {
-        let (profile, sagas);
+        let (profile, sagas, params);
         (
             self.coins,
             self.ops,
@@ -1118,7 +1137,8 @@ impl StateMachine for Wallet {
             profile,
             sagas,
         ) = postcard::from_bytes(bytes).map_err(|e| e.to_string())?;
-        (self.params, self.account_balance, self.agreements) = profile;
+        (params, self.account_balance, self.agreements) = profile;
+        self.params = Arc::new(params);
         self.restore_sagas(sagas);
         Ok(())
     }

@@ -28,6 +28,7 @@ use specie_protocol::{
     AbortReason, Address, Amount, CoinId, Envelope, KeyStore, Payload, SagaId, SagaKind,
 };
 use specie_runtime::{Notice, StateMachine};
+use std::sync::Arc;
 
 /// Ask the wallet to update itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -357,7 +358,7 @@ impl Wallet {
                 account_balance,
                 ..
             } => {
-                self.params = params.clone();
+                self.params = Arc::new(params.clone());
                 self.account_balance = Some(*account_balance);
             }
             UpdateEvent::Checked { .. } | UpdateEvent::Uploaded { .. } => {}
