@@ -81,14 +81,47 @@ pub fn recover<S: StateMachine>(
     recover_counting(journal, factory).map(|(state, _)| state)
 }
 
-/// [`recover`], also returning how many entries were replayed after the snapshot.
+/// When a host takes a snapshot: once `snapshot_entries_min` entries were appended since the
+/// last one, and not before those entries weigh as many bytes as the last snapshot did. A
+/// state that grows — an institution's register and dedup records grow with every saga — is
+/// then snapshotted proportionally less often, so snapshots cost at most about as much as
+/// the journal writes they replace; with a fixed cadence each snapshot is costlier than the
+/// last, and the work per saga climbs as the run goes on.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct SnapshotPace {
+    entries: u64,
+    bytes: u64,
+    last_snapshot_bytes: u64,
+}
+
+impl SnapshotPace {
+    fn appended(&mut self, entries: u64, bytes: u64) {
+        self.entries += entries;
+        self.bytes += bytes;
+    }
+
+    fn due(&self, entries_min: u64) -> bool {
+        self.entries >= entries_min && self.bytes >= self.last_snapshot_bytes
+    }
+
+    fn snapshotted(&mut self, bytes: u64) {
+        *self = SnapshotPace {
+            last_snapshot_bytes: bytes,
+            ..SnapshotPace::default()
+        };
+    }
+}
+
+/// [`recover`], also returning what was replayed after the snapshot, for the snapshot pace.
 fn recover_counting<S: StateMachine>(
     journal: &dyn crate::Journal,
     factory: &Factory<S>,
-) -> Result<(S, u64), JournalError> {
+) -> Result<(S, SnapshotPace), JournalError> {
     let mut state = factory();
     let address = state.address();
+    let mut pace = SnapshotPace::default();
     if let Some(checkpoint) = journal.load_snapshot(address)? {
+        pace.snapshotted(checkpoint.len() as u64);
         state
             .restore(&checkpoint)
             .map_err(|why| JournalError::Corrupt {
@@ -107,8 +140,9 @@ fn recover_counting<S: StateMachine>(
             })?;
             state.apply(&event);
         }
+        pace.appended(1, bytes.len() as u64);
     }
-    Ok((state, entries.len() as u64))
+    Ok((state, pace))
 }
 
 /// One journal entry for a step: its events' postcard encodings, one after the other (a
@@ -168,7 +202,7 @@ pub struct Host<S: StateMachine> {
     /// The current crash is part of a group restart.
     group_crash: bool,
     /// Journal entries since the last snapshot (or since the start of the journal).
-    entries_since_snapshot: u64,
+    snapshot_pace: SnapshotPace,
     /// Armed timers by (deadline, arming order). One actix timer per host, at the earliest
     /// deadline, instead of one per timer: actix polls every future an actor has spawned each
     /// time the actor wakes, so a coordinator with thousands of sagas in flight (each with a
@@ -190,10 +224,10 @@ impl<S: StateMachine> Host<S> {
         factory: Factory<S>,
         group: Option<u64>,
     ) -> Result<Host<S>, JournalError> {
-        let (state, entries_since_snapshot) = recover_counting(node.journal().as_ref(), &factory)?;
+        let (state, snapshot_pace) = recover_counting(node.journal().as_ref(), &factory)?;
         let address = state.address();
         Ok(Host {
-            entries_since_snapshot,
+            snapshot_pace,
             node,
             factory,
             state,
@@ -226,11 +260,11 @@ impl<S: StateMachine> Host<S> {
                 ctx.stop();
                 return;
             }
-            let count = out.events.len() as u64;
+            let bytes: u64 = entries.iter().map(|e| e.len() as u64).sum();
             match self.node.journal().append(self.address, entries) {
                 Ok(seq) => {
                     self.last_seq = seq;
-                    self.entries_since_snapshot += count;
+                    self.snapshot_pace.appended(1, bytes);
                 }
                 Err(e) => {
                     // Nothing of this step may leave the actor: crash, and let the restart
@@ -256,7 +290,7 @@ impl<S: StateMachine> Host<S> {
                 ctx.stop();
                 return;
             }
-            if self.entries_since_snapshot >= self.node.snapshot_entries_min() {
+            if self.snapshot_pace.due(self.node.snapshot_entries_min()) {
                 self.take_snapshot();
             }
         }
@@ -367,6 +401,7 @@ impl<S: StateMachine> Host<S> {
         let Some(checkpoint) = self.state.checkpoint() else {
             return;
         };
+        let size = checkpoint.len() as u64;
         match self
             .node
             .journal()
@@ -374,7 +409,7 @@ impl<S: StateMachine> Host<S> {
         {
             Ok(seq) => {
                 self.last_seq = seq;
-                self.entries_since_snapshot = 0;
+                self.snapshot_pace.snapshotted(size);
                 metrics::counter!("specie_journal_snapshots_total").increment(1);
             }
             Err(e) => eprintln!(
@@ -468,9 +503,9 @@ impl<S: StateMachine> Actor for Host<S> {
             let recovered =
                 result.and_then(|()| recover_counting(host.node.journal().as_ref(), &host.factory));
             match recovered {
-                Ok((state, entries)) => {
+                Ok((state, pace)) => {
                     host.state = state;
-                    host.entries_since_snapshot = entries;
+                    host.snapshot_pace = pace;
                     // Every held step is durable now (recovery waited for the last append).
                     host.flush();
                     host.wait_for_outbox(ctx);
@@ -594,7 +629,27 @@ impl<S: StateMachine> Handler<Crash> for Host<S> {
 
 #[cfg(test)]
 mod tests {
-    use super::{step_entry, step_events};
+    use super::{step_entry, step_events, SnapshotPace};
+
+    #[test]
+    fn a_snapshot_waits_for_its_entries_and_for_as_many_bytes_as_the_last_one() {
+        let mut pace = SnapshotPace::default();
+        pace.appended(99, 5_000);
+        assert!(!pace.due(100), "too few entries");
+        pace.appended(1, 50);
+        assert!(pace.due(100), "the first snapshot needs only the entries");
+        pace.snapshotted(1_000_000);
+        pace.appended(150, 400_000);
+        assert!(
+            !pace.due(100),
+            "a large state waits for as many bytes of entries"
+        );
+        pace.appended(10, 600_000);
+        assert!(pace.due(100));
+        pace.snapshotted(10);
+        pace.appended(50, 1_000);
+        assert!(!pace.due(100), "a small state waits for the entries");
+    }
 
     #[test]
     fn a_step_entry_reads_back_as_its_events_in_order() {
