@@ -201,7 +201,8 @@ pub struct Host<S: StateMachine> {
     restart: Option<Duration>,
     /// The current crash is part of a group restart.
     group_crash: bool,
-    /// Journal entries since the last snapshot (or since the start of the journal).
+    /// What was appended since the last snapshot (or the start of the journal): decides the
+    /// next one.
     snapshot_pace: SnapshotPace,
     /// Armed timers by (deadline, arming order). One actix timer per host, at the earliest
     /// deadline, instead of one per timer: actix polls every future an actor has spawned each
