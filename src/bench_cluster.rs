@@ -25,7 +25,9 @@ use specie_bench::floor::{self, floor_ratio, CryptoFloor};
 use specie_bench::histogram::round3;
 use specie_bench::peak::{judge, PeakOutcome, PeakSearch, Stage};
 use specie_bench::profile::{LoopMode, Profile, DURATION_S_MAX, RATE_PER_S_MAX};
-use specie_bench::report::{half_peak_json, half_peak_text, peak_json, peak_text, HalfPeak};
+use specie_bench::report::{
+    half_peak_json, half_peak_text, peak_json, peak_text, run_text, HalfPeak,
+};
 use specie_bench::stats::{reasons_json, RunStats};
 use specie_bench::workload::{Planned, Workload};
 use specie_bench::{plot, sys};
@@ -727,7 +729,6 @@ impl ClusterReport<'_> {
     fn text(&self) -> String {
         use std::fmt::Write as _;
         let m = self.main;
-        let l = m.all.latency.summary();
         let mut s = String::new();
         let _ = writeln!(
             s,
@@ -750,41 +751,9 @@ impl ClusterReport<'_> {
             "  measured      {} — {:.2} s, each payment sent to its payer's node",
             m.label, m.duration_s
         );
-        let _ = writeln!(
-            s,
-            "  throughput    {:.0} committed/s (offered {:.0}/s, achieved {:.0}/s, shed {})",
-            m.throughput_per_s(),
-            m.offered_per_s(),
-            m.achieved_per_s(),
-            m.shed
-        );
-        let _ = writeln!(
-            s,
-            "  latency       p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms",
-            l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms
-        );
+        run_text(&mut s, m);
         if let Some(h) = self.searched.and_then(|s| s.half.as_ref()) {
             half_peak_text(&mut s, h);
-        }
-        for (kind, t) in &m.by_kind {
-            let _ = writeln!(
-                s,
-                "  {:<28} {:>6} committed {:>6} aborted  p50 {:>8.2} ms  p99 {:>8.2} ms",
-                kind.name(),
-                t.committed,
-                t.aborted,
-                t.latency.quantile_ms(0.5),
-                t.latency.quantile_ms(0.99)
-            );
-        }
-        if !m.all.by_reason.is_empty() {
-            let reasons: Vec<String> = m
-                .all
-                .by_reason
-                .iter()
-                .map(|(r, n)| format!("{r} {n}"))
-                .collect();
-            let _ = writeln!(s, "  aborted by    {}", reasons.join(", "));
         }
         match self.peak_rss_bytes {
             Some(b) => {

@@ -5,41 +5,15 @@
 
 mod common;
 use common::*;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 
 /// Wallets of the test cluster: small, so genesis is quick in a debug build.
 const WALLETS: u64 = 120;
 
-/// A fresh directory with the development PKI and the shipped three-node cluster file on free
-/// ports with fewer wallets.
-fn cluster_dir() -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let certs = specie()
-        .args(["certs", "--out", "certs", "--nodes", "n1,n2,n3"])
-        .current_dir(dir.path())
-        .output()
-        .expect("specie certs");
-    assert!(certs.status.success(), "{certs:?}");
-    let mut text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/cluster-3.toml"),
-    )
-    .expect("read config/cluster-3.toml");
-    for port in ["7101", "7102", "7103", "9101", "9102", "9103"] {
-        let quoted = format!("127.0.0.1:{port}\"");
-        assert!(text.contains(&quoted), "cluster-3.toml uses {port}");
-        text = text.replace(&quoted, &format!("127.0.0.1:{}\"", free_port()));
-    }
-    assert!(text.contains("\nwallets = 3000\n"));
-    text = text.replace("\nwallets = 3000\n", &format!("\nwallets = {WALLETS}\n"));
-    let path = dir.path().join("cluster.toml");
-    std::fs::write(&path, text).expect("write cluster file");
-    (dir, path)
-}
-
 #[test]
 fn the_smoke_bench_drives_a_started_node_cluster_and_audits_it() {
-    let (dir, cluster) = cluster_dir();
+    let (dir, cluster) = cluster_dir(WALLETS);
     let json = dir.path().join("b.json");
     let out = specie()
         .arg("bench")
@@ -104,7 +78,7 @@ fn the_smoke_bench_drives_a_started_node_cluster_and_audits_it() {
 
 #[test]
 fn the_peak_finder_searches_a_node_cluster_and_reports_every_step() {
-    let (dir, cluster) = cluster_dir();
+    let (dir, cluster) = cluster_dir(WALLETS);
     // The smoke workload with a short search: 30/s (which any machine sustains), ten times
     // more, and more until a step fails, then the confirmation around the last passing rate.
     let smoke = std::fs::read_to_string(

@@ -12,155 +12,24 @@ use common::*;
 use specie_protocol::grpc::ingress as g;
 use specie_runtime::topology::ClusterFile;
 use specie_runtime::transport::{self, TlsMode};
-use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
 /// Wallets of the test cluster: small, so genesis is quick in a debug build.
 const WALLETS: u64 = 240;
-/// Bound on any wait, so a broken cluster fails the test instead of hanging it.
-const WAIT_MAX: Duration = Duration::from_secs(120);
 
 /// The shipped three-node cluster file on free ports, with fewer wallets and full tracing.
 fn write_cluster_file(work: &Path) -> PathBuf {
-    let mut text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/cluster-3.toml"),
-    )
-    .expect("read config/cluster-3.toml");
-    for port in ["7101", "7102", "7103", "9101", "9102", "9103"] {
-        let quoted = format!("127.0.0.1:{port}\"");
-        assert!(text.contains(&quoted), "cluster-3.toml uses {port}");
-        text = text.replace(&quoted, &format!("127.0.0.1:{}\"", free_port()));
-    }
-    assert!(text.contains("\nwallets = 3000\n"));
-    text = text.replace("\nwallets = 3000\n", &format!("\nwallets = {WALLETS}\n"));
-    assert!(text.contains("sampling_ratio = 0.01\n"));
-    text = text.replace("sampling_ratio = 0.01\n", "sampling_ratio = 1.0\n");
+    let text = replace_in(
+        &shipped_cluster(WALLETS),
+        "sampling_ratio = 0.01\n",
+        "sampling_ratio = 1.0\n",
+    );
     let path = work.join("cluster.toml");
     std::fs::write(&path, text).expect("write cluster file");
     path
-}
-
-struct Nodes {
-    work: PathBuf,
-    file: PathBuf,
-    children: BTreeMap<String, Child>,
-    starts: HashMap<String, u32>,
-}
-
-impl Nodes {
-    fn start(&mut self, id: &str) {
-        let n = self.starts.entry(id.to_string()).or_insert(0);
-        *n += 1;
-        let log = |kind: &str| {
-            std::fs::File::create(self.work.join(format!("{id}.{n}.{kind}"))).expect("log file")
-        };
-        let child = specie()
-            // Nodes go down with the test, even if the test process is killed.
-            .args(["node", "--exit-with-stdin", "--id", id, "--config"])
-            .arg(&self.file)
-            .arg("--trace-file")
-            .arg(self.work.join(format!("{id}.spans.jsonl")))
-            .current_dir(&self.work)
-            .stdout(log("out"))
-            .stderr(log("err"))
-            .stdin(Stdio::piped())
-            .spawn()
-            .expect("start specie node");
-        self.children.insert(id.to_string(), child);
-    }
-
-    fn logs(&self) -> String {
-        let mut all = String::new();
-        for (id, n) in &self.starts {
-            for i in 1..=*n {
-                for kind in ["out", "err"] {
-                    let path = self.work.join(format!("{id}.{i}.{kind}"));
-                    let text = std::fs::read_to_string(&path).unwrap_or_default();
-                    let tail: Vec<&str> = text.lines().rev().take(30).collect();
-                    all.push_str(&format!("--- {}\n", path.display()));
-                    for line in tail.into_iter().rev() {
-                        all.push_str(line);
-                        all.push('\n');
-                    }
-                }
-            }
-        }
-        all
-    }
-
-    fn kill9(&mut self, id: &str) {
-        let mut child = self.children.remove(id).expect("running node");
-        child.kill().expect("SIGKILL");
-        child.wait().expect("reap");
-    }
-
-    /// SIGTERM every node and wait: each must exit 0 (graceful shutdown).
-    fn terminate_all(&mut self) {
-        for (id, child) in &self.children {
-            let status = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status()
-                .expect("kill -TERM");
-            assert!(status.success(), "signal {id}");
-        }
-        let deadline = Instant::now() + WAIT_MAX;
-        for (id, mut child) in std::mem::take(&mut self.children) {
-            loop {
-                if let Some(status) = child.try_wait().expect("wait") {
-                    assert!(
-                        status.success(),
-                        "node {id} did not exit cleanly on SIGTERM: {status}\n{}",
-                        self.logs()
-                    );
-                    break;
-                }
-                assert!(Instant::now() < deadline, "node {id} ignores SIGTERM");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
-}
-
-impl Drop for Nodes {
-    fn drop(&mut self) {
-        for child in self.children.values_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Waits until `node` takes submissions (genesis done): probes with a query, then a
-/// submission refused as invalid (not unavailable).
-async fn wait_ready(c: &mut g::IngressClient<Channel>, nodes: &Nodes, node: &str) {
-    let deadline = Instant::now() + WAIT_MAX;
-    loop {
-        let probe = c
-            .submit(g::SubmitRequest {
-                idempotency_key: "readiness-probe".into(),
-                op: Some(g::submit_request::Op::Pay(g::PayOp {
-                    from: 0,
-                    to: 1,
-                    amount: 0,
-                })),
-                wait_ms: 0,
-                forwarded: false,
-            })
-            .await;
-        match probe {
-            Err(s) if s.code() == tonic::Code::InvalidArgument => return,
-            _ if Instant::now() > deadline => {
-                panic!(
-                    "node {node} never became ready: {probe:?}\n{}",
-                    nodes.logs()
-                )
-            }
-            _ => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
 }
 
 /// One client operation and what the cluster answered.
@@ -224,12 +93,7 @@ fn three_node_processes_settle_survive_a_kill_and_stay_consistent() {
     assert!(foreign.status.success(), "{foreign:?}");
     let file_path = write_cluster_file(&work);
     let file = ClusterFile::load(&file_path).expect("cluster file");
-    let mut nodes = Nodes {
-        work: work.clone(),
-        file: file_path.clone(),
-        children: BTreeMap::new(),
-        starts: HashMap::new(),
-    };
+    let mut nodes = Nodes::new(&work, &file_path).with_trace_files();
     for id in ["n1", "n2", "n3"] {
         nodes.start(id);
     }
@@ -320,7 +184,7 @@ fn three_node_processes_settle_survive_a_kill_and_stay_consistent() {
             .map(|o| &o.key)
             .collect::<Vec<_>>()
     );
-    assert_eq!(nodes.starts["n2"], 2, "n2 was killed and restarted");
+    assert_eq!(nodes.starts("n2"), 2, "n2 was killed and restarted");
     assert!(committed("pay", None) >= 60.0, "{ops:#?}\n{}", nodes.logs());
     assert!(committed("merge", None) >= 5.0, "{ops:#?}");
 

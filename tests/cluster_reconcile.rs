@@ -11,172 +11,32 @@ mod common;
 use common::*;
 use specie_protocol::grpc::ingress as g;
 use specie_runtime::topology::ClusterFile;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
 /// Wallets of the test cluster: small, so genesis is quick in a debug build.
 const WALLETS: u64 = 240;
-/// Bound on any wait, so a broken cluster fails the test instead of hanging it.
-const WAIT_MAX: Duration = Duration::from_secs(120);
 /// The test's reconciliation batches: half a second wide, closed 2.5 s after their end.
 const BATCH_INTERVAL_MS: u64 = 500;
 const CLOSE_AFTER_MS: u64 = 2_500;
 
 /// The shipped cluster file on free ports, with fewer wallets and short reconciliation batches.
 fn write_cluster_file(work: &Path) -> PathBuf {
-    let mut text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/cluster-3.toml"),
-    )
-    .expect("read config/cluster-3.toml");
-    for port in ["7101", "7102", "7103", "9101", "9102", "9103"] {
-        let quoted = format!("127.0.0.1:{port}\"");
-        assert!(text.contains(&quoted), "cluster-3.toml uses {port}");
-        text = text.replace(&quoted, &format!("127.0.0.1:{}\"", free_port()));
-    }
-    for (from, to) in [
-        (
-            "\nwallets = 3000\n".to_string(),
-            format!("\nwallets = {WALLETS}\n"),
-        ),
-        (
-            "\nbatch_interval_ms = 1000\n".to_string(),
-            format!("\nbatch_interval_ms = {BATCH_INTERVAL_MS}\n"),
-        ),
-        (
-            "\nclose_after_ms = 5000\n".to_string(),
-            format!("\nclose_after_ms = {CLOSE_AFTER_MS}\n"),
-        ),
-    ] {
-        assert!(text.contains(&from), "cluster-3.toml has {from:?}");
-        text = text.replace(&from, &to);
-    }
+    let text = replace_in(
+        &shipped_cluster(WALLETS),
+        "\nbatch_interval_ms = 1000\n",
+        &format!("\nbatch_interval_ms = {BATCH_INTERVAL_MS}\n"),
+    );
+    let text = replace_in(
+        &text,
+        "\nclose_after_ms = 5000\n",
+        &format!("\nclose_after_ms = {CLOSE_AFTER_MS}\n"),
+    );
     let path = work.join("cluster.toml");
     std::fs::write(&path, text).expect("write cluster file");
     path
-}
-
-struct Nodes {
-    work: PathBuf,
-    file: PathBuf,
-    children: BTreeMap<String, Child>,
-}
-
-impl Nodes {
-    fn start(&mut self, id: &str) {
-        let log = |kind: &str| {
-            std::fs::File::create(self.work.join(format!("{id}.{kind}"))).expect("log file")
-        };
-        let child = specie()
-            .args(["node", "--id", id, "--config"])
-            .arg(&self.file)
-            .current_dir(&self.work)
-            .stdout(log("out"))
-            .stderr(log("err"))
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start specie node");
-        self.children.insert(id.to_string(), child);
-    }
-
-    /// SIGTERM one node and wait for it: it must exit 0.
-    fn terminate(&mut self, id: &str) {
-        let mut child = self.children.remove(id).expect("running node");
-        let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("kill -TERM");
-        assert!(status.success(), "signal {id}");
-        let exit = child.wait().expect("wait");
-        assert!(exit.success(), "node {id} did not stop cleanly: {exit}");
-    }
-
-    fn log(&self, id: &str, kind: &str) -> String {
-        std::fs::read_to_string(self.work.join(format!("{id}.{kind}"))).unwrap_or_default()
-    }
-
-    fn logs(&self) -> String {
-        let mut all = String::new();
-        for id in ["n1", "n2", "n3"] {
-            for kind in ["out", "err"] {
-                let text = self.log(id, kind);
-                let tail: Vec<&str> = text.lines().rev().take(30).collect();
-                all.push_str(&format!("--- {id}.{kind}\n"));
-                for line in tail.into_iter().rev() {
-                    all.push_str(line);
-                    all.push('\n');
-                }
-            }
-        }
-        all
-    }
-
-    /// SIGTERM every node and wait: each must exit 0 (graceful shutdown).
-    fn terminate_all(&mut self) {
-        for (id, child) in &self.children {
-            let status = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status()
-                .expect("kill -TERM");
-            assert!(status.success(), "signal {id}");
-        }
-        let deadline = Instant::now() + WAIT_MAX;
-        for (id, mut child) in std::mem::take(&mut self.children) {
-            loop {
-                if let Some(status) = child.try_wait().expect("wait") {
-                    assert!(
-                        status.success(),
-                        "node {id} did not exit cleanly on SIGTERM: {status}\n{}",
-                        self.logs()
-                    );
-                    break;
-                }
-                assert!(Instant::now() < deadline, "node {id} ignores SIGTERM");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
-}
-
-impl Drop for Nodes {
-    fn drop(&mut self) {
-        for child in self.children.values_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Waits until `node` takes submissions (genesis done): a submission refused as invalid
-/// (not unavailable).
-async fn wait_ready(c: &mut g::IngressClient<Channel>, nodes: &Nodes, node: &str) {
-    let deadline = Instant::now() + WAIT_MAX;
-    loop {
-        let probe = c
-            .submit(g::SubmitRequest {
-                idempotency_key: "readiness-probe".into(),
-                op: Some(g::submit_request::Op::Pay(g::PayOp {
-                    from: 0,
-                    to: 1,
-                    amount: 0,
-                })),
-                wait_ms: 0,
-                forwarded: false,
-            })
-            .await;
-        match probe {
-            Err(s) if s.code() == tonic::Code::InvalidArgument => return,
-            _ if Instant::now() > deadline => {
-                panic!(
-                    "node {node} never became ready: {probe:?}\n{}",
-                    nodes.logs()
-                )
-            }
-            _ => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
 }
 
 /// Submits a payment until it is committed or aborted; returns whether it committed.
@@ -231,11 +91,7 @@ fn three_node_processes_reconcile_payments_across_nodes_and_find_nothing() {
     let file_path = write_cluster_file(&work);
     let file = ClusterFile::load(&file_path).expect("cluster file");
     assert_eq!(file.config.reconcile.batch_interval_ms, BATCH_INTERVAL_MS);
-    let mut nodes = Nodes {
-        work: work.clone(),
-        file: file_path.clone(),
-        children: BTreeMap::new(),
-    };
+    let mut nodes = Nodes::new(&work, &file_path);
     for id in ["n1", "n2", "n3"] {
         nodes.start(id);
     }

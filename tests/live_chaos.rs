@@ -22,32 +22,6 @@ use std::time::{Duration, Instant};
 /// Wallets of the test cluster: small, so genesis is quick in a debug build.
 const WALLETS: u64 = 120;
 
-/// A fresh directory with the development PKI and the shipped three-node cluster file on free
-/// ports with fewer wallets.
-fn cluster_dir() -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let certs = specie()
-        .args(["certs", "--out", "certs", "--nodes", "n1,n2,n3"])
-        .current_dir(dir.path())
-        .output()
-        .expect("specie certs");
-    assert!(certs.status.success(), "{certs:?}");
-    let mut text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/cluster-3.toml"),
-    )
-    .expect("read config/cluster-3.toml");
-    for port in ["7101", "7102", "7103", "9101", "9102", "9103"] {
-        let quoted = format!("127.0.0.1:{port}\"");
-        assert!(text.contains(&quoted), "cluster-3.toml uses {port}");
-        text = text.replace(&quoted, &format!("127.0.0.1:{}\"", free_port()));
-    }
-    assert!(text.contains("\nwallets = 3000\n"));
-    text = text.replace("\nwallets = 3000\n", &format!("\nwallets = {WALLETS}\n"));
-    let path = dir.path().join("cluster.toml");
-    std::fs::write(&path, text).expect("write cluster file");
-    (dir, path)
-}
-
 fn scenario() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("config/chaos/live-partition-kill.toml")
 }
@@ -97,7 +71,7 @@ fn show(out: &Output) -> String {
 
 #[test]
 fn a_partition_then_a_kill_and_restart_of_a_node_then_heal_passes_live() {
-    let (dir, cluster) = cluster_dir();
+    let (dir, cluster) = cluster_dir(WALLETS);
     let (out, doc) = chaos_live(dir.path(), &cluster, 1, &["--report", "report"]);
     assert!(out.status.success(), "{}", show(&out));
     assert_eq!(doc["ok"], true, "{doc:#}");
@@ -160,7 +134,7 @@ fn a_partition_then_a_kill_and_restart_of_a_node_then_heal_passes_live() {
 #[cfg(feature = "planted-bugs")]
 #[test]
 fn the_planted_early_ack_fails_the_same_live_scenario_within_a_few_seeds() {
-    let (dir, cluster) = cluster_dir();
+    let (dir, cluster) = cluster_dir(WALLETS);
     let mut tried = Vec::new();
     for seed in 1..=3 {
         let (out, doc) = chaos_live(dir.path(), &cluster, seed, &["--planted-bug", "early-ack"]);
@@ -233,7 +207,7 @@ impl Drop for Node {
 
 #[test]
 fn a_rule_whose_controller_vanished_expires_on_its_own_and_clients_cannot_install_rules() {
-    let (dir, cluster) = cluster_dir();
+    let (dir, cluster) = cluster_dir(WALLETS);
     let file = ClusterFile::load(&cluster).expect("cluster file");
     // One node is enough: its admin service answers from start-up, before genesis (which
     // waits for the other nodes).

@@ -102,6 +102,47 @@ pub fn peak_text(s: &mut String, o: &PeakOutcome, runs: &[RunStats], p99_bound_m
     }
 }
 
+/// The lines of the terminal report that describe a measured run: throughput, latency, each
+/// saga kind, and the aborts by reason.
+pub fn run_text(s: &mut String, m: &RunStats) {
+    use std::fmt::Write as _;
+    let l = m.all.latency.summary();
+    let _ = writeln!(
+        s,
+        "  throughput    {:.0} committed/s (offered {:.0}/s, achieved {:.0}/s, shed {})",
+        m.throughput_per_s(),
+        m.offered_per_s(),
+        m.achieved_per_s(),
+        m.shed
+    );
+    let _ = writeln!(
+        s,
+        "  latency       p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms",
+        l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms
+    );
+    for (kind, t) in &m.by_kind {
+        let k = t.latency.summary();
+        let _ = writeln!(
+            s,
+            "  {:<28}{:>8} committed {:>6} aborted  p50 {:>7.2} ms  p99 {:>7.2} ms",
+            kind.name(),
+            t.committed,
+            t.aborted,
+            k.p50_ms,
+            k.p99_ms
+        );
+    }
+    if !m.all.by_reason.is_empty() {
+        let reasons: Vec<String> = m
+            .all
+            .by_reason
+            .iter()
+            .map(|(r, n)| format!("{r} {n}"))
+            .collect();
+        let _ = writeln!(s, "  aborted by    {}", reasons.join(", "));
+    }
+}
+
 /// The half-peak line of the terminal report.
 pub fn half_peak_text(s: &mut String, h: &HalfPeak) {
     use std::fmt::Write as _;
@@ -343,7 +384,6 @@ impl BenchReport {
         use std::fmt::Write as _;
         let mut s = String::new();
         let m = &self.main;
-        let l = m.all.latency.summary();
         let _ = writeln!(
             s,
             "specie bench — profile {}, {} ({}), {} wallets at {} institutions, {} arbiters on {} cores",
@@ -360,40 +400,7 @@ impl BenchReport {
             peak_text(&mut s, o, &self.runs, self.p99_bound_ms);
         }
         let _ = writeln!(s, "  measured      {} — {:.2} s", m.label, m.duration_s);
-        let _ = writeln!(
-            s,
-            "  throughput    {:.0} committed/s (offered {:.0}/s, achieved {:.0}/s, shed {})",
-            m.throughput_per_s(),
-            m.offered_per_s(),
-            m.achieved_per_s(),
-            m.shed
-        );
-        let _ = writeln!(
-            s,
-            "  latency       p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms",
-            l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms
-        );
-        for (kind, t) in &m.by_kind {
-            let k = t.latency.summary();
-            let _ = writeln!(
-                s,
-                "  {:<28}{:>8} committed {:>6} aborted  p50 {:>7.2} ms  p99 {:>7.2} ms",
-                kind.name(),
-                t.committed,
-                t.aborted,
-                k.p50_ms,
-                k.p99_ms
-            );
-        }
-        if !m.all.by_reason.is_empty() {
-            let reasons: Vec<String> = m
-                .all
-                .by_reason
-                .iter()
-                .map(|(r, n)| format!("{r} {n}"))
-                .collect();
-            let _ = writeln!(s, "  aborted by    {}", reasons.join(", "));
-        }
+        run_text(&mut s, m);
         if let Some(h) = &self.half_peak {
             half_peak_text(&mut s, h);
         }
